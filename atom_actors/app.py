@@ -1,0 +1,62 @@
+"""The tree of the program, in one place.
+
+:func:`serve` starts, each through ``nursery.start`` so that the next one begins only when the
+previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
+above it)::
+
+    bus          in-process, or Redis
+    engine       supervisor of the 15 sphere actors, then the compositor
+
+Stopping cancels the tree; each part's docstring says what it does on cancellation.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+
+import trio
+
+from .bus import Bus, MemoryBus
+from .config import Settings
+from .engine import Engine
+from .supervisor import Report
+
+log = logging.getLogger("atom_actors")
+
+
+@dataclass
+class Services:
+    """Handles on the running parts, for tests and for the parts that need each other."""
+
+    settings: Settings
+    bus: Bus
+    engine: Engine | None = None
+    extras: dict[str, object] = field(default_factory=dict)
+
+
+def report_supervision(report: Report) -> None:
+    """Every supervision report goes to the log; crashes and escalations loudly."""
+    if report.kind in ("crashed", "escalated"):
+        log.error("supervisor %s: child %s %s (restarts %d): %r", report.supervisor, report.child,
+                  report.kind, report.restarts, report.reason)
+    elif report.kind == "restarted":
+        log.warning("supervisor %s: child %s restarted (restart %d)", report.supervisor,
+                    report.child, report.restarts)
+
+
+async def serve(settings: Settings, *,
+                task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run every part of a single-process AT·OM until cancelled."""
+    bus = MemoryBus()
+    services = Services(settings, bus)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(bus.run)
+        services.engine = await nursery.start(
+            Engine(settings, bus, on_report=report_supervision).run)
+        task_status.started(services)
+
+
+def announce(message: str) -> None:
+    print(f"atom: {message}", file=sys.stderr, flush=True)

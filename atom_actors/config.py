@@ -1,0 +1,180 @@
+"""Settings (CONTRACT.md §1): flat, typed, with their units in their names.
+
+Read from the environment and a ``.env`` file in the working directory; the environment wins.
+:func:`load_settings` validates everything at start and raises :class:`~atom_actors.errors.ConfigError`
+naming the first bad setting, so that ``atom serve`` stops with one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pydantic
+from dotenv import dotenv_values
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .catalog import CATALOG
+from .errors import ConfigError
+
+CANON_HZ = 999.0
+MIN_HZ = 432.0
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+MIN_SECRET_KEY_CHARS = 32
+
+
+class Settings(BaseModel):
+    """Every setting of CONTRACT.md §1. Field names are the lower-case environment names."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=0, le=65535)
+    ws_port: int = Field(8001, ge=0, le=65535)
+    database_url: str = ""
+    redis_url: str = ""
+    frequency: float = Field(CANON_HZ, gt=MIN_HZ, le=20_000)
+    essaim_size: int = Field(CATALOG.size, ge=1)
+    sceau_duration: int = Field(2000, ge=0, description="milliseconds of touch that open a session")
+    zero_log: bool = True
+    secret_key: str = ""
+    cors_origins: tuple[str, ...] = ("https://atom-interface.vercel.app",)
+    tick_hz: int = Field(60, ge=1, le=240)
+    ws_max_connections: int = Field(500, ge=1)
+    ws_require_session: bool = True
+    session_ttl_s: float = Field(3600, gt=0)
+    swarm_seed: int | None = None
+    dispersal_dwell_s: float = Field(5.0, ge=0)
+    ws_stall_timeout_s: float = Field(10.0, gt=0)
+    # Brise-Circuit: at most SAFEGUARD_MAX_COMMANDS swarm-changing commands and at most
+    # SAFEGUARD_MAX_TOTAL total dispersals per SAFEGUARD_WINDOW_S; once tripped it stays open for
+    # SAFEGUARD_COOLDOWN_S before it lets one command through (half-open).
+    safeguard_max_commands: int = Field(30, ge=1)
+    safeguard_max_total: int = Field(3, ge=1)
+    safeguard_window_s: float = Field(60.0, gt=0)
+    safeguard_cooldown_s: float = Field(30.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("swarm_seed", mode="before")
+    @classmethod
+    def _empty_seed(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _origins(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                origins = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a JSON list ({exc.msg})") from None
+            if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+                raise ValueError("must be a JSON list of strings")
+        else:
+            origins = [o for o in text.split(",")]
+        return tuple(o.strip().rstrip("/") for o in origins if o.strip())
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        return _check_url(value, ("postgresql", "postgres"))
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        return _check_url(value, ("redis", "rediss", "unix"))
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return level
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.essaim_size != CATALOG.size:
+            raise _SettingError(
+                "essaim_size",
+                f"{self.essaim_size} disagrees with the sphere distribution, which sums to {CATALOG.size}",
+            )
+        if (self.database_url or self.redis_url) and len(self.secret_key) < MIN_SECRET_KEY_CHARS:
+            raise _SettingError(
+                "secret_key",
+                f"must have at least {MIN_SECRET_KEY_CHARS} characters when DATABASE_URL or REDIS_URL is set",
+            )
+        if self.ws_port == self.api_port and self.api_port != 0:
+            raise _SettingError("ws_port", f"{self.ws_port} is also API_PORT")
+        return self
+
+    @property
+    def frame_interval_s(self) -> float:
+        return 1.0 / self.tick_hz
+
+    @property
+    def single_process(self) -> bool:
+        return not (self.database_url or self.redis_url)
+
+    def with_ephemeral_key(self) -> tuple[Settings, bool]:
+        """Return settings with a SECRET_KEY, making a random one if empty, and whether it was made."""
+        if self.secret_key:
+            return self, False
+        return self.model_copy(update={"secret_key": secrets.token_urlsafe(48)}), True
+
+
+class _SettingError(ValueError):
+    def __init__(self, field: str, problem: str) -> None:
+        super().__init__(problem)
+        self.field = field
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    value = value.strip()
+    if not value:
+        return ""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("has a port that is not a number") from None
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None,
+                  env_file: str | Path | None = ".env") -> Settings:
+    """Read and validate the settings; raise :class:`ConfigError` naming the first bad one.
+
+    ``environ`` defaults to ``os.environ``; values there win over the ``env_file``'s.
+    """
+    environ = os.environ if environ is None else environ
+    raw: dict[str, Any] = {}
+    if env_file is not None and Path(env_file).is_file():
+        raw.update({k.upper(): v for k, v in dotenv_values(env_file).items() if v is not None})
+    raw.update({k.upper(): v for k, v in environ.items()})
+    known = {name.upper(): name for name in Settings.model_fields}
+    values = {known[k]: v for k, v in raw.items() if k in known}
+    try:
+        return Settings.model_validate(values)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, _SettingError):
+            raise ConfigError(cause.field.upper(), str(cause)) from None
+        field = str(err["loc"][0]).upper() if err["loc"] else "settings"
+        given = values.get(field.lower())
+        msg = err["msg"].removeprefix("Value error, ")
+        problem = f"{msg} (got {given!r})" if given is not None and field != "SECRET_KEY" else msg
+        raise ConfigError(field, problem) from None

@@ -1,0 +1,186 @@
+"""Every error atom_actors raises on purpose, in one place.
+
+The tree::
+
+    AtomError                    base; ``code`` is the JSON error code, ``status`` the HTTP status
+    ├── ConfigError              a setting has a bad value (start-up stops with one line)
+    ├── CommandError             a swarm command was refused for its arguments (422)
+    │   ├── UnknownLevel
+    │   ├── UnknownSphere        (404 where the sphere is a path segment)
+    │   ├── UnknownAgent         (404 where the agent is a path segment)
+    │   └── FrequencyOutOfRange
+    ├── SafeguardOpen            the Brise-Circuit is open (423 + Retry-After)
+    ├── SessionError
+    │   ├── SceauTooShort        the touch was shorter than SCEAU_DURATION (400)
+    │   ├── SessionRequired      no X-Sceau-Session (401)
+    │   └── SessionInvalid       unknown, expired, revoked or tampered token (401)
+    ├── RateLimited              too many session creations from one address (429 + Retry-After)
+    ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
+    └── SupervisorEscalation     a supervisor's children crashed more than its intensity allows
+
+Error messages say who and what (setting, sphere, agent, child), never anything that identifies a
+person: they may reach logs and clients.
+"""
+
+from __future__ import annotations
+
+
+class AtomError(Exception):
+    """Base of the project's errors. ``code`` and ``status`` drive the JSON error of the API."""
+
+    code = "internal_error"
+    status = 500
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ConfigError(AtomError):
+    """Raised when a setting (environment or ``.env``) has a bad value; names the setting."""
+
+    code = "config_error"
+
+    def __init__(self, setting: str, problem: str) -> None:
+        super().__init__(f"{setting}: {problem}")
+        self.setting = setting
+        self.problem = problem
+
+
+class CommandError(AtomError):
+    """Raised when a swarm command's arguments are wrong; ``field`` names the bad argument."""
+
+    code = "invalid_command"
+    status = 422
+    field = ""
+
+
+class UnknownLevel(CommandError):
+    """Raised when a dispersal level is not partial, sectoral or total."""
+
+    code = "unknown_level"
+    field = "level"
+
+    def __init__(self, level: object) -> None:
+        super().__init__(f"unknown dispersal level {level!r}: expected partial, sectoral or total")
+        self.level = level
+
+
+class UnknownSphere(CommandError):
+    """Raised when a sphere name is not in the catalog."""
+
+    code = "sphere_not_found"
+    field = "sphere"
+
+    def __init__(self, sphere: object) -> None:
+        super().__init__(f"unknown sphere {sphere!r}")
+        self.sphere = sphere
+
+
+class UnknownAgent(CommandError):
+    """Raised when an agent id is outside 0..ESSAIM_SIZE-1."""
+
+    code = "agent_not_found"
+    field = "agent_id"
+
+    def __init__(self, agent_id: object, size: int) -> None:
+        super().__init__(f"unknown agent {agent_id!r}: ids run 0..{size - 1}")
+        self.agent_id = agent_id
+
+
+class FrequencyOutOfRange(CommandError):
+    """Raised when a retune asks for a frequency outside [432, FREQUENCY]."""
+
+    code = "frequency_out_of_range"
+    field = "frequency"
+
+    def __init__(self, hz: object, low: float, high: float) -> None:
+        super().__init__(f"frequency {hz!r} Hz is outside [{low:g}, {high:g}]")
+        self.hz = hz
+
+
+class SafeguardOpen(AtomError):
+    """Raised when a swarm-changing command arrives while the Brise-Circuit is open."""
+
+    code = "brise_circuit_open"
+    status = 423
+
+    def __init__(self, reason: str, retry_after_s: float) -> None:
+        super().__init__(f"the Brise-Circuit is open ({reason}); retry in {retry_after_s:.0f} s")
+        self.reason = reason
+        self.retry_after_s = retry_after_s
+
+
+class SessionError(AtomError):
+    """Base of the Sceau session errors."""
+
+    status = 401
+
+
+class SceauTooShort(SessionError):
+    """Raised when a Sceau touch lasted less than SCEAU_DURATION."""
+
+    code = "sceau_too_short"
+    status = 400
+
+    def __init__(self, duration_ms: int, required_ms: int) -> None:
+        super().__init__(f"the touch lasted {duration_ms} ms; the Sceau needs {required_ms} ms")
+
+
+class SessionRequired(SessionError):
+    """Raised when a request that needs a session carries none."""
+
+    code = "sceau_session_required"
+
+    def __init__(self) -> None:
+        super().__init__("this endpoint needs a Sceau session (X-Sceau-Session)")
+
+
+class SessionInvalid(SessionError):
+    """Raised when a token is unknown, expired, revoked or does not verify."""
+
+    code = "sceau_session_invalid"
+
+    def __init__(self, why: str = "unknown, expired or revoked") -> None:
+        super().__init__(f"the Sceau session is invalid: {why}")
+
+
+class RateLimited(AtomError):
+    """Raised when one address opens sessions faster than the token bucket allows."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"too many sessions opened; retry in {retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class BackendUnavailable(AtomError):
+    """Raised when a configured backend (Redis, PostgreSQL) does not answer in time."""
+
+    code = "backend_unavailable"
+    status = 503
+
+    def __init__(self, backend: str, why: str) -> None:
+        super().__init__(f"{backend} is unavailable: {why}")
+        self.backend = backend
+
+
+class SupervisorEscalation(AtomError):
+    """Raised by a supervisor whose children restarted more than ``intensity`` times in ``period``.
+
+    The supervisor has stopped all its children before raising; ``reason`` is the last crash.
+    """
+
+    code = "supervisor_escalation"
+
+    def __init__(self, supervisor: str, child: str, restarts: int, period: float,
+                 reason: BaseException) -> None:
+        super().__init__(
+            f"supervisor {supervisor!r} gave up: child {child!r} crashed "
+            f"{restarts} times within {period:g} s (last: {type(reason).__name__}: {reason})"
+        )
+        self.supervisor = supervisor
+        self.child = child
+        self.reason = reason

@@ -1,0 +1,29 @@
+"""Shared fixtures. Time-dependent tests use ``autojump_clock`` (virtual time)."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from atom_actors.bus import MemoryBus
+from atom_actors.config import Settings, load_settings
+from atom_actors.engine import Engine
+
+
+def make_settings(**overrides: object) -> Settings:
+    """Settings as a fresh environment would give, plus ``overrides`` (lower-case names)."""
+    env = {k.upper(): str(v) for k, v in overrides.items()}
+    env.setdefault("SWARM_SEED", "7")
+    return load_settings(env, env_file=None)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def engine(nursery: trio.Nursery, settings: Settings) -> Engine:
+    """A running engine; the test must also take `autojump_clock` (pytest-trio reads the clock
+    from the test's own arguments only)."""
+    return await nursery.start(Engine(settings, MemoryBus()).run)

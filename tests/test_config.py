@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from atom_actors.config import load_settings
+from atom_actors.errors import ConfigError
+
+
+def test_defaults_match_the_contract():
+    s = load_settings({}, env_file=None)
+    assert (s.api_host, s.api_port, s.ws_port) == ("127.0.0.1", 8000, 8001)
+    assert s.frequency == 999 and s.essaim_size == 350 and s.sceau_duration == 2000
+    assert s.zero_log is True and s.tick_hz == 60 and s.ws_max_connections == 500
+    assert s.cors_origins == ("https://atom-interface.vercel.app",)
+    assert s.ws_require_session and s.session_ttl_s == 3600 and s.swarm_seed is None
+    assert s.dispersal_dwell_s == 5 and s.ws_stall_timeout_s == 10 and s.log_level == "INFO"
+
+
+def test_env_file_is_read_and_environment_wins(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("API_PORT=9000\nWS_PORT=9001\nTICK_HZ=30\n")
+    s = load_settings({"API_PORT": "9100"}, env_file=env_file)
+    assert (s.api_port, s.ws_port, s.tick_hz) == (9100, 9001, 30)
+
+
+@pytest.mark.parametrize("value, expected", [
+    ('["https://a.example", "http://b.example:3000"]', ("https://a.example", "http://b.example:3000")),
+    ("https://a.example, https://b.example/", ("https://a.example", "https://b.example")),
+])
+def test_cors_origins_json_or_comma_separated(value, expected):
+    assert load_settings({"CORS_ORIGINS": value}, env_file=None).cors_origins == expected
+
+
+@pytest.mark.parametrize("env, setting, words", [
+    ({"API_PORT": "eighty"}, "API_PORT", "integer"),
+    ({"WS_PORT": "70000"}, "WS_PORT", "65535"),
+    ({"ESSAIM_SIZE": "349"}, "ESSAIM_SIZE", "sphere distribution"),
+    ({"FREQUENCY": "400"}, "FREQUENCY", "432"),
+    ({"DATABASE_URL": "mysql://db/x", "SECRET_KEY": "k" * 32}, "DATABASE_URL", "postgresql://"),
+    ({"REDIS_URL": "redis://:notaport:x", "SECRET_KEY": "k" * 32}, "REDIS_URL", ""),
+    ({"REDIS_URL": "redis://localhost:6379"}, "SECRET_KEY", "32 characters"),
+    ({"DATABASE_URL": "postgresql://localhost/x", "SECRET_KEY": "short"}, "SECRET_KEY", "32"),
+    ({"ZERO_LOG": "perhaps"}, "ZERO_LOG", "boolean"),
+    ({"TICK_HZ": "0"}, "TICK_HZ", "greater"),
+    ({"SWARM_SEED": "abc"}, "SWARM_SEED", "integer"),
+    ({"CORS_ORIGINS": "[not json"}, "CORS_ORIGINS", "JSON"),
+    ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", "DEBUG"),
+    ({"SESSION_TTL_S": "-1"}, "SESSION_TTL_S", "greater"),
+    ({"API_PORT": "8001"}, "WS_PORT", "API_PORT"),
+])
+def test_bad_values_name_the_setting(env, setting, words):
+    with pytest.raises(ConfigError) as info:
+        load_settings(env, env_file=None)
+    assert info.value.setting == setting
+    assert words in info.value.problem
+    assert "\n" not in str(info.value)
+
+
+def test_secret_key_is_never_echoed_in_errors():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"REDIS_URL": "redis://localhost", "SECRET_KEY": "s3cr3t-value"}, env_file=None)
+    assert "s3cr3t-value" not in str(info.value)
+
+
+def test_empty_secret_key_gets_an_ephemeral_one():
+    s, made = load_settings({}, env_file=None).with_ephemeral_key()
+    assert made and len(s.secret_key) >= 32
+    again, made_again = s.with_ephemeral_key()
+    assert again is s and not made_again
