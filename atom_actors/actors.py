@@ -1,0 +1,160 @@
+"""Sphere actors and their agent tasks.
+
+A sphere actor owns a contiguous slice of agents. It runs, in its own nursery:
+
+* one lightweight task per agent, which waits on the agent's mailbox and reacts to ``Disperse``,
+  ``Regroup`` and ``Retune`` by changing its agent's row of :class:`~atom_actors.swarm.SwarmState`,
+  and which also makes the agent's timed transitions (dwell over → regrouping → active);
+* an integrator, woken by the compositor once per tick, that computes the whole slice's positions
+  with numpy and so reports them to the compositor;
+* a router (the actor's own body) that reads the sphere's mailbox and forwards to agents.
+
+What outlives a crash is in :class:`SphereSlot` (mailboxes, the tick hand-off) and in the
+SwarmState rows; a restarted actor rebuilds its tasks from them and resumes every timer.
+
+Cancellation: all of the actor's tasks stop; nothing is written. Errors: an exception in any of
+its tasks ends the actor (and its tasks) and reaches the supervisor, which restarts it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .catalog import Sphere
+from .swarm import ACTIVE, DISPERSED, REGROUPING, STATUS_NAMES, FLY_S
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+SPHERE_MAILBOX = 256
+AGENT_MAILBOX = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Disperse:
+    agents: tuple[int, ...]
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Regroup:
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retune:
+    agent: int
+    hz: float
+    command_id: str
+    applied: trio.Event = field(default_factory=trio.Event)
+
+
+class InjectedCrash(Exception):
+    """Raised inside a sphere actor on purpose (``Engine.inject_crash``), to exercise supervision."""
+
+
+@dataclass(frozen=True, slots=True)
+class Crash:
+    reason: str
+
+
+class SphereSlot:
+    """A sphere's mailboxes and tick hand-off: everything its successive incarnations share."""
+
+    def __init__(self, sphere: Sphere) -> None:
+        self.sphere = sphere
+        self.rows = slice(sphere.first, sphere.first + sphere.count)
+        self.mailbox, self._inbox = trio.open_memory_channel[Any](SPHERE_MAILBOX)
+        self._agents = [trio.open_memory_channel[Any](AGENT_MAILBOX) for _ in range(sphere.count)]
+        self.wake = trio.Event()
+        self.tick = 0           # tick the compositor asked for
+        self.tick_t = 0.0       # engine time of that tick
+        self.reported = 0       # last tick whose slice was written
+        self.incarnation = 0
+
+    def request_tick(self, tick: int, t: float) -> None:
+        self.tick, self.tick_t = tick, t
+        self.wake.set()
+
+    def agent_mailbox(self, agent: int) -> trio.MemorySendChannel[Any]:
+        return self._agents[agent - self.sphere.first][0]
+
+
+async def sphere_actor(engine: Engine, slot: SphereSlot, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run one incarnation of the sphere actor of ``slot`` until cancelled or crashed."""
+    slot.incarnation += 1
+    async with trio.open_nursery() as nursery:
+        for agent, (_, inbox) in zip(slot.sphere.agent_ids, slot._agents):
+            nursery.start_soon(agent_task, engine, agent, inbox, name=f"agent/{agent}")
+        nursery.start_soon(_integrate, engine, slot, name=f"sphere/{slot.sphere.name}/integrate")
+        task_status.started()
+        while True:
+            message = await slot._inbox.receive()
+            if isinstance(message, Crash):
+                raise InjectedCrash(message.reason)
+            if isinstance(message, Disperse):
+                for agent in message.agents:
+                    await slot.agent_mailbox(agent).send(message)
+            else:  # Regroup goes to every agent of the sphere; Retune to its one agent
+                targets = slot.sphere.agent_ids if isinstance(message, Regroup) else (message.agent,)
+                for agent in targets:
+                    await slot.agent_mailbox(agent).send(message)
+
+
+async def _integrate(engine: Engine, slot: SphereSlot) -> None:
+    state = engine.state
+    while True:
+        await slot.wake.wait()
+        slot.wake = trio.Event()
+        state.integrate(slot.rows, slot.tick_t)
+        slot.reported = slot.tick
+
+
+async def agent_task(engine: Engine, agent: int, inbox: trio.MemoryReceiveChannel[Any]) -> None:
+    """One agent: waits for messages until its next timed transition is due, then makes it."""
+    state = engine.state
+    while True:
+        with trio.move_on_at(engine.clock.to_trio(state.status_until[agent])):
+            message = await inbox.receive()
+            now = engine.clock.now()
+            if isinstance(message, Disperse):
+                state.move(agent, now, 1.0)
+                state.status_until[agent] = now + FLY_S + engine.dwell_s
+                _set_status(engine, agent, DISPERSED, message.command_id)
+            elif isinstance(message, Regroup):
+                if state.status[agent] == DISPERSED:
+                    _start_regroup(engine, agent, now, message.command_id)
+            elif isinstance(message, Retune):
+                state.set_frequency(agent, message.hz, now)
+                message.applied.set()
+                engine.emit({"type": "event", "event": "agent.frequency", "agent": agent,
+                             "frequency": round(message.hz, 3), "command_id": message.command_id})
+            continue
+        # The timer ran out: the dwell is over, or the agent is home.
+        now = engine.clock.now()
+        if state.status[agent] == DISPERSED:
+            _start_regroup(engine, agent, now, None)
+        else:
+            state.status_until[agent] = math.inf
+            _set_status(engine, agent, ACTIVE, None)
+
+
+def _start_regroup(engine: Engine, agent: int, now: float, command_id: str | None) -> None:
+    engine.state.move(agent, now, 0.0)
+    engine.state.status_until[agent] = now + FLY_S
+    _set_status(engine, agent, REGROUPING, command_id)
+
+
+def _set_status(engine: Engine, agent: int, status: int, command_id: str | None) -> None:
+    if engine.state.status[agent] == status:
+        return
+    engine.state.status[agent] = status
+    event = {"type": "event", "event": "agent.status", "agent": agent, "status": STATUS_NAMES[status]}
+    if command_id:
+        event["command_id"] = command_id
+    engine.emit(event)

@@ -1,0 +1,212 @@
+"""The swarm engine: the sphere supervisor, the compositor, and the command API the REST layer calls.
+
+Tree::
+
+    Engine.run
+    ├── Supervisor "spheres" (one_for_one, intensity 5 / 10 s)
+    │   ├── sphere/personal   → 28 agent tasks + integrator
+    │   ├── ...
+    │   └── sphere/dashboard  → 6 agent tasks + integrator
+    └── Compositor            → one frame per tick on the bus
+
+Cancellation: everything stops, spheres right to left. Errors: a sphere that crashes is restarted
+by the supervisor; a crash loop beyond the intensity makes :meth:`Engine.run` raise
+:class:`~atom_actors.errors.SupervisorEscalation` after every actor has stopped.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import numpy as np
+import trio
+
+from .actors import Crash, Disperse, Regroup, Retune, SphereSlot, sphere_actor
+from .bus import Bus
+from .catalog import CATALOG, Catalog
+from .compositor import Compositor
+from .config import MIN_HZ, Settings
+from .errors import (FrequencyOutOfRange, SupervisorEscalation, UnknownAgent, UnknownLevel,
+                     UnknownSphere)
+from .supervisor import ChildSpec, Report, Supervisor
+from .swarm import ACTIVE, DISPERSED, STATUS_NAMES, SwarmState
+
+LEVELS = {"partial": 0.2, "sectoral": 0.5, "total": 1.0}
+SPHERE_INTENSITY = 5      # restarts ...
+SPHERE_PERIOD_S = 10.0    # ... within this many seconds before the engine gives up
+SPHERE_SHUTDOWN_S = 1.0
+RETUNE_TIMEOUT_S = 2.0
+
+
+class EngineClock:
+    """Engine time: Unix seconds read off Trio's clock, so a MockClock drives the whole engine."""
+
+    def __init__(self) -> None:
+        self.offset = time.time() - trio.current_time()
+
+    def now(self) -> float:
+        return trio.current_time() + self.offset
+
+    def from_trio(self, trio_time: float) -> float:
+        return trio_time + self.offset
+
+    def to_trio(self, t: float) -> float:
+        return t - self.offset if math.isfinite(t) else math.inf
+
+
+def new_command_id() -> str:
+    return uuid.uuid4().hex
+
+
+def dispersal_size(level: str, count: int) -> int:
+    try:
+        return int(count * LEVELS[level])
+    except (KeyError, TypeError):
+        raise UnknownLevel(level) from None
+
+
+class Engine:
+    """The running swarm. Create it inside ``trio.run`` (its clock reads Trio's) and ``run`` it."""
+
+    def __init__(self, settings: Settings, bus: Bus, *, catalog: Catalog = CATALOG,
+                 on_report: Callable[[Report], None] | None = None,
+                 on_overload: Callable[[float], None] | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.catalog = catalog
+        self.clock = EngineClock()
+        self.dwell_s = settings.dispersal_dwell_s
+        self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
+        self._rng = np.random.default_rng(settings.swarm_seed)
+        self.slots = [SphereSlot(s) for s in catalog.spheres]
+        self.supervisor = Supervisor(
+            "spheres",
+            [ChildSpec(f"sphere/{slot.sphere.name}", partial(sphere_actor, self, slot),
+                       shutdown=SPHERE_SHUTDOWN_S) for slot in self.slots],
+            intensity=SPHERE_INTENSITY, period=SPHERE_PERIOD_S, on_report=on_report,
+        )
+        self.compositor = Compositor(self, bus.publish_frame, on_overload)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Engine] = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the sphere actors, then the compositor; run until cancelled or escalation."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.supervisor.run)
+                await nursery.start(self.compositor.run)
+                task_status.started(self)
+        except BaseExceptionGroup as group:
+            escalation = _find(group, SupervisorEscalation)
+            if escalation is None:
+                raise
+            raise escalation from None
+
+    @property
+    def ticking(self) -> bool:
+        return self.compositor.ticking
+
+    def emit(self, event: dict) -> None:
+        self.bus.publish_event(event)
+
+    # -- commands ----------------------------------------------------------------------------------
+
+    async def disperse(self, level: str, sphere: str | None = None,
+                       command_id: str | None = None) -> dict[str, Any]:
+        """Disperse int(count × fraction) agents of the swarm, or of one sphere, chosen at random
+        among the active ones first. Returns ``{"level", "sphere", "dispersed", "command_id"}``."""
+        if not isinstance(level, str) or level not in LEVELS:
+            raise UnknownLevel(level)
+        rows = self._sphere(sphere).agent_ids if sphere is not None else range(self.state.size)
+        count = dispersal_size(level, len(rows))
+        ids = np.asarray(rows)
+        active = ids[self.state.status[ids] == ACTIVE]
+        others = ids[self.state.status[ids] != ACTIVE]
+        chosen = np.concatenate([self._rng.permutation(active), self._rng.permutation(others)])[:count]
+        command_id = command_id or new_command_id()
+        by_sphere: dict[int, list[int]] = {}
+        for agent in sorted(int(a) for a in chosen):
+            by_sphere.setdefault(int(self.state.sphere_index[agent]), []).append(agent)
+        for index, agents in by_sphere.items():
+            await self.slots[index].mailbox.send(Disperse(tuple(agents), command_id))
+        self.emit({"type": "event", "event": "swarm.dispersal", "level": level, "sphere": sphere,
+                   "count": count, "command_id": command_id})
+        return {"level": level, "sphere": sphere, "dispersed": count, "command_id": command_id}
+
+    async def regroup(self, command_id: str | None = None) -> dict[str, Any]:
+        """Call every dispersed agent home. Returns ``{"regrouped", "command_id"}``."""
+        command_id = command_id or new_command_id()
+        out = self.state.status == DISPERSED
+        count = int(out.sum())
+        for index in np.unique(self.state.sphere_index[out]):
+            await self.slots[int(index)].mailbox.send(Regroup(command_id))
+        self.emit({"type": "event", "event": "swarm.regroup", "count": count,
+                   "command_id": command_id})
+        return {"regrouped": count, "command_id": command_id}
+
+    async def retune(self, agent_id: int, hz: float, command_id: str | None = None) -> dict[str, Any]:
+        """Set one agent's frequency (in [432, FREQUENCY]); returns the agent once applied."""
+        agent = self._agent_id(agent_id)
+        if isinstance(hz, bool) or not isinstance(hz, int | float) or not math.isfinite(hz) \
+                or not MIN_HZ <= hz <= self.settings.frequency:
+            raise FrequencyOutOfRange(hz, MIN_HZ, self.settings.frequency)
+        message = Retune(agent, float(hz), command_id or new_command_id())
+        await self.slots[int(self.state.sphere_index[agent])].mailbox.send(message)
+        with trio.move_on_after(RETUNE_TIMEOUT_S):
+            await message.applied.wait()
+        return self.state.agent(agent)
+
+    def inject_crash(self, sphere: str, reason: str = "injected crash") -> None:
+        """Make a sphere actor raise, as a real bug would: for tests and drills."""
+        self.slots[self._sphere(sphere).index].mailbox.send_nowait(Crash(reason))
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def agent(self, agent_id: int) -> dict[str, Any]:
+        return self.state.agent(self._agent_id(agent_id))
+
+    def agents(self, sphere: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
+        rows = self._sphere(sphere).agent_ids if sphere is not None else range(self.state.size)
+        wanted = None if status is None else STATUS_NAMES.index(status)
+        return [self.state.agent(i) for i in rows if wanted is None or self.state.status[i] == wanted]
+
+    def counts(self) -> dict[str, Any]:
+        status = self.state.status
+        return {
+            "by_status": {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)},
+            "by_sphere": {s.name: s.count for s in self.catalog.spheres},
+        }
+
+    def frequency_stats(self) -> dict[str, float]:
+        f = self.state.frequency
+        return {"canon": self.settings.frequency, "min": round(float(f.min()), 3),
+                "max": round(float(f.max()), 3), "mean": round(float(f.mean()), 3)}
+
+    def roster(self) -> list[dict[str, Any]]:
+        return [self.state.agent(i, with_position=False) for i in range(self.state.size)]
+
+    def _sphere(self, name: str | None):
+        try:
+            return self.catalog.by_name[name]
+        except (KeyError, TypeError):
+            raise UnknownSphere(name) from None
+
+    def _agent_id(self, agent_id: Any) -> int:
+        if isinstance(agent_id, bool) or not isinstance(agent_id, int | np.integer) \
+                or not 0 <= agent_id < self.state.size:
+            raise UnknownAgent(agent_id, self.state.size)
+        return int(agent_id)
+
+
+def _find(group: BaseExceptionGroup, kind: type[BaseException]) -> Any:
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup) and (found := _find(exc, kind)) is not None:
+            return found
+    return None

@@ -1,0 +1,167 @@
+"""The swarm's state and motion, as numpy arrays and pure functions (no Trio, no I/O).
+
+:class:`SwarmState` owns one row per agent. It lives outside the actor tasks on purpose: a sphere
+actor that crashes loses its tasks, never its agents' status, frequency or trajectory, so its
+restart picks up exactly where the crash left off.
+
+Motion (all in world units, time in seconds of the engine clock):
+
+* every sphere has a centre on a Fibonacci shell of radius ``SHELL_RADIUS``;
+* an agent orbits its centre on its own tilted circle, with an angular speed that grows with its
+  frequency (``orbit_speed``); a retune keeps the phase continuous, so nothing jumps;
+* a dispersal moves an agent out along its radial direction: its *excursion* goes from where it is
+  to 1 in ``FLY_S`` seconds, dwells, then back to 0 when it regroups.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+import numpy as np
+
+from .catalog import Catalog
+
+ACTIVE: Final = 0
+DISPERSED: Final = 1
+REGROUPING: Final = 2
+STATUS_NAMES: Final = ("active", "dispersed", "regrouping")
+STATUS_CODES: Final = {name: code for code, name in enumerate(STATUS_NAMES)}
+
+SHELL_RADIUS: Final = 18.0
+FLY_S: Final = 1.2          # time to fly out to full excursion, or back home
+DISPERSAL_DISTANCE: Final = (12.0, 20.0)  # how far out a dispersed agent goes
+MIN_SPEED: Final = 0.15     # rad/s at 432 Hz
+MAX_SPEED: Final = 1.0      # rad/s at the canon
+
+
+def orbit_speed(hz: np.ndarray | float, low: float, canon: float) -> np.ndarray | float:
+    """Angular speed in rad/s for a frequency: MIN_SPEED at ``low`` up to MAX_SPEED at ``canon``."""
+    return MIN_SPEED + (MAX_SPEED - MIN_SPEED) * (np.asarray(hz) - low) / (canon - low)
+
+
+def sphere_centres(n: int) -> np.ndarray:
+    """``n`` points spread evenly on a shell (golden-angle spiral)."""
+    k = np.arange(n) + 0.5
+    y = 1.0 - 2.0 * k / n
+    r = np.sqrt(1.0 - y * y)
+    theta = math.pi * (3.0 - math.sqrt(5.0)) * k
+    return SHELL_RADIUS * np.stack([r * np.cos(theta), y, r * np.sin(theta)], axis=1)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+@dataclass(eq=False)
+class SwarmState:
+    """One row per agent; slices of these arrays are what a sphere actor integrates each tick."""
+
+    catalog: Catalog
+    low_hz: float
+    canon_hz: float
+    names: list[str]
+    functions: list[str]
+    sphere_index: np.ndarray    # (N,) int
+    frequency: np.ndarray       # (N,) float64, Hz
+    omega: np.ndarray           # (N,) rad/s, from frequency
+    phase: np.ndarray           # (N,) rad; angle = phase + omega * t
+    radius: np.ndarray          # (N,) orbit radius
+    centre: np.ndarray          # (N, 3) its sphere's centre
+    axis_u: np.ndarray          # (N, 3) orbit plane basis
+    axis_v: np.ndarray          # (N, 3)
+    direction: np.ndarray       # (N, 3) outward unit vector × dispersal distance
+    status: np.ndarray          # (N,) int8: ACTIVE, DISPERSED, REGROUPING
+    status_until: np.ndarray    # (N,) float64: engine time of the next automatic transition
+    exc_from: np.ndarray        # (N,) excursion at t_start
+    exc_to: np.ndarray          # (N,) excursion it is heading to
+    exc_start: np.ndarray       # (N,) engine time the current excursion move began
+    positions: np.ndarray       # (N, 3) float32: the last slices the sphere actors reported
+
+    @classmethod
+    def create(cls, catalog: Catalog, low_hz: float, canon_hz: float,
+               seed: int | None = None) -> SwarmState:
+        rng = np.random.default_rng(seed)
+        n = catalog.size
+        counts = [s.count for s in catalog.spheres]
+        sphere_index = np.repeat(np.arange(len(counts)), counts)
+        centres = sphere_centres(len(counts))
+        names, functions = [], []
+        for s in catalog.spheres:
+            for k in range(s.count):
+                names.append(f"{s.name}-{k + 1:02d}")
+                functions.append(s.functions[k % len(s.functions)])
+        frequency = rng.uniform(low_hz, canon_hz, n)
+        normal = _unit(rng.normal(size=(n, 3)))
+        helper = np.where(np.abs(normal[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
+        axis_u = _unit(np.cross(normal, helper))
+        axis_v = np.cross(normal, axis_u)
+        size_scale = np.sqrt(np.asarray(counts, dtype=float) / max(counts))[sphere_index]
+        radius = (1.5 + 3.5 * size_scale) * rng.uniform(0.6, 1.0, n)
+        outward = _unit(centres[sphere_index] + rng.normal(scale=6.0, size=(n, 3)))
+        distance = rng.uniform(*DISPERSAL_DISTANCE, n)
+        state = cls(
+            catalog=catalog, low_hz=low_hz, canon_hz=canon_hz, names=names, functions=functions,
+            sphere_index=sphere_index, frequency=frequency,
+            omega=np.asarray(orbit_speed(frequency, low_hz, canon_hz)),
+            phase=rng.uniform(0, 2 * math.pi, n), radius=radius,
+            centre=centres[sphere_index], axis_u=axis_u, axis_v=axis_v,
+            direction=outward * distance[:, None],
+            status=np.zeros(n, np.int8), status_until=np.full(n, math.inf),
+            exc_from=np.zeros(n), exc_to=np.zeros(n), exc_start=np.zeros(n),
+            positions=np.zeros((n, 3), np.float32),
+        )
+        state.integrate(slice(0, n), 0.0)
+        return state
+
+    @property
+    def size(self) -> int:
+        return len(self.status)
+
+    # -- motion ---------------------------------------------------------------------------------
+
+    def excursion(self, sl: slice | int, t: float) -> np.ndarray:
+        """How far out (0 home … 1 fully dispersed) the agents of ``sl`` are at time ``t``."""
+        progress = np.clip((t - self.exc_start[sl]) / FLY_S, 0.0, 1.0)
+        ease = progress * progress * (3.0 - 2.0 * progress)  # smoothstep: no jolt at either end
+        return self.exc_from[sl] + (self.exc_to[sl] - self.exc_from[sl]) * ease
+
+    def integrate(self, sl: slice, t: float) -> None:
+        """Write the positions of the agents of ``sl`` at time ``t`` into ``positions[sl]``."""
+        angle = self.phase[sl] + self.omega[sl] * t
+        cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]
+        pos = self.centre[sl] + self.radius[sl, None] * (self.axis_u[sl] * cos + self.axis_v[sl] * sin)
+        pos += self.excursion(sl, t)[:, None] * self.direction[sl]
+        self.positions[sl] = pos
+
+    # -- transitions (called by the agent tasks, one agent at a time) ---------------------------
+
+    def move(self, agent: int, t: float, target: float) -> None:
+        """Start moving ``agent``'s excursion from where it is now towards ``target``."""
+        self.exc_from[agent] = float(self.excursion(agent, t))
+        self.exc_to[agent] = target
+        self.exc_start[agent] = t
+
+    def set_frequency(self, agent: int, hz: float, t: float) -> None:
+        """Retune ``agent``: its orbit speed changes and its phase is shifted so it does not jump."""
+        new_omega = float(orbit_speed(hz, self.low_hz, self.canon_hz))
+        self.phase[agent] += (self.omega[agent] - new_omega) * t
+        self.omega[agent] = new_omega
+        self.frequency[agent] = hz
+
+    # -- views ----------------------------------------------------------------------------------
+
+    def agent(self, i: int, with_position: bool = True) -> dict:
+        out = {
+            "id": i,
+            "sphere": self.catalog.spheres[self.sphere_index[i]].name,
+            "name": self.names[i],
+            "function": self.functions[i],
+            "frequency": round(float(self.frequency[i]), 3),
+            "status": STATUS_NAMES[self.status[i]],
+        }
+        if with_position:
+            x, y, z = (round(float(c), 4) for c in self.positions[i])
+            out["position"] = {"x": x, "y": y, "z": z}
+        return out

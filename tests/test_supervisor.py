@@ -1,0 +1,154 @@
+"""The supervisor's OTP semantics, on virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from atom_actors.errors import SupervisorEscalation
+from atom_actors.supervisor import (ONE_FOR_ALL, ONE_FOR_ONE, REST_FOR_ONE, TEMPORARY, TRANSIENT,
+                                    ChildSpec, Report, Supervisor)
+
+
+class Child:
+    """A child that counts its starts and crashes when told to."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.starts = 0
+        self.stopped = 0
+        self.crash = False
+        self.exit = trio.Event()
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        self.starts += 1
+        self.crash, self.exit = False, trio.Event()
+        task_status.started()
+        try:
+            await self.exit.wait()
+        except trio.Cancelled:
+            self.stopped += 1
+            raise
+        if self.crash:
+            raise RuntimeError(f"{self.name} crashed")
+
+    def spec(self, **kw) -> ChildSpec:
+        return ChildSpec(self.name, self.run, **kw)
+
+
+def kill(child: Child) -> None:
+    child.crash = True
+    child.exit.set()
+
+
+def make(strategy=ONE_FOR_ONE, intensity=3, period=5.0, n=3, **kw):
+    children = [Child(f"c{i}") for i in range(n)]
+    reports: list[Report] = []
+    sup = Supervisor("test", [c.spec(**kw) for c in children], strategy=strategy,
+                     intensity=intensity, period=period, on_report=reports.append)
+    return sup, children, reports
+
+
+async def test_one_for_one_restarts_only_the_crashed_child(nursery, autojump_clock):
+    sup, (a, b, c), reports = make()
+    await nursery.start(sup.run)
+    kill(b)
+    await trio.sleep(0.01)
+    assert (a.starts, b.starts, c.starts) == (1, 2, 1)
+    assert a.stopped == c.stopped == 0
+    crashed = [r for r in reports if r.kind == "crashed"]
+    assert crashed[0].child == "c1" and isinstance(crashed[0].reason, RuntimeError)
+    assert [r.child for r in reports if r.kind == "restarted"] == ["c1"]
+
+
+async def test_one_for_all_restarts_every_child(nursery, autojump_clock):
+    sup, (a, b, c), _ = make(ONE_FOR_ALL)
+    await nursery.start(sup.run)
+    kill(b)
+    await trio.sleep(0.01)
+    assert (a.starts, b.starts, c.starts) == (2, 2, 2)
+    assert (a.stopped, c.stopped) == (1, 1)
+
+
+async def test_rest_for_one_restarts_the_children_after_it(nursery, autojump_clock):
+    sup, (a, b, c), _ = make(REST_FOR_ONE)
+    await nursery.start(sup.run)
+    kill(b)
+    await trio.sleep(0.01)
+    assert (a.starts, b.starts, c.starts) == (1, 2, 2)
+
+
+async def test_intensity_exceeded_escalates_after_stopping_everyone(autojump_clock):
+    sup, (a, b, c), reports = make(intensity=2, period=5.0)
+
+    async def crash_b_repeatedly():
+        await trio.sleep(0.1)
+        for _ in range(3):
+            kill(b)
+            await trio.sleep(1.0)
+
+    escalations = []
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(crash_b_repeatedly)
+            await sup.run()
+    except* SupervisorEscalation as group:
+        escalations = list(group.exceptions)
+    assert len(escalations) == 1
+    assert escalations[0].supervisor == "test" and escalations[0].child == "c1"
+    assert (a.stopped, c.stopped) == (1, 1)
+    assert reports[-1].kind == "escalated"
+
+
+async def test_restarts_older_than_the_period_are_forgotten(nursery, autojump_clock):
+    sup, (_, b, _), _ = make(intensity=1, period=5.0)
+    await nursery.start(sup.run)
+    for _ in range(4):
+        kill(b)
+        await trio.sleep(6.0)
+    assert b.starts == 5
+
+
+async def test_cancelling_the_supervisor_is_no_crash(autojump_clock):
+    sup, children, reports = make(intensity=0)
+    with trio.move_on_after(1.0):
+        await sup.run()
+    assert all(c.stopped == 1 for c in children)
+    assert not [r for r in reports if r.kind in ("crashed", "escalated")]
+
+
+async def test_transient_child_exiting_normally_is_not_restarted(nursery, autojump_clock):
+    sup, (a, _, _), reports = make(restart=TRANSIENT)
+    await nursery.start(sup.run)
+    a.exit.set()
+    await trio.sleep(0.01)
+    assert a.starts == 1 and not sup.is_running("c0")
+    assert [r.kind for r in reports if r.child == "c0"] == ["started", "exited"]
+
+
+async def test_temporary_child_is_never_restarted(nursery, autojump_clock):
+    sup, (a, _, _), _ = make(restart=TEMPORARY)
+    await nursery.start(sup.run)
+    kill(a)
+    await trio.sleep(0.01)
+    assert a.starts == 1 and not sup.is_running("c0")
+
+
+async def test_crash_before_started_counts_and_escalates(autojump_clock):
+    attempts = 0
+
+    async def broken(*, task_status=trio.TASK_STATUS_IGNORED):
+        nonlocal attempts
+        attempts += 1
+        raise ValueError("cannot start")
+
+    sup = Supervisor("boot", [ChildSpec("broken", broken)], intensity=2, period=5.0)
+    with pytest.raises(SupervisorEscalation):
+        await sup.run()
+    assert attempts == 3
+
+
+def test_duplicate_child_ids_are_refused():
+    a = Child("x")
+    with pytest.raises(ValueError):
+        Supervisor("dup", [a.spec(), a.spec()])
