@@ -17,7 +17,6 @@ by the supervisor; a crash loop beyond the intensity makes :meth:`Engine.run` ra
 from __future__ import annotations
 
 import math
-import time
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -29,6 +28,7 @@ import trio
 from .actors import Crash, Disperse, Regroup, Retune, SphereSlot, sphere_actor
 from .bus import Bus
 from .catalog import CATALOG, Catalog
+from .clock import WallClock
 from .compositor import Compositor
 from .config import MIN_HZ, Settings
 from .errors import (FrequencyOutOfRange, SupervisorEscalation, UnknownAgent, UnknownLevel,
@@ -41,22 +41,6 @@ SPHERE_INTENSITY = 5      # restarts ...
 SPHERE_PERIOD_S = 10.0    # ... within this many seconds before the engine gives up
 SPHERE_SHUTDOWN_S = 1.0
 RETUNE_TIMEOUT_S = 2.0
-
-
-class EngineClock:
-    """Engine time: Unix seconds read off Trio's clock, so a MockClock drives the whole engine."""
-
-    def __init__(self) -> None:
-        self.offset = time.time() - trio.current_time()
-
-    def now(self) -> float:
-        return trio.current_time() + self.offset
-
-    def from_trio(self, trio_time: float) -> float:
-        return trio_time + self.offset
-
-    def to_trio(self, t: float) -> float:
-        return t - self.offset if math.isfinite(t) else math.inf
 
 
 def new_command_id() -> str:
@@ -79,7 +63,7 @@ class Engine:
         self.settings = settings
         self.bus = bus
         self.catalog = catalog
-        self.clock = EngineClock()
+        self.clock = WallClock()
         self.dwell_s = settings.dispersal_dwell_s
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self._rng = np.random.default_rng(settings.swarm_seed)

@@ -1,0 +1,6 @@
+"""Persistence: ``base.Store`` is the interface, ``memory.MemoryStore`` the default and test fake."""
+
+from .base import AgentRow, EventRecord, SessionRecord, Store
+from .memory import MemoryStore
+
+__all__ = ["AgentRow", "EventRecord", "SessionRecord", "Store", "MemoryStore"]

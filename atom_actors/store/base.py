@@ -1,0 +1,79 @@
+"""The store interface. Nothing stored identifies a person: sessions are kept by the hash of their
+token, events carry swarm facts only.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str                    # sha256 hex of the token: the token itself is never stored
+    created_at: float          # Unix seconds
+    expires_at: float
+    frequency: float
+    sceau_validated: bool = True
+    revoked: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    t: float                   # Unix seconds
+    kind: str                  # dispersal, regroup, retune, safeguard
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRow:
+    id: int
+    sphere: str
+    name: str
+    function: str
+    frequency: float
+    status: str
+    pos_x: float
+    pos_y: float
+    pos_z: float
+
+
+class Store(abc.ABC):
+    name = "store"
+
+    async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open connections (and apply migrations), then hold them until cancelled."""
+        task_status.started(self)
+        await trio.sleep_forever()
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise BackendUnavailable otherwise."""
+
+    # sessions
+    @abc.abstractmethod
+    async def save_session(self, record: SessionRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def get_session(self, session_id: str) -> SessionRecord | None: ...
+
+    @abc.abstractmethod
+    async def revoke_session(self, session_id: str) -> bool:
+        """Mark a session revoked; False if there was none."""
+
+    # events (dispersals, regroups, retunes, safeguard trips)
+    @abc.abstractmethod
+    async def record_event(self, record: EventRecord) -> None: ...
+
+    @abc.abstractmethod
+    async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
+        """The newest events first."""
+
+    # agents snapshot
+    @abc.abstractmethod
+    async def save_agents(self, rows: list[AgentRow]) -> None: ...
+
+    @abc.abstractmethod
+    async def load_agents(self) -> list[AgentRow]: ...
