@@ -33,7 +33,15 @@ class Services:
     settings: Settings
     bus: Bus
     engine: Engine | None = None
+    api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
+    ws_url: str | None = None    # ws://host:port/ws/swarm
     extras: dict[str, object] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        parts = [f"engine {self.settings.tick_hz} fps" if self.engine else None,
+                 f"api {self.api_url}" if self.api_url else None,
+                 f"ws {self.ws_url}" if self.ws_url else None]
+        return ", ".join(p for p in parts if p)
 
 
 def report_supervision(report: Report) -> None:

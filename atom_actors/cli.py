@@ -53,8 +53,8 @@ async def _serve_until_signal(settings: Settings) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as nursery:
-                await nursery.start(app.serve, settings)
-                app.announce(f"serving (engine {settings.tick_hz} fps)")
+                services = await nursery.start(app.serve, settings)
+                app.announce(f"serving: {services.describe()}")
 
                 async def stop_on_signal() -> None:
                     async for signum in signals:

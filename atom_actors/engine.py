@@ -20,7 +20,7 @@ import math
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import trio
@@ -37,6 +37,33 @@ from .supervisor import ChildSpec, Report, Supervisor
 from .swarm import ACTIVE, DISPERSED, STATUS_NAMES, SwarmState
 
 LEVELS = {"partial": 0.2, "sectoral": 0.5, "total": 1.0}
+
+
+class SwarmControl(Protocol):
+    """What the API and the broadcasters need of the swarm. :class:`Engine` is one (in-process);
+    a process without the engine (``--role api|ws``) uses one that reads the bus and sends its
+    commands to the engine over it."""
+
+    @property
+    def ticking(self) -> bool: ...
+
+    async def disperse(self, level: str, sphere: str | None = None,
+                       command_id: str | None = None) -> dict[str, Any]: ...
+
+    async def regroup(self, command_id: str | None = None) -> dict[str, Any]: ...
+
+    async def retune(self, agent_id: int, hz: float,
+                     command_id: str | None = None) -> dict[str, Any]: ...
+
+    def agent(self, agent_id: int) -> dict[str, Any]: ...
+
+    def agents(self, sphere: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
+
+    def counts(self) -> dict[str, Any]: ...
+
+    def frequency_stats(self) -> dict[str, float]: ...
+
+    def roster(self) -> list[dict[str, Any]]: ...
 SPHERE_INTENSITY = 5      # restarts ...
 SPHERE_PERIOD_S = 10.0    # ... within this many seconds before the engine gives up
 SPHERE_SHUTDOWN_S = 1.0
