@@ -18,12 +18,14 @@ its tasks ends the actor (and its tasks) and reaches the supervisor, which resta
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import logs
 from .catalog import Sphere
 from .swarm import ACTIVE, DISPERSED, REGROUPING, STATUS_NAMES, FLY_S
 
@@ -88,6 +90,7 @@ async def sphere_actor(engine: Engine, slot: SphereSlot, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one incarnation of the sphere actor of ``slot`` until cancelled or crashed."""
     slot.incarnation += 1
+    log = logs.logger(f"sphere/{slot.sphere.name}")
     async with trio.open_nursery() as nursery:
         for agent, (_, inbox) in zip(slot.sphere.agent_ids, slot._agents):
             nursery.start_soon(agent_task, engine, agent, inbox, name=f"agent/{agent}")
@@ -98,12 +101,13 @@ async def sphere_actor(engine: Engine, slot: SphereSlot, *,
             if isinstance(message, Crash):
                 raise InjectedCrash(message.reason)
             if isinstance(message, Disperse):
-                for agent in message.agents:
-                    await slot.agent_mailbox(agent).send(message)
+                targets = message.agents
             else:  # Regroup goes to every agent of the sphere; Retune to its one agent
                 targets = slot.sphere.agent_ids if isinstance(message, Regroup) else (message.agent,)
-                for agent in targets:
-                    await slot.agent_mailbox(agent).send(message)
+            for agent in targets:
+                await slot.agent_mailbox(agent).send(message)
+            log.info("command.applied", command=type(message).__name__.lower(),
+                     command_id=message.command_id, size=len(targets))
 
 
 async def _integrate(engine: Engine, slot: SphereSlot) -> None:
@@ -117,6 +121,17 @@ async def _integrate(engine: Engine, slot: SphereSlot) -> None:
 
 async def agent_task(engine: Engine, agent: int, inbox: trio.MemoryReceiveChannel[Any]) -> None:
     """One agent: waits for messages until its next timed transition is due, then makes it."""
+    if not logs.tracing(logging.DEBUG):
+        return await _agent_loop(engine, agent, inbox)
+    log = logs.logger(f"agent/{agent}")
+    log.debug("actor.start")
+    try:
+        await _agent_loop(engine, agent, inbox)
+    finally:
+        log.debug("actor.stop")
+
+
+async def _agent_loop(engine: Engine, agent: int, inbox: trio.MemoryReceiveChannel[Any]) -> None:
     state = engine.state
     while True:
         with trio.move_on_at(engine.clock.to_trio(state.status_until[agent])):
@@ -132,6 +147,8 @@ async def agent_task(engine: Engine, agent: int, inbox: trio.MemoryReceiveChanne
             elif isinstance(message, Retune):
                 state.set_frequency(agent, message.hz, now)
                 message.applied.set()
+                engine.log.info("agent.frequency", actor=f"agent/{agent}", frequency=message.hz,
+                                command_id=message.command_id)
                 engine.emit({"type": "event", "event": "agent.frequency", "agent": agent,
                              "frequency": round(message.hz, 3), "command_id": message.command_id})
             continue
@@ -151,9 +168,12 @@ def _start_regroup(engine: Engine, agent: int, now: float, command_id: str | Non
 
 
 def _set_status(engine: Engine, agent: int, status: int, command_id: str | None) -> None:
-    if engine.state.status[agent] == status:
+    was = engine.state.status[agent]
+    if was == status:
         return
     engine.state.status[agent] = status
+    engine.log.info("agent.status", actor=f"agent/{agent}", status=STATUS_NAMES[status],
+                    was=STATUS_NAMES[was], command_id=command_id)
     event = {"type": "event", "event": "agent.status", "agent": agent, "status": STATUS_NAMES[status]}
     if command_id:
         event["command_id"] = command_id

@@ -6,24 +6,27 @@ above it)::
 
     bus          in-process, or Redis
     engine       supervisor of the 15 sphere actors, then the compositor
+    stats        once a second, the compositor's and broadcaster's figures in the trace log
+                 (only when INFO is logged: ZERO_LOG=false)
+
+Every process has one :class:`~atom_actors.metrics.Metrics` (its own Prometheus registry), and the
+supervisor's reports go to the trace log and to the metrics.
 
 Stopping cancels the tree; each part's docstring says what it does on cancellation.
 """
 
 from __future__ import annotations
 
-import logging
 import sys
 from dataclasses import dataclass, field
 
 import trio
 
+from . import logs
 from .bus import Bus, MemoryBus
 from .config import Settings
 from .engine import Engine
-from .supervisor import Report
-
-log = logging.getLogger("atom_actors")
+from .metrics import Metrics, supervision_reporter
 
 
 @dataclass
@@ -35,6 +38,7 @@ class Services:
     engine: Engine | None = None
     api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
     ws_url: str | None = None    # ws://host:port/ws/swarm
+    metrics: Metrics | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -44,25 +48,18 @@ class Services:
         return ", ".join(p for p in parts if p)
 
 
-def report_supervision(report: Report) -> None:
-    """Every supervision report goes to the log; crashes and escalations loudly."""
-    if report.kind in ("crashed", "escalated"):
-        log.error("supervisor %s: child %s %s (restarts %d): %r", report.supervisor, report.child,
-                  report.kind, report.restarts, report.reason)
-    elif report.kind == "restarted":
-        log.warning("supervisor %s: child %s restarted (restart %d)", report.supervisor,
-                    report.child, report.restarts)
-
-
 async def serve(settings: Settings, *,
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every part of a single-process AT·OM until cancelled."""
     bus = MemoryBus()
-    services = Services(settings, bus)
+    metrics = Metrics()
+    services = Services(settings, bus, metrics=metrics)
     async with trio.open_nursery() as nursery:
         await nursery.start(bus.run)
         services.engine = await nursery.start(
-            Engine(settings, bus, on_report=report_supervision).run)
+            Engine(settings, bus, on_report=supervision_reporter(metrics)).run)
+        metrics.attach(engine=services.engine)
+        await nursery.start(logs.report_stats, services)
         task_status.started(services)
 
 

@@ -9,13 +9,12 @@ Exit codes: 0 after a clean stop (SIGINT, SIGTERM), 1 when the engine escalates 
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 
 import trio
 
-from . import app
+from . import app, logs
 from .config import Settings, load_settings
 from .errors import ConfigError, SupervisorEscalation
 
@@ -30,8 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"atom: bad setting {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings)
     if args.command == "serve":
         return _serve(settings)
     return 2

@@ -13,6 +13,7 @@ Cancellation: stops between two frames. Errors: none expected; one reaches the e
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
 from collections.abc import Callable
@@ -31,6 +32,8 @@ MAX_CATCH_UP_S = 0.25
 # Overrunning the tick budget this long in a row is an overload the Brise-Circuit must hear of.
 OVERLOAD_AFTER_S = 5.0
 LATENESS_SAMPLES = 4096
+# Upper bounds (seconds) of the tick-lateness histogram that /metrics exposes; a tick is 16.7 ms.
+LATENESS_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.0167, 0.033, 0.1, 0.25, math.inf)
 
 
 class TickStats:
@@ -42,6 +45,15 @@ class TickStats:
         self.late_spheres = 0         # sphere-ticks that reused a previous slice
         self.lateness = deque(maxlen=LATENESS_SAMPLES)  # seconds past each deadline
         self.last_late: list[str] = []
+        # A histogram kept as plain counts (one per bucket, not cumulative): a bisect per tick,
+        # read by /metrics at scrape time.
+        self.lateness_counts = [0] * len(LATENESS_BUCKETS_S)
+        self.lateness_sum = 0.0
+
+    def record_lateness(self, seconds: float) -> None:
+        self.lateness.append(seconds)
+        self.lateness_counts[bisect.bisect_left(LATENESS_BUCKETS_S, seconds)] += 1
+        self.lateness_sum += seconds
 
     def lateness_quantiles(self, *qs: float) -> list[float]:
         if not self.lateness:
@@ -83,7 +95,7 @@ class Compositor:
                     k += skip
                     deadline = start + k * interval
                     lateness = now - deadline
-                stats.lateness.append(lateness)
+                stats.record_lateness(lateness)
                 late = [s for s in engine.slots if s.reported < k]
                 if late:
                     stats.late_spheres += len(late)

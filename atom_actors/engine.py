@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
+from . import logs
 from .actors import Crash, Disperse, Regroup, Retune, SphereSlot, sphere_actor
 from .bus import Bus
 from .catalog import CATALOG, Catalog
@@ -91,6 +92,7 @@ class Engine:
         self.bus = bus
         self.catalog = catalog
         self.clock = WallClock()
+        self.log = logs.logger("engine")
         self.dwell_s = settings.dispersal_dwell_s
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self._rng = np.random.default_rng(settings.swarm_seed)
@@ -110,7 +112,7 @@ class Engine:
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.supervisor.run)
-                await nursery.start(self.compositor.run)
+                await nursery.start(logs.traced, "compositor", self.compositor.run)
                 task_status.started(self)
         except BaseExceptionGroup as group:
             escalation = _find(group, SupervisorEscalation)
@@ -140,6 +142,8 @@ class Engine:
         others = ids[self.state.status[ids] != ACTIVE]
         chosen = np.concatenate([self._rng.permutation(active), self._rng.permutation(others)])[:count]
         command_id = command_id or new_command_id()
+        self.log.info("command.received", command="disperse", level=level, sphere=sphere,
+                      command_id=command_id, size=count)
         by_sphere: dict[int, list[int]] = {}
         for agent in sorted(int(a) for a in chosen):
             by_sphere.setdefault(int(self.state.sphere_index[agent]), []).append(agent)
@@ -154,6 +158,7 @@ class Engine:
         command_id = command_id or new_command_id()
         out = self.state.status == DISPERSED
         count = int(out.sum())
+        self.log.info("command.received", command="regroup", command_id=command_id, size=count)
         for index in np.unique(self.state.sphere_index[out]):
             await self.slots[int(index)].mailbox.send(Regroup(command_id))
         self.emit({"type": "event", "event": "swarm.regroup", "count": count,
@@ -167,6 +172,8 @@ class Engine:
                 or not MIN_HZ <= hz <= self.settings.frequency:
             raise FrequencyOutOfRange(hz, MIN_HZ, self.settings.frequency)
         message = Retune(agent, float(hz), command_id or new_command_id())
+        self.log.info("command.received", command="retune", agent=agent, frequency=float(hz),
+                      command_id=message.command_id, size=1)
         await self.slots[int(self.state.sphere_index[agent])].mailbox.send(message)
         with trio.move_on_after(RETUNE_TIMEOUT_S):
             await message.applied.wait()

@@ -16,7 +16,7 @@ Cancellation: a ``trio.Cancelled`` that reaches a child from the supervisor's ow
 shutdown, never a crash, and never counts toward the intensity. Cancelling the supervisor stops
 its children right to left.
 
-Every start, crash, restart and escalation goes to ``on_report`` (a plain callable), naming the
+Every start, stop, crash, restart and escalation goes to ``on_report`` (a plain callable), naming the
 supervisor, the child and the reason.
 """
 
@@ -66,7 +66,8 @@ class ChildSpec:
 
 @dataclass(frozen=True)
 class Report:
-    """What happened to a child: kind is started, crashed, exited, restarted or escalated."""
+    """What happened to a child: kind is started, stopped (by its supervisor), crashed, exited,
+    restarted or escalated."""
 
     kind: str
     supervisor: str
@@ -133,6 +134,9 @@ class Supervisor:
                     await self._stop(list(self._running))
                 nursery.cancel_scope.cancel()
         if escalation is not None:
+            # Reported once every child has stopped: the escalation is the supervisor's last word.
+            self._report(Report("escalated", self.name, escalation.child, escalation.reason,
+                                len(self._restarts)))
             # Raised here, outside the nursery, so that callers see it as itself, not in a group.
             raise escalation
 
@@ -180,7 +184,6 @@ class Supervisor:
         while self._restarts and self._restarts[0] <= now - self.period:
             self._restarts.popleft()
         if len(self._restarts) > self.intensity:
-            self._report(Report("escalated", self.name, child_id, reason, len(self._restarts)))
             raise SupervisorEscalation(self.name, child_id, len(self._restarts), self.period,
                                        reason or RuntimeError("exited"))
         self.restart_count += 1
@@ -207,6 +210,7 @@ class Supervisor:
             running.scope.cancel()
             with trio.move_on_after(running.spec.shutdown):
                 await running.done.wait()
+            self._report(Report("stopped", self.name, child_id, restarts=self.restart_count))
 
 
 class _TrackedStatus:

@@ -1,0 +1,381 @@
+"""Logging: nothing that identifies a person under ZERO_LOG, structured actor traces without it.
+
+:func:`configure` is called once, by the CLI, before anything starts. Every line that leaves the
+process — ours through structlog, and every library's through the stdlib ``logging`` tree
+(Hypercorn, Quart, trio-websocket, asyncpg, redis) — goes through ONE handler on stderr, whose
+formatter renders a JSON line after :func:`scrub` has run over it.
+
+ZERO_LOG=true (the default)
+    Only warnings and errors are written (start and stop are the CLI's own ``atom:`` lines):
+    crashes, escalations, backends that fail. Hypercorn's access log is off, always. Every string
+    of every line is scrubbed of IPv4/IPv6 addresses, Sceau tokens (``v1.<b64>.<b64>``), 64-hex
+    hashes (a token's hash is its session id) and user agents; keys that name such data
+    (``client``, ``user_agent``, ``token``, ...) have their values redacted whatever they hold.
+    The actors' trace calls are made on a structlog *filtering* bound logger whose ``debug`` and
+    ``info`` are no-op methods, so they cost a Python call and nothing more.
+
+ZERO_LOG=false
+    JSON lines for developers tracing actors, filtered by LOG_LEVEL. Every line has ``time``,
+    ``level``, ``actor`` and ``event``; lines about a command carry its ``command_id``. Events:
+    ``actor.start``, ``actor.stop``, ``actor.crash`` (with the exception), ``actor.restart``
+    (with ``restart``), ``actor.escalate``; ``command.received`` and ``command.applied`` with
+    their ``size``; ``agent.status``, ``agent.frequency``; once a second ``compositor.stats`` and
+    ``broadcaster.stats`` (:func:`report_stats`). Scrubbing still runs: tokens are never logged.
+
+Parts get their logger with :func:`logger` (``logger("compositor")``) when they start, after
+:func:`configure`; until then the trace is at WARNING, as under ZERO_LOG.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import re
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+import trio
+from structlog.stdlib import ProcessorFormatter
+
+from .supervisor import Report, is_cancellation
+
+if TYPE_CHECKING:
+    from .app import Services
+    from .config import Settings
+
+TRACE_LOGGER = "atom_actors.trace"
+STATS_INTERVAL_S = 1.0
+
+# Library loggers, and the actor their lines are attributed to.
+LIBRARY_ACTORS = {
+    "hypercorn": "api",
+    "quart": "api",
+    "atom_actors.api": "api",
+    "trio-websocket": "broadcaster",
+    "atom_actors.broadcaster": "broadcaster",
+    "asyncpg": "store",
+    "atom_actors.store": "store",
+    "redis": "bus",
+    "atom_actors.bus": "bus",
+    "trio_asyncio": "bus",
+}
+# Hypercorn writes one access line per request: client address, request line, user agent.
+ACCESS_LOGGERS = ("hypercorn.access",)
+
+# -- scrubbing --------------------------------------------------------------------------------------
+
+REDACTED = "<redacted>"
+# Keys whose values are personal whatever they look like (compared lower-case, '-' as '_').
+SENSITIVE_KEYS = frozenset({
+    "client", "client_addr", "client_address", "remote", "remote_addr", "remote_address", "peer",
+    "peername", "addr", "address", "ip", "host_ip", "forwarded", "x_forwarded_for", "x_real_ip",
+    "user_agent", "ua", "headers", "cookie", "cookies", "authorization", "token", "session",
+    "session_id", "token_hash", "x_sceau_session", "query_string",
+})
+
+_TOKEN = re.compile(r"v1\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}")
+_HEX64 = re.compile(r"(?<![0-9A-Fa-f])[0-9A-Fa-f]{64}(?![0-9A-Fa-f])")
+# Candidates only: a run of hex digits, colons and dots with at least two colons, then checked
+# by ipaddress, so that times ("12:34:56") and other colon runs are left alone.
+_IPV6_CANDIDATE = re.compile(r"(?<![\w:.])[0-9A-Fa-f.]*:[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*")
+# Any dotted quad, address or not: over-scrubbing a version number costs nothing.
+_IPV4 = re.compile(r"(?<!\d)(?<!\d\.)(?:\d{1,3}\.){3}\d{1,3}(?!\.?\d)")
+# A User-Agent given by name ("User-Agent: ...", "user_agent=...", a headers list's
+# (b'user-agent', b'...')) to the end of its quotes or line; the browsers' "Mozilla/5.0 (...)",
+# and product/version tokens such as "curl/8.5.0" or "python-httpx/0.28.1 (comment)". Actor names
+# ("agent/217", "sphere/transport") have no dotted version and stay.
+_UA_NAMED = re.compile(r"""(?i)(user[-_ ]?agent["']?\s*[:=,]\s*b?)("[^"]*"|'[^']*'|[^\n]*)""")
+_UA_PRODUCT = re.compile(r"(?<![\w/])(?!HTTP/)[A-Za-z][\w.+-]*/\d+(?:\.\w+)+(?:\s*\([^)\n]*\))?")
+
+
+def _ipv6(match: re.Match[str]) -> str:
+    text = match.group(0)
+    core = text.strip(".:") if not text.startswith("::") else text.rstrip(".")
+    try:
+        ipaddress.IPv6Address(core)
+    except ValueError:
+        return text
+    return text.replace(core, "<ip>")
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with addresses, tokens, hashes and user agents replaced by placeholders."""
+    if not text:
+        return text
+    text = _TOKEN.sub("<token>", text)
+    text = _HEX64.sub("<hash>", text)
+    text = _UA_NAMED.sub(lambda m: m.group(1) + "<ua>", text)
+    text = _UA_PRODUCT.sub("<ua>", text)
+    if ":" in text:
+        text = _IPV6_CANDIDATE.sub(_ipv6, text)
+    return _IPV4.sub("<ip>", text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {k: REDACTED if _sensitive(k) else _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_scrub_value(v) for v in value)
+    if isinstance(value, bytes | bytearray):
+        return scrub_text(value.decode("utf-8", "replace"))
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return scrub_text(repr(value))
+
+
+def _sensitive(key: object) -> bool:
+    return isinstance(key, str) and key.lower().replace("-", "_") in SENSITIVE_KEYS
+
+
+def scrub(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: every value scrubbed (see :func:`scrub_text`), sensitive keys redacted."""
+    return {k: (REDACTED if _sensitive(k) else _scrub_value(v)) for k, v in event_dict.items()
+            if not k.startswith("_")}
+
+
+# -- the processors -------------------------------------------------------------------------------
+
+def _actor_of_record(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A library's line gets the actor its logger belongs to (and keeps the logger's name)."""
+    record = event_dict.get("_record")
+    if event_dict.get("_from_structlog") or record is None:
+        return event_dict
+    name = record.name
+    event_dict.setdefault("logger", name)
+    if "actor" not in event_dict:
+        event_dict["actor"] = next((actor for prefix, actor in LIBRARY_ACTORS.items()
+                                    if name == prefix or name.startswith(prefix + ".")), name)
+    return event_dict
+
+
+def _ordered(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """time, level, actor, event first: the four keys every line has, where a reader looks."""
+    head = {k: event_dict.pop(k, None) for k in ("time", "level", "actor", "event")}
+    head.update(event_dict)
+    return head
+
+
+_TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True, key="time")
+
+
+def _configure_structlog(level: int) -> None:
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            _TIMESTAMP,
+            ProcessorFormatter.wrap_for_formatter,
+        ],
+        # Below `level` the logger's methods are no-ops: the trace costs a call, nothing more.
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        # Not cached: tests configure several times in one process, and parts bind their
+        # logger once when they start anyway.
+        cache_logger_on_first_use=False,
+    )
+
+
+def formatter() -> ProcessorFormatter:
+    """The one formatter: JSON lines, scrubbed, for our lines and every library's alike."""
+    return ProcessorFormatter(
+        foreign_pre_chain=[structlog.stdlib.add_log_level, _TIMESTAMP],
+        processors=[
+            _actor_of_record,
+            structlog.processors.format_exc_info,
+            scrub,
+            _ordered,
+            structlog.processors.JSONRenderer(default=repr),
+        ],
+    )
+
+
+class _State:
+    handler: logging.Handler | None = None
+    excepthook: Callable[..., Any] | None = None
+
+
+def level_of(settings: Settings) -> int:
+    """The level in force: LOG_LEVEL, but never below WARNING under ZERO_LOG."""
+    level = logging.getLevelName(settings.log_level)
+    return max(level, logging.WARNING) if settings.zero_log else level
+
+
+def configure(settings: Settings, *, stream: Any = None) -> None:
+    """Set up structlog and the stdlib logging tree for ``settings`` (see the module docstring).
+
+    ``stream`` defaults to ``sys.stderr``. Calling it again replaces the previous set-up.
+    """
+    level = level_of(settings)
+    _configure_structlog(level)
+    root = logging.getLogger()
+    if _State.handler is not None:
+        root.removeHandler(_State.handler)
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(formatter())
+    _State.handler = handler
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Libraries speak at WARNING at the most: their INFO/DEBUG is about connections, not actors.
+    for name in LIBRARY_ACTORS:
+        if not name.startswith("atom_actors"):
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
+    for name in ACCESS_LOGGERS:
+        access = logging.getLogger(name)
+        access.handlers.clear()
+        access.propagate = False
+        access.disabled = True
+    logging.getLogger(TRACE_LOGGER).setLevel(level)
+    # An uncaught exception goes through the same scrubbed handler, not raw to stderr.
+    if _State.excepthook is None:
+        _State.excepthook = sys.excepthook
+    sys.excepthook = _log_uncaught
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+    if issubclass(kind, KeyboardInterrupt):
+        (_State.excepthook or sys.__excepthook__)(kind, exc, tb)
+        return
+    logger("atom").critical("uncaught", exc_info=(kind, exc, tb))
+
+
+def reset() -> None:
+    """Undo :func:`configure` (for tests): no handler of ours, the trace back at WARNING."""
+    if _State.handler is not None:
+        logging.getLogger().removeHandler(_State.handler)
+        _State.handler = None
+    if _State.excepthook is not None:
+        sys.excepthook = _State.excepthook
+        _State.excepthook = None
+    logging.getLogger(TRACE_LOGGER).setLevel(logging.NOTSET)
+    _configure_structlog(logging.WARNING)
+
+
+def hypercorn_logging(config: Any) -> Any:
+    """Make a Hypercorn ``Config`` log through our tree: no access log, errors scrubbed.
+
+    Hypercorn, given a logger *name* or "-", installs its own stream handler; given a Logger it
+    uses it as it is, so its lines reach our one handler and nothing else.
+    """
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    return config
+
+
+def logger(actor: str, **context: Any) -> Any:
+    """A structlog logger for ``actor`` (``"sphere/transport"``, ``"agent/217"``, ``"api"``...)."""
+    return structlog.get_logger(TRACE_LOGGER).bind(actor=actor, **context)
+
+
+def tracing(level: int = logging.INFO) -> bool:
+    """Whether lines at ``level`` are written at all: for work done only to be logged."""
+    return logging.getLogger(TRACE_LOGGER).isEnabledFor(level)
+
+
+# -- what the parts report ---------------------------------------------------------------------------
+
+def report_supervision(report: Report) -> None:
+    """The supervisor's ``on_report``: every start, stop, crash, restart and escalation.
+
+    A crash carries its exception (scrubbed like everything else); a restart its number.
+    """
+    log = logger(report.child, supervisor=report.supervisor)
+    if report.kind == "started":
+        log.info("actor.start", restarts=report.restarts)
+    elif report.kind == "stopped":
+        log.info("actor.stop")
+    elif report.kind == "crashed":
+        log.error("actor.crash", restarts=report.restarts, exc_info=_exc_info(report.reason))
+    elif report.kind == "exited":
+        log.warning("actor.exit", restarts=report.restarts)
+    elif report.kind == "restarted":
+        log.warning("actor.restart", restart=report.restarts)
+    elif report.kind == "escalated":
+        log.critical("actor.escalate", restarts=report.restarts, exc_info=_exc_info(report.reason))
+
+
+def _exc_info(exc: BaseException | None) -> Any:
+    return (type(exc), exc, exc.__traceback__) if exc is not None else False
+
+
+async def traced(actor: str, run: Callable[..., Awaitable[object]], *,
+                 task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run the service ``run(task_status=...)`` as ``actor``: its start, stop and crash logged.
+
+    Cancellation is a stop (logged at INFO) and is re-raised; an exception is logged as a crash
+    with its traceback and re-raised unchanged.
+    """
+    log = logger(actor)
+
+    class _Status:
+        def started(self, value: Any = None) -> None:
+            log.info("actor.start")
+            task_status.started(value)
+
+    try:
+        await run(task_status=_Status())
+    except BaseException as exc:
+        if is_cancellation(exc):
+            log.info("actor.stop")
+        else:
+            log.error("actor.crash", exc_info=_exc_info(exc))
+        raise
+    log.info("actor.stop")
+
+
+async def report_stats(services: Services, *,
+                       task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Once a second, the compositor's fps, tick lateness p99 and late spheres, and the
+    broadcaster's clients and dropped frames, as ``compositor.stats`` / ``broadcaster.stats``.
+
+    Runs only when INFO is written; otherwise returns at once (nothing is measured for nobody).
+    Cancellation: stops between two reports.
+    """
+    task_status.started()
+    if not tracing(logging.INFO):
+        return
+    compositor_log, broadcaster_log = logger("compositor"), logger("broadcaster")
+    engine = services.engine
+    frames = late = missed = 0
+    if engine is not None:
+        frames, late = engine.compositor.stats.frames, engine.compositor.stats.late_spheres
+        missed = engine.compositor.stats.missed
+    dropped = _broadcaster_dropped(services)
+    last = trio.current_time()
+    while True:
+        await trio.sleep(STATS_INTERVAL_S)
+        now = trio.current_time()
+        elapsed, last = now - last, now
+        if engine is not None:
+            stats = engine.compositor.stats
+            new = stats.frames - frames
+            samples = list(stats.lateness)[-new:] if new else []
+            p99 = float(sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))]) if samples else 0.0
+            compositor_log.info(
+                "compositor.stats", fps=round(new / elapsed, 2), frames=stats.frames,
+                lateness_p99_ms=round(p99 * 1000, 3), late_spheres=stats.late_spheres - late,
+                last_late=list(stats.last_late) if stats.late_spheres > late else [],
+                missed=stats.missed - missed)
+            frames, late, missed = stats.frames, stats.late_spheres, stats.missed
+        broadcaster = services.extras.get("broadcaster")
+        if broadcaster is not None:
+            total = _broadcaster_dropped(services)
+            broadcaster_log.info("broadcaster.stats", clients=_broadcaster_clients(services),
+                                 dropped_frames=total - dropped)
+            dropped = total
+
+
+def _broadcaster_clients(services: Services) -> int:
+    broadcaster = services.extras.get("broadcaster")
+    return int(getattr(broadcaster, "clients", 0) or 0) if broadcaster is not None else 0
+
+
+def _broadcaster_dropped(services: Services) -> int:
+    broadcaster = services.extras.get("broadcaster")
+    return int(getattr(broadcaster, "frames_dropped", 0) or 0) if broadcaster is not None else 0
+
+
+# Until configure() runs (library use, unit tests) the trace is at WARNING: quiet, and cheap.
+_configure_structlog(logging.WARNING)

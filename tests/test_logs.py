@@ -1,0 +1,246 @@
+"""Logging: the scrubber, ZERO_LOG's silence, and the actor trace of a running engine.
+
+The end-to-end checks (a real ``atom serve`` with every byte of its output captured) are in
+``tests/test_zero_log.py``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+import time
+
+import pytest
+import trio
+
+from atom_actors import app, logs
+from atom_actors.bus import MemoryBus
+from atom_actors.engine import Engine
+from tests.conftest import make_settings
+
+TOKEN = "v1.Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg.c2lnbmF0dXJlc2lnbmE"
+HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+UA = "AtomProbe/9.99 (Quokka; zero-log)"
+
+
+@pytest.fixture
+def output():
+    """Configures logging per test (``output.configure(**settings)``) into a buffer; undoes it."""
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level, sys.excepthook,
+             {name: (logging.getLogger(name).level, logging.getLogger(name).disabled,
+                     logging.getLogger(name).propagate)
+              for name in [*logs.LIBRARY_ACTORS, *logs.ACCESS_LOGGERS]})
+
+    class Output:
+        buffer = io.StringIO()
+
+        def configure(self, **overrides: object) -> None:
+            logs.configure(make_settings(**overrides), stream=self.buffer)
+
+        @property
+        def text(self) -> str:
+            return self.buffer.getvalue()
+
+        def lines(self) -> list[dict]:
+            return [json.loads(line) for line in self.text.splitlines()]
+
+        def events(self, event: str) -> list[dict]:
+            return [line for line in self.lines() if line["event"] == event]
+
+    yield Output()
+    logs.reset()
+    root.handlers[:], sys.excepthook = saved[0], saved[2]
+    root.setLevel(saved[1])
+    for name, (level, disabled, propagate) in saved[3].items():
+        library = logging.getLogger(name)
+        library.setLevel(level)
+        library.disabled, library.propagate = disabled, propagate
+
+
+# -- the scrubber -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, secret", [
+    ("client 127.0.0.1:54321 closed.", "127.0.0.1"),
+    ("peer [::1]:8000", "::1"),
+    ("mapped ::ffff:127.0.0.1 here", "127.0.0.1"),
+    ("from 2001:db8::8a2e:370:7334 ok", "2001:db8::8a2e:370:7334"),
+    ("full 2001:0db8:85a3:0000:0000:8a2e:0370:7334", "2001:0db8:85a3:0000:0000:8a2e:0370:7334"),
+    ("link fe80::1%eth0", "fe80::1"),
+    (f"presented {TOKEN}.", TOKEN),
+    (f"session id {HASH}", HASH),
+    (f"User-Agent: {UA}\n", "Quokka"),
+    (f"[(b'host', b'x'), (b'user-agent', b'{UA}')]", "Quokka"),
+    (f"agent {UA} said", "Quokka"),
+    ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0",
+     "X11"),
+])
+def test_scrub_removes_what_identifies_a_person(text, secret):
+    assert secret not in logs.scrub_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "actor agent/217 of sphere/transport",
+    "at 12:34:56 on 2026-11-21T11:56:45.845271Z",
+    "command_id 3f2a9c0e5b7d4e1f8a6c2b9d0e4f7a1c",   # 32 hex: a command id, not a token hash
+    "HTTP/1.1 400 Bad Request",
+    "Foo::bar and dead:beef:cafe",
+])
+def test_scrub_keeps_what_a_developer_needs(text):
+    assert logs.scrub_text(text) == text
+
+
+def test_scrub_processor_redacts_sensitive_keys_and_nested_values():
+    event = logs.scrub(None, "info", {"event": "x", "client": "anything", "User-Agent": "Quokka",
+                                      "nested": {"token": "t", "note": f"from 10.1.2.3 {TOKEN}"},
+                                      "items": [HASH, 3], "_record": object()})
+    assert event == {"event": "x", "client": logs.REDACTED, "User-Agent": logs.REDACTED,
+                     "nested": {"token": logs.REDACTED, "note": "from <ip> <token>"},
+                     "items": ["<hash>", 3]}
+
+
+# -- ZERO_LOG -----------------------------------------------------------------------------------
+
+def test_zero_log_writes_only_warnings_and_errors_scrubbed(output):
+    output.configure()  # ZERO_LOG defaults to true
+    log = logs.logger("api")
+    log.info("command.received", command_id="abc")
+    log.debug("actor.start")
+    try:
+        raise ConnectionResetError(f"peer 127.0.0.1:40000 sent {TOKEN} as {UA}")
+    except ConnectionResetError as exc:
+        log.error("backend.failed", exc_info=exc, remote_addr="127.0.0.1")
+    lines = output.lines()
+    assert [line["event"] for line in lines] == ["backend.failed"]
+    assert lines[0]["remote_addr"] == logs.REDACTED
+    assert "ConnectionResetError" in lines[0]["exception"]
+    for secret in ("127.0.0.1", TOKEN, "Quokka"):
+        assert secret not in output.text
+
+
+def test_zero_log_silences_libraries_and_the_access_log(output):
+    output.configure()
+    logging.getLogger("hypercorn.access").warning('127.0.0.1:5000 - "GET / 1.1" 200 "%s"', UA)
+    logging.getLogger("hypercorn.error").info("Running on http://127.0.0.1:8000")
+    logging.getLogger("trio-websocket").debug("conn from ::1 %s", TOKEN)
+    logging.getLogger("quart.app").error("Exception on request GET /api/v1/swarm from 10.0.0.7")
+    logging.getLogger("asyncpg").warning("connection to 192.168.1.9 lost")
+    lines = output.lines()
+    assert [(line["actor"], line["level"]) for line in lines] == [("api", "error"), ("store", "warning")]
+    assert lines[0]["event"] == "Exception on request GET /api/v1/swarm from <ip>"
+    for secret in ("127.0.0.1", "10.0.0.7", "192.168.1.9", "Quokka", TOKEN):
+        assert secret not in output.text
+
+
+def test_hypercorn_config_gets_no_access_log_and_our_error_logger():
+    class Config:
+        accesslog = "-"
+        errorlog = "-"
+
+    config = logs.hypercorn_logging(Config())
+    assert config.accesslog is None
+    assert config.errorlog is logging.getLogger("hypercorn.error")
+
+
+def test_an_uncaught_exception_is_logged_scrubbed(output):
+    output.configure()
+    try:
+        raise RuntimeError(f"while serving 127.0.0.1 with {TOKEN}")
+    except RuntimeError:
+        sys.excepthook(*sys.exc_info())
+    (line,) = output.lines()
+    assert line["level"] == "critical" and "RuntimeError" in line["exception"]
+    assert "127.0.0.1" not in output.text and TOKEN not in output.text
+
+
+def test_a_disabled_trace_call_costs_next_to_nothing(output):
+    """Under ZERO_LOG the actors' info() calls are structlog's no-op methods: measured against a
+    line that is written, a filtered call must be at least 20 times cheaper, and under 2 µs."""
+    output.configure()
+    log = logs.logger("agent/217")
+
+    def per_call(call, n: int) -> float:
+        started = time.perf_counter()
+        for _ in range(n):
+            call()
+        return (time.perf_counter() - started) / n
+
+    disabled = per_call(lambda: log.info("agent.status", status="dispersed", command_id="c"), 100_000)
+    written = per_call(lambda: log.warning("agent.status", status="dispersed", command_id="c"), 500)
+    assert disabled < 2e-6
+    assert disabled * 20 < written
+
+
+# -- ZERO_LOG=false: the actor trace ------------------------------------------------------------
+
+def test_log_level_filters_the_trace(output):
+    output.configure(zero_log="false", log_level="WARNING")
+    log = logs.logger("compositor")
+    log.info("compositor.stats")
+    log.warning("compositor.late")
+    assert [line["event"] for line in output.lines()] == ["compositor.late"]
+
+
+async def test_trace_of_commands_status_crash_and_restart(output, nursery, autojump_clock):
+    output.configure(zero_log="false", log_level="INFO", dispersal_dwell_s="1")
+    from atom_actors.metrics import supervision_reporter
+
+    engine = await nursery.start(Engine(make_settings(swarm_seed=3, dispersal_dwell_s=1), MemoryBus(),
+                                        on_report=supervision_reporter(None)).run)
+    result = await engine.disperse("partial")
+    command_id = result["command_id"]
+    await trio.sleep(5)  # out, dwell, home again
+    await engine.retune(217, 500.0)
+    engine.inject_crash("transport")
+    await trio.sleep(0.1)
+
+    lines = output.lines()
+    for line in lines:
+        assert {"time", "level", "actor", "event"} <= line.keys(), line
+    (received,) = [e for e in output.events("command.received") if e["command"] == "disperse"]
+    assert received["actor"] == "engine" and received["size"] == 70
+    assert received["command_id"] == command_id
+    applied = [e for e in output.events("command.applied") if e["command_id"] == command_id]
+    assert sum(e["size"] for e in applied) == 70
+    assert all(e["actor"].startswith("sphere/") for e in applied)
+    status = output.events("agent.status")
+    dispersed = [e for e in status if e["status"] == "dispersed"]
+    assert len(dispersed) == 70 and {e["command_id"] for e in dispersed} == {command_id}
+    assert all(e["actor"].startswith("agent/") for e in status)
+    assert {e["status"] for e in status} == {"dispersed", "regrouping", "active"}
+    (retuned,) = output.events("agent.frequency")
+    assert retuned["actor"] == "agent/217" and retuned["frequency"] == 500.0
+
+    (crash,) = output.events("actor.crash")
+    assert crash["actor"] == "sphere/transport" and crash["level"] == "error"
+    assert "InjectedCrash" in crash["exception"]
+    (restart,) = output.events("actor.restart")
+    assert restart["actor"] == "sphere/transport" and restart["restart"] == 1
+    starts = [e["actor"] for e in output.events("actor.start")]
+    assert starts.count("sphere/transport") == 2 and "compositor" in starts
+
+
+async def test_stats_once_a_second_and_stops_logged(output, autojump_clock):
+    output.configure(zero_log="false")
+    async with trio.open_nursery() as nursery:
+        services = await nursery.start(app.serve, make_settings(zero_log="false"))
+        assert services.engine is not None
+        await trio.sleep(3.5)
+        nursery.cancel_scope.cancel()
+    stats = output.events("compositor.stats")
+    assert len(stats) == 3
+    assert all(59 <= s["fps"] <= 61 and s["actor"] == "compositor" for s in stats)
+    assert all(s["lateness_p99_ms"] >= 0 and s["late_spheres"] >= 0 for s in stats)
+    stopped = {e["actor"] for e in output.events("actor.stop")}
+    assert {"compositor", "sphere/transport", "sphere/personal"} <= stopped
+
+
+async def test_no_stats_task_work_under_zero_log(output, autojump_clock):
+    output.configure()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(app.serve, make_settings())
+        await trio.sleep(3)
+        nursery.cancel_scope.cancel()
+    assert output.text == ""
