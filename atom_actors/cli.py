@@ -1,9 +1,11 @@
 """``atom``: the command line.
 
     atom serve      run everything in one process (engine, broadcaster, API)
+    atom watch      a live terminal view of a running swarm; --once: a health probe
 
-Exit codes: 0 after a clean stop (SIGINT, SIGTERM), 1 when the engine escalates a crash loop,
-2 for a bad setting or bad arguments.
+Exit codes: 0 after a clean stop (SIGINT, SIGTERM), 1 when the engine escalates a crash loop
+(``watch --once``: when the stream is below --min-fps or unreachable), 2 for a bad setting or
+bad arguments.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import trio
 
 from . import app, logs
+from . import watch as watch_
 from .config import Settings, load_settings
 from .errors import ConfigError, SupervisorEscalation
 
@@ -23,6 +26,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="atom", description="AT·OM real-time backend")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("serve", help="run the engine and its servers in one process")
+    watch = commands.add_parser(
+        "watch", help="watch a running swarm live (fps, latency, agents, Brise-Circuit)",
+        description="Subscribe like a frontend and show the stream live. URL is the API "
+                    "(default http://API_HOST:API_PORT); the WebSocket is ws://<its host>:WS_PORT"
+                    "/ws/swarm, or <same origin>/ws/swarm when URL has no port, unless --ws.")
+    watch.add_argument("url", nargs="?", help="the API's base URL")
+    watch.add_argument("--ws", help="the WebSocket URL (ws://host:port/ws/swarm)")
+    watch.add_argument("--once", action="store_true",
+                       help="sample the stream, print one line, exit 1 if below --min-fps")
+    watch.add_argument("--min-fps", type=float, default=55.0, help="healthy at or above (55)")
+    watch.add_argument("--seconds", type=float, default=3.0, help="how long --once samples (3)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -32,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings)
     if args.command == "serve":
         return _serve(settings)
+    if args.command == "watch":
+        return trio.run(_watch_until_signal, settings, args)
     return 2
 
 
@@ -68,6 +84,28 @@ async def _serve_until_signal(settings: Settings) -> None:
                 raise next(_leaves(escalation)) from None
             raise
     app.announce("stopped")
+
+
+async def _watch_until_signal(settings: Settings, args: argparse.Namespace) -> int:
+    where = watch_.endpoints(args.url, args.ws, api_host=settings.api_host,
+                             api_port=settings.api_port, ws_port=settings.ws_port)
+    code = 0
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    return
+
+            async def run() -> None:
+                nonlocal code
+                code = await watch_.watch(where, once=args.once, seconds=args.seconds,
+                                          min_fps=args.min_fps, sceau_ms=settings.sceau_duration)
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_on_signal)
+            nursery.start_soon(run)
+    return code
 
 
 def _leaves(group: BaseException):
