@@ -64,7 +64,7 @@ LIBRARY_ACTORS = {
 # Hypercorn writes one access line per request: client address, request line, user agent.
 ACCESS_LOGGERS = ("hypercorn.access",)
 
-# -- scrubbing --------------------------------------------------------------------------------------
+# -- scrubbing ------------------------------------------------------------------------------------
 
 REDACTED = "<redacted>"
 # Keys whose values are personal whatever they look like (compared lower-case, '-' as '_').
@@ -132,7 +132,7 @@ def _sensitive(key: object) -> bool:
 
 
 def scrub(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: every value scrubbed (see :func:`scrub_text`), sensitive keys redacted."""
+    """structlog processor: every value scrubbed (:func:`scrub_text`), sensitive keys redacted."""
     return {k: (REDACTED if _sensitive(k) else _scrub_value(v)) for k, v in event_dict.items()
             if not k.startswith("_")}
 
@@ -253,17 +253,6 @@ def reset() -> None:
     _configure_structlog(logging.WARNING)
 
 
-def hypercorn_logging(config: Any) -> Any:
-    """Make a Hypercorn ``Config`` log through our tree: no access log, errors scrubbed.
-
-    Hypercorn, given a logger *name* or "-", installs its own stream handler; given a Logger it
-    uses it as it is, so its lines reach our one handler and nothing else.
-    """
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    return config
-
-
 def logger(actor: str, **context: Any) -> Any:
     """A structlog logger for ``actor`` (``"sphere/transport"``, ``"agent/217"``, ``"api"``...)."""
     return structlog.get_logger(TRACE_LOGGER).bind(actor=actor, **context)
@@ -274,7 +263,7 @@ def tracing(level: int = logging.INFO) -> bool:
     return logging.getLogger(TRACE_LOGGER).isEnabledFor(level)
 
 
-# -- what the parts report ---------------------------------------------------------------------------
+# -- what the parts report ------------------------------------------------------------------------
 
 def report_supervision(report: Report) -> None:
     """The supervisor's ``on_report``: every start, stop, crash, restart and escalation.
@@ -337,44 +326,36 @@ async def report_stats(services: Services, *,
     if not tracing(logging.INFO):
         return
     compositor_log, broadcaster_log = logger("compositor"), logger("broadcaster")
-    engine = services.engine
-    frames = late = missed = 0
-    if engine is not None:
-        frames, late = engine.compositor.stats.frames, engine.compositor.stats.late_spheres
-        missed = engine.compositor.stats.missed
-    dropped = _broadcaster_dropped(services)
+    ticks = services.engine.compositor.stats if services.engine is not None else None
+    frames, late, missed = (ticks.frames, ticks.late_spheres, ticks.missed) if ticks else (0, 0, 0)
+    sends = _broadcast_stats(services)
+    dropped, sent = (sends.frames_dropped, sends.frames_sent) if sends is not None else (0, 0)
     last = trio.current_time()
     while True:
         await trio.sleep(STATS_INTERVAL_S)
         now = trio.current_time()
         elapsed, last = now - last, now
-        if engine is not None:
-            stats = engine.compositor.stats
-            new = stats.frames - frames
-            samples = list(stats.lateness)[-new:] if new else []
-            p99 = float(sorted(samples)[min(len(samples) - 1, int(len(samples) * 0.99))]) if samples else 0.0
+        if ticks is not None:
+            new = ticks.frames - frames
+            samples = sorted(list(ticks.lateness)[-new:]) if new else [0.0]
+            p99 = samples[min(len(samples) - 1, int(len(samples) * 0.99))]
             compositor_log.info(
-                "compositor.stats", fps=round(new / elapsed, 2), frames=stats.frames,
-                lateness_p99_ms=round(p99 * 1000, 3), late_spheres=stats.late_spheres - late,
-                last_late=list(stats.last_late) if stats.late_spheres > late else [],
-                missed=stats.missed - missed)
-            frames, late, missed = stats.frames, stats.late_spheres, stats.missed
-        broadcaster = services.extras.get("broadcaster")
-        if broadcaster is not None:
-            total = _broadcaster_dropped(services)
-            broadcaster_log.info("broadcaster.stats", clients=_broadcaster_clients(services),
-                                 dropped_frames=total - dropped)
-            dropped = total
+                "compositor.stats", fps=round(new / elapsed, 2), frames=ticks.frames,
+                lateness_p99_ms=round(p99 * 1000, 3), late_spheres=ticks.late_spheres - late,
+                last_late=list(ticks.last_late) if ticks.late_spheres > late else [],
+                missed=ticks.missed - missed)
+            frames, late, missed = ticks.frames, ticks.late_spheres, ticks.missed
+        sends = _broadcast_stats(services)
+        if sends is not None:
+            broadcaster_log.info("broadcaster.stats", clients=sends.clients,
+                                 dropped_frames=sends.frames_dropped - dropped,
+                                 frames_sent=sends.frames_sent - sent)
+            dropped, sent = sends.frames_dropped, sends.frames_sent
 
 
-def _broadcaster_clients(services: Services) -> int:
-    broadcaster = services.extras.get("broadcaster")
-    return int(getattr(broadcaster, "clients", 0) or 0) if broadcaster is not None else 0
-
-
-def _broadcaster_dropped(services: Services) -> int:
-    broadcaster = services.extras.get("broadcaster")
-    return int(getattr(broadcaster, "frames_dropped", 0) or 0) if broadcaster is not None else 0
+def _broadcast_stats(services: Services) -> Any:
+    broadcaster = getattr(services, "broadcaster", None)
+    return getattr(broadcaster, "stats", None)
 
 
 # Until configure() runs (library use, unit tests) the trace is at WARNING: quiet, and cheap.

@@ -6,7 +6,8 @@ process). Most values are read at scrape time from counters the parts keep anywa
 compositor's :class:`~atom_actors.compositor.TickStats`, the broadcaster's client and drop counts,
 the Brise-Circuit's state — so the 60 fps loop does no metrics work beyond one bisect per tick
 for the lateness histogram. What no part keeps (restarts per actor, commands by result, backend
-errors) is counted here, on events that are rare by nature.
+errors) is counted here, on events that are rare by nature: :meth:`Metrics.on_report` is the
+supervisor's, :meth:`Metrics.counted` wraps each command in the API.
 
 Labels carry actor ids, command names, levels, results, states and backend names: never anything
 about a client.
@@ -18,12 +19,16 @@ about a client.
     atom_engine_ticking                     1 while the compositor runs
     atom_agents{status}                     agents by status
     atom_subscribers                        WebSocket clients connected
+    atom_frames_sent_total                  frame messages written to subscribers
     atom_frames_dropped_total               frames a slow client never received (newest won)
+    atom_ws_handshakes_refused_total{status}    handshakes refused (400, 401, 403, 404, 503)
+    atom_ws_closed_total{cause}             subscribers closed: stall, oversize, lagging
     atom_actor_restarts_total{actor}        supervisor restarts of each actor
     atom_actor_crashes_total{actor}         crashes of each actor
     atom_supervisor_escalations_total{supervisor}
-    atom_commands_total{command,level,result}   result: accepted, invalid, blocked, unavailable, error
-    atom_safeguard_state{state}             1 for the Brise-Circuit's current state, 0 for the others
+    atom_commands_total{command,level,result}   result: accepted, invalid, blocked, unavailable,
+                                            error
+    atom_safeguard_state{state}             1 for the Brise-Circuit's current state, else 0
     atom_safeguard_trips_total              times the Brise-Circuit opened
     atom_backend_errors_total{backend}      Redis / PostgreSQL failures seen
     process_*                               CPU, memory, file descriptors of this process
@@ -34,6 +39,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector, generate_latest
@@ -43,7 +49,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import logs
 from .compositor import LATENESS_BUCKETS_S
-from .engine import LEVELS, new_command_id
+from .engine import LEVELS
 from .errors import BackendUnavailable, CommandError, SafeguardOpen
 from .supervisor import Report
 
@@ -76,7 +82,7 @@ class Metrics:
         self.registry.register(_PartsCollector(self))
         ProcessCollector(registry=self.registry)
 
-    # -- wiring --------------------------------------------------------------------------------------
+    # -- wiring -----------------------------------------------------------------------------------
 
     def attach(self, *, engine: Engine | None = None, broadcaster: Any = None,
                safeguard: Any = None) -> None:
@@ -106,7 +112,38 @@ class Metrics:
     def backend_error(self, backend: str) -> None:
         self.backend_errors.labels(backend=backend).inc()
 
-    # -- exposition ----------------------------------------------------------------------------------
+    @contextmanager
+    def counted(self, command: str, level: Any = "", command_id: str | None = None,
+                actor: str = "api") -> Iterator[Counted]:
+        """Count (``atom_commands_total``) and trace (``command.done``) the block's command.
+
+        Put it outside the Brise-Circuit, so that blocked commands count too. The result is the
+        block's outcome: it returns → accepted; it raises a CommandError → invalid, SafeguardOpen
+        → blocked, BackendUnavailable → unavailable (and a backend error), anything else → error.
+        A cancelled block counts nothing. The exception goes on unchanged.
+        """
+        # A level outside the known ones is counted as "other": label values stay a closed set.
+        level = level if level in ("", None) or (isinstance(level, str) and level in LEVELS) \
+            else "other"
+        log = logs.logger(actor)
+        counted = Counted()
+        started = time.perf_counter()
+        try:
+            yield counted
+        except Exception as exc:
+            result = command_result(exc)
+            self.command(command, level, result)
+            if isinstance(exc, BackendUnavailable):
+                self.backend_error(exc.backend)
+            log.info("command.done", command=command, level=level or None, command_id=command_id,
+                     result=result, error=getattr(exc, "code", type(exc).__name__))
+            raise
+        self.command(command, level, "accepted")
+        log.info("command.done", command=command, level=level or None, command_id=command_id,
+                 result="accepted", size=counted.size,
+                 ms=round((time.perf_counter() - started) * 1000, 3))
+
+    # -- exposition -------------------------------------------------------------------------------
 
     def render(self) -> bytes:
         """The Prometheus text exposition of everything, as of now."""
@@ -138,58 +175,13 @@ def command_result(exc: BaseException | None) -> str:
     return "error"
 
 
-class CountedControl:
-    """A :class:`~atom_actors.engine.SwarmControl` that counts and traces the commands it passes
-    on (``atom_commands_total``, ``api`` lines ``command.done``); queries go straight through.
+class Counted:
+    """What :meth:`Metrics.counted` gives the block: set ``size`` once the command is done."""
 
-    The API wraps whatever control it has (the engine, or a remote one) in it, outside the
-    Brise-Circuit, so that refused and blocked commands are counted too.
-    """
+    __slots__ = ("size",)
 
-    def __init__(self, control: Any, metrics: Metrics, actor: str = "api") -> None:
-        self._control = control
-        self._metrics = metrics
-        self._log = logs.logger(actor)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._control, name)
-
-    async def disperse(self, level: str, sphere: str | None = None,
-                       command_id: str | None = None) -> dict[str, Any]:
-        return await self._counted("disperse", level, command_id, self._control.disperse,
-                                   level, sphere)
-
-    async def regroup(self, command_id: str | None = None) -> dict[str, Any]:
-        return await self._counted("regroup", "", command_id, self._control.regroup)
-
-    async def retune(self, agent_id: int, hz: float,
-                     command_id: str | None = None) -> dict[str, Any]:
-        return await self._counted("retune", "", command_id, self._control.retune, agent_id, hz)
-
-    async def _counted(self, command: str, level: Any, command_id: str | None, call: Any,
-                       *args: Any) -> dict[str, Any]:
-        # A level outside the known ones is counted as "other": label values stay a closed set.
-        level = level if level == "" or (isinstance(level, str) and level in LEVELS) else "other"
-        command_id = command_id or new_command_id()
-        started = time.perf_counter()
-        try:
-            result = await call(*args, command_id=command_id)
-        except BaseException as exc:
-            if isinstance(exc, Exception):  # a cancellation is no result
-                outcome = command_result(exc)
-                self._metrics.command(command, level, outcome)
-                if isinstance(exc, BackendUnavailable):
-                    self._metrics.backend_error(exc.backend)
-                self._log.info("command.done", command=command, level=level or None,
-                               command_id=command_id, result=outcome,
-                               error=getattr(exc, "code", type(exc).__name__))
-            raise
-        self._metrics.command(command, level, "accepted")
-        size = result.get("dispersed", result.get("regrouped", 1)) if isinstance(result, dict) else 1
-        self._log.info("command.done", command=command, level=level or None, command_id=command_id,
-                       result="accepted", size=size,
-                       ms=round((time.perf_counter() - started) * 1000, 3))
-        return result
+    def __init__(self) -> None:
+        self.size: int | None = None
 
 
 class _PartsCollector:
@@ -208,15 +200,11 @@ class _PartsCollector:
             yield from _engine_metrics(engine)
         broadcaster = self.metrics.broadcaster
         if broadcaster is not None:
-            yield GaugeMetricFamily("atom_subscribers", "WebSocket clients connected",
-                                    value=_number(broadcaster, "clients"))
-            yield CounterMetricFamily("atom_frames_dropped",
-                                      "Frames a slow client never received (the newest won)",
-                                      value=_number(broadcaster, "frames_dropped"))
+            yield from _broadcaster_metrics(getattr(broadcaster, "stats", broadcaster))
         safeguard = self.metrics.safeguard
         if safeguard is not None:
-            state = str(getattr(safeguard, "state", "closed"))
-            state = getattr(state, "value", state)
+            status = safeguard.status() if callable(getattr(safeguard, "status", None)) else {}
+            state = str(status.get("state", getattr(safeguard, "state", "closed")))
             family = GaugeMetricFamily("atom_safeguard_state",
                                        "The Brise-Circuit's state: 1 for the current one",
                                        labels=["state"])
@@ -224,7 +212,27 @@ class _PartsCollector:
                 family.add_metric([name], 1.0 if name == state else 0.0)
             yield family
             yield CounterMetricFamily("atom_safeguard_trips", "Times the Brise-Circuit opened",
-                                      value=_number(safeguard, "trips"))
+                                      value=float(status.get("trips", 0) or 0))
+
+
+def _broadcaster_metrics(stats: Any) -> Iterator[Metric]:
+    yield GaugeMetricFamily("atom_subscribers", "WebSocket clients connected",
+                            value=_number(stats, "clients"))
+    yield CounterMetricFamily("atom_frames_dropped",
+                              "Frames a slow client never received (the newest won)",
+                              value=_number(stats, "frames_dropped"))
+    yield CounterMetricFamily("atom_frames_sent", "Frame messages written to subscribers",
+                              value=_number(stats, "frames_sent"))
+    refused = CounterMetricFamily("atom_ws_handshakes_refused",
+                                  "WebSocket handshakes refused, by HTTP status", labels=["status"])
+    for status, count in sorted(dict(getattr(stats, "refused", {}) or {}).items()):
+        refused.add_metric([str(status)], count)
+    yield refused
+    closed = CounterMetricFamily("atom_ws_closed", "Subscribers the server closed, by cause",
+                                 labels=["cause"])
+    for cause in ("stall", "oversize", "lagging"):
+        closed.add_metric([cause], _number(stats, f"closed_{cause}"))
+    yield closed
 
 
 def _engine_metrics(engine: Engine) -> Iterator[Metric]:

@@ -56,7 +56,7 @@ STATUSES = ("active", "dispersed", "regrouping")
 SAFEGUARD_STYLE = {"closed": "green", "half_open": "yellow", "open": "bold red"}
 
 
-# -- where to connect ------------------------------------------------------------------------------
+# -- where to connect -----------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Endpoints:
@@ -68,7 +68,7 @@ def endpoints(url: str | None, ws: str | None, *, api_host: str, api_port: int,
               ws_port: int) -> Endpoints:
     """The API and WebSocket URLs to use (see the module docstring for the rules)."""
     if url is None:
-        host = "127.0.0.1" if api_host in ("", "0.0.0.0") else "::1" if api_host == "::" else api_host
+        host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(api_host, api_host)
         url = f"http://{_bracket(host)}:{api_port}"
     if "://" not in url:
         url = f"http://{url}"
@@ -87,7 +87,7 @@ def _bracket(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-# -- the pure part -----------------------------------------------------------------------------------
+# -- the pure part --------------------------------------------------------------------------------
 
 class WatchState:
     """What the stream has shown so far. Times are Unix seconds, given by the caller."""
@@ -202,7 +202,8 @@ def render(state: WatchState, now: float, source: str = "") -> Group:
         guard.append(f" ({state.safeguard_reason})", style="dim")
     head = Table.grid(padding=(0, 3))
     head.add_row(Text("L'Essaim", style="bold"), Text(source, style="dim"))
-    head.add_row("fps", f"{state.fps(now):.1f}" + (f" / {state.hello['fps']}" if state.hello else ""))
+    wanted = f" / {state.hello['fps']}" if state.hello else ""
+    head.add_row("fps", f"{state.fps(now):.1f}{wanted}")
     head.add_row("latency", "-" if math.isnan(p50) else f"p50 {p50:.1f} ms   p99 {p99:.1f} ms")
     head.add_row("frames", f"{state.frames} received, {state.skipped} skipped")
     head.add_row("Brise-Circuit", guard)
@@ -234,7 +235,7 @@ def summary_line(state: WatchState, min_fps: float) -> tuple[str, bool]:
             + f" safeguard={state.safeguard}", healthy)
 
 
-# -- the I/O shell ---------------------------------------------------------------------------------
+# -- the I/O shell --------------------------------------------------------------------------------
 
 class Unreachable(Exception):
     """Raised when the API or the WebSocket cannot be reached, or refuses us; says which and why."""
@@ -312,8 +313,8 @@ async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
             await _live(ws, state, where, token, console, now)
             return 0
     except ConnectionRejected as exc:
-        print(f"atom watch: UNREACHABLE {where.ws} refused the subscription: HTTP {exc.status_code}",
-              flush=True)
+        print(f"atom watch: UNREACHABLE {where.ws} refused the subscription: "
+              f"HTTP {exc.status_code}", flush=True)
     except (HandshakeError, OSError) as exc:
         print(f"atom watch: UNREACHABLE {where.ws}: {exc or type(exc).__name__}", flush=True)
     except ConnectionClosed as exc:

@@ -23,6 +23,7 @@ from tests.conftest import make_settings
 TOKEN = "v1.Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg.c2lnbmF0dXJlc2lnbmE"
 HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
 UA = "AtomProbe/9.99 (Quokka; zero-log)"
+FREE_PORTS = {"api_port": 0, "ws_port": 0}
 
 
 @pytest.fixture
@@ -128,20 +129,11 @@ def test_zero_log_silences_libraries_and_the_access_log(output):
     logging.getLogger("quart.app").error("Exception on request GET /api/v1/swarm from 10.0.0.7")
     logging.getLogger("asyncpg").warning("connection to 192.168.1.9 lost")
     lines = output.lines()
-    assert [(line["actor"], line["level"]) for line in lines] == [("api", "error"), ("store", "warning")]
+    assert [(line["actor"], line["level"]) for line in lines] == [("api", "error"),
+                                                                  ("store", "warning")]
     assert lines[0]["event"] == "Exception on request GET /api/v1/swarm from <ip>"
     for secret in ("127.0.0.1", "10.0.0.7", "192.168.1.9", "Quokka", TOKEN):
         assert secret not in output.text
-
-
-def test_hypercorn_config_gets_no_access_log_and_our_error_logger():
-    class Config:
-        accesslog = "-"
-        errorlog = "-"
-
-    config = logs.hypercorn_logging(Config())
-    assert config.accesslog is None
-    assert config.errorlog is logging.getLogger("hypercorn.error")
 
 
 def test_an_uncaught_exception_is_logged_scrubbed(output):
@@ -167,8 +159,10 @@ def test_a_disabled_trace_call_costs_next_to_nothing(output):
             call()
         return (time.perf_counter() - started) / n
 
-    disabled = per_call(lambda: log.info("agent.status", status="dispersed", command_id="c"), 100_000)
-    written = per_call(lambda: log.warning("agent.status", status="dispersed", command_id="c"), 500)
+    disabled = per_call(lambda: log.info("agent.status", status="dispersed", command_id="c"),
+                        100_000)
+    written = per_call(lambda: log.warning("agent.status", status="dispersed", command_id="c"),
+                       500)
     assert disabled < 2e-6
     assert disabled * 20 < written
 
@@ -187,8 +181,9 @@ async def test_trace_of_commands_status_crash_and_restart(output, nursery, autoj
     output.configure(zero_log="false", log_level="INFO", dispersal_dwell_s="1")
     from atom_actors.metrics import supervision_reporter
 
-    engine = await nursery.start(Engine(make_settings(swarm_seed=3, dispersal_dwell_s=1), MemoryBus(),
-                                        on_report=supervision_reporter(None)).run)
+    settings = make_settings(swarm_seed=3, dispersal_dwell_s=1)
+    engine = await nursery.start(
+        Engine(settings, MemoryBus(), on_report=supervision_reporter(None)).run)
     result = await engine.disperse("partial")
     command_id = result["command_id"]
     await trio.sleep(5)  # out, dwell, home again
@@ -225,7 +220,7 @@ async def test_trace_of_commands_status_crash_and_restart(output, nursery, autoj
 async def test_stats_once_a_second_and_stops_logged(output, autojump_clock):
     output.configure(zero_log="false")
     async with trio.open_nursery() as nursery:
-        services = await nursery.start(app.serve, make_settings(zero_log="false"))
+        services = await nursery.start(app.serve, make_settings(zero_log="false", **FREE_PORTS))
         assert services.engine is not None
         await trio.sleep(3.5)
         nursery.cancel_scope.cancel()
@@ -240,7 +235,8 @@ async def test_stats_once_a_second_and_stops_logged(output, autojump_clock):
 async def test_no_stats_task_work_under_zero_log(output, autojump_clock):
     output.configure()
     async with trio.open_nursery() as nursery:
-        await nursery.start(app.serve, make_settings())
+        await nursery.start(app.serve, make_settings(**FREE_PORTS))
         await trio.sleep(3)
         nursery.cancel_scope.cancel()
     assert output.text == ""
+

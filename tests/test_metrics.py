@@ -11,15 +11,21 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from atom_actors import app
-from atom_actors.errors import BackendUnavailable
-from atom_actors.metrics import CountedControl, Metrics
+from atom_actors.errors import BackendUnavailable, FrequencyOutOfRange, SafeguardOpen, UnknownLevel
+from atom_actors.metrics import Metrics
 from tests.conftest import make_settings
+
+FREE_PORTS = {"api_port": 0, "ws_port": 0}   # app.serve binds the API and WebSocket servers
 
 
 def scrape(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return parse(metrics.render().decode())
+
+
+def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the exposition, keyed by (name, sorted labels)."""
     samples = {}
-    for family in text_string_to_metric_families(metrics.render().decode()):
+    for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return samples
@@ -31,7 +37,7 @@ def value(samples, name: str, **labels: str) -> float:
 
 @pytest.fixture
 async def services(nursery, autojump_clock):
-    return await nursery.start(app.serve, make_settings(dispersal_dwell_s=2))
+    return await nursery.start(app.serve, make_settings(dispersal_dwell_s=2, **FREE_PORTS))
 
 
 async def test_frames_and_tick_lateness_move_with_the_compositor(services, autojump_clock):
@@ -65,16 +71,24 @@ async def test_restarts_and_crashes_counted_per_actor(services, autojump_clock):
 
 
 async def test_commands_by_level_and_result(services, autojump_clock):
-    control = CountedControl(services.engine, services.metrics)
-    await control.disperse("partial")
-    await control.disperse("sectoral", sphere="transport")
-    with pytest.raises(Exception):
-        await control.disperse("huge")
-    with pytest.raises(Exception):
-        await control.retune(3, 10_000.0)
-    await control.regroup()
-    await trio.sleep(0.1)
-    samples = scrape(services.metrics)
+    metrics, engine = services.metrics, services.engine
+    with metrics.counted("disperse", "partial", "c1") as counted:
+        counted.size = (await engine.disperse("partial"))["dispersed"]
+    with metrics.counted("disperse", "sectoral", "c2"):
+        await engine.disperse("sectoral", sphere="transport")
+    with pytest.raises(UnknownLevel), metrics.counted("disperse", "huge"):
+        await engine.disperse("huge")
+    with pytest.raises(FrequencyOutOfRange), metrics.counted("retune"):
+        await engine.retune(3, 10_000.0)
+    with pytest.raises(SafeguardOpen), metrics.counted("disperse", "total"):
+        raise SafeguardOpen("too many total dispersals", 30)
+    with pytest.raises(BackendUnavailable), metrics.counted("regroup"):
+        raise BackendUnavailable("redis", "connection refused")
+    with trio.CancelScope() as scope, metrics.counted("regroup"):
+        scope.cancel()
+        await trio.sleep(1)   # a cancelled command is no result: counted nowhere
+    await trio.sleep(0.1)     # the agents' tasks carry the dispersals out
+    samples = scrape(metrics)
 
     def commands(command: str, level: str, result: str) -> float:
         return value(samples, "atom_commands_total", command=command, level=level, result=result)
@@ -83,31 +97,18 @@ async def test_commands_by_level_and_result(services, autojump_clock):
     assert commands("disperse", "sectoral", "accepted") == 1
     assert commands("disperse", "other", "invalid") == 1   # the label set stays closed
     assert commands("retune", "", "invalid") == 1
-    assert commands("regroup", "", "accepted") == 1
-    assert value(samples, "atom_agents", status="dispersed") + \
-        value(samples, "atom_agents", status="regrouping") > 0
-    # Queries pass straight through the wrapper.
-    assert control.agent(3)["id"] == 3
-
-
-async def test_backend_errors_counted_by_backend(services, autojump_clock):
-    class DownControl:
-        async def regroup(self, command_id=None):
-            raise BackendUnavailable("redis", "connection refused")
-
-    control = CountedControl(DownControl(), services.metrics)
-    with pytest.raises(BackendUnavailable):
-        await control.regroup()
-    samples = scrape(services.metrics)
+    assert commands("disperse", "total", "blocked") == 1
+    assert commands("regroup", "", "unavailable") == 1
     assert value(samples, "atom_backend_errors_total", backend="redis") == 1
-    assert value(samples, "atom_commands_total", command="regroup", level="",
-                 result="unavailable") == 1
+    assert sum(v for (name, _), v in samples.items() if name == "atom_commands_total") == 6
+    assert 70 < value(samples, "atom_agents", status="dispersed") <= 70 + 25
 
 
 async def test_two_servers_in_one_process_keep_their_own_registries(nursery, autojump_clock):
-    one = await nursery.start(app.serve, make_settings())
-    two = await nursery.start(app.serve, make_settings())
+    one = await nursery.start(app.serve, make_settings(**FREE_PORTS))
+    two = await nursery.start(app.serve, make_settings(**FREE_PORTS))
     one.engine.inject_crash("privacy")
     await trio.sleep(0.5)
     assert value(scrape(one.metrics), "atom_actor_restarts_total", actor="sphere/privacy") == 1
     assert value(scrape(two.metrics), "atom_actor_restarts_total", actor="sphere/privacy") == 0
+

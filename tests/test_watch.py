@@ -34,7 +34,8 @@ def test_endpoints(url, ws, expected):
 
 
 def test_endpoints_of_a_server_bound_to_every_address():
-    assert endpoints(None, None, api_host="0.0.0.0", api_port=80, ws_port=81).api == "http://127.0.0.1:80"
+    where = endpoints(None, None, api_host="0.0.0.0", api_port=80, ws_port=81)
+    assert where.api == "http://127.0.0.1:80"
 
 
 def hello() -> dict:
