@@ -309,13 +309,7 @@ async def test_a_stalled_client_does_not_slow_a_fast_one(autojump_clock, serve):
     services = await serve(ws_stall_timeout_s=2)
     stats = services.broadcaster.stats
     with trio.fail_after(BOUND_S):
-        stalled, head, rest = await raw_subscribe(services.broadcaster.port, rcvbuf=4096)
-        assert head.startswith(b"HTTP/1.1 101")
-        # It reads its hello (about 40 KB: the 350-agent roster), then nothing more.
-        length = 0
-        while len(rest) < 4 or len(rest) < 4 + (length := struct.unpack_from("!H", rest, 2)[0]):
-            rest += await stalled.receive_some()
-        assert rest[0] == 0x81 and json.loads(rest[4:4 + length])["type"] == "hello"
+        stalled = await read_hello_then_stall(services.broadcaster.port)
         async with stalled, open_websocket_url(services.ws_url) as fast:
             await fast.get_message()
             start = trio.current_time()
@@ -332,6 +326,48 @@ async def test_a_stalled_client_does_not_slow_a_fast_one(autojump_clock, serve):
                 while chunk := await stalled.receive_some():
                     held += len(chunk)
             assert held < 200_000, "the kernel buffers are all it ever held"
+
+
+async def read_hello_then_stall(port: int) -> trio.SocketStream:
+    """A subscriber that reads its hello (about 40 KB: the 350-agent roster), then nothing."""
+    stream, head, rest = await raw_subscribe(port, rcvbuf=4096)
+    assert head.startswith(b"HTTP/1.1 101")
+    length = 0
+    while len(rest) < 4 or len(rest) < 4 + (length := struct.unpack_from("!H", rest, 2)[0]):
+        rest += await stream.receive_some()
+    assert rest[0] == 0x81 and json.loads(rest[4:4 + length])["type"] == "hello"
+    return stream
+
+
+async def test_a_client_that_cannot_take_the_events_is_cut_off(autojump_clock, serve):
+    """Events are never dropped for a slow client: past EVENT_BACKLOG_BYTES waiting, it is
+    closed instead (it reconnects and gets a fresh roster)."""
+    services = await serve(ws_stall_timeout_s=30)
+    stats = services.broadcaster.stats
+    with trio.fail_after(BOUND_S):
+        stalled = await read_hello_then_stall(services.broadcaster.port)
+        async with stalled, open_websocket_url(services.ws_url + "?fps=1") as fast:
+            await fast.get_message()
+            received = 0
+
+            async def keep_up() -> None:
+                nonlocal received
+                while True:
+                    message = await fast.get_message()
+                    received += isinstance(message, str) and '"agent.frequency"' in message
+
+            async with trio.open_nursery() as reading:
+                reading.start_soon(keep_up)
+                for tick in range(4):
+                    for agent in range(1000):
+                        services.engine.emit({"type": "event", "event": "agent.frequency",
+                                              "agent": agent, "frequency": 432.0 + tick})
+                    await trio.sleep(1 / 60)
+                await trio.sleep(2)
+                reading.cancel_scope.cancel()
+            assert stats.closed_lagging == 1 and stats.clients == 1 and stats.closed_stall == 0
+            assert received == 4000, "the client that keeps up gets every event"
+    assert "closed stall 0 oversize 0 lagging 1" in stats.summary()
 
 
 async def test_a_slow_client_gets_the_newest_frame_not_a_backlog(autojump_clock, serve):

@@ -130,7 +130,7 @@ async def test_trio_websocket_writes_one_event_per_send_all(autojump_clock, nurs
             await trio.testing.wait_all_tasks_blocked()
             assert raw.calls[-1][0] == wsraw.OP_CLOSE and raw.close_sent
             assert len(raw.calls) == 6
-            assert not raw.try_write(message_bytes(b"late")), "no data after a close frame"
+            assert raw.try_write(message_bytes(b"late")) == wsraw.BUSY, "no data after a close"
 
 
 async def test_fast_path_never_cuts_a_message_with_a_control_frame(autojump_clock, nursery):
@@ -141,11 +141,11 @@ async def test_fast_path_never_cuts_a_message_with_a_control_frame(autojump_cloc
             frames = [message_bytes(bytes([i]) * 4216) for i in range(200)]
             # The client does not read: the kernel takes some frames, then a tail is left.
             written = 0
-            while raw.try_write(frames[written]):
+            while (done := raw.try_write(frames[written])) == wsraw.DONE:
                 written += 1
-                if raw.behind:
-                    break
-            assert raw.behind and not raw.try_write(frames[written])
+            assert done == wsraw.STARTED
+            written += 1
+            assert raw.behind and raw.try_write(frames[written]) == wsraw.BUSY
             # trio-websocket's ping waits behind the tail instead of cutting into it.
             nursery.start_soon(conn.ping, b"ping")
             await trio.testing.wait_all_tasks_blocked()
@@ -172,7 +172,7 @@ async def test_a_write_without_progress_stalls_the_stream(autojump_clock, nurser
                 await raw.send_from(iter([b"\x82\x00" * 200_000, None]).__next__)
             assert 2 <= trio.current_time() - start < 3
             assert raw.stalled and raw.closed and raw.ended.is_set()
-            assert raw.try_write(b"x") is False   # nothing more goes to a dead stream
+            assert raw.try_write(b"x") == wsraw.BUSY   # nothing more goes to a dead stream
 
 
 async def test_open_request_gives_up_on_garbage_and_on_silence(autojump_clock, nursery):

@@ -62,10 +62,16 @@ def message_bytes(message: bytes | str) -> bytes:
     return header + payload
 
 
+# What :meth:`RawStream.try_write` did.
+BUSY: Final = 0      # nothing written: the wire is taken (tail, lock, closing); queue it
+DONE: Final = 1      # written whole (or dropped: the stream is dead, and ends itself)
+STARTED: Final = 2   # partly written: the rest is the tail, which the slow path must finish
+
+
 class RawStream(trio.abc.Stream):
     """The TCP stream of one subscriber, written by trio-websocket and by the fan-out alike.
 
-    ``try_write`` is the fast path (synchronous; only when nothing else is on the wire);
+    ``try_write`` is the fast path (synchronous; only when ``ready``: nothing else on the wire);
     ``send_all`` (trio-websocket's) and ``send_from`` (the subscriber's slow path) take the lock
     and first finish the tail. A write that makes no progress for ``stall_timeout_s`` marks the
     stream ``stalled`` and fails with :class:`trio.BrokenResourceError`: the owner closes it.
@@ -81,6 +87,9 @@ class RawStream(trio.abc.Stream):
         self.close_sent = False                  # a close frame is on its way: no data after it
         self.stalled = False
         self.closed = False
+        # A plain flag, not a property: the fan-out reads it for every subscriber every tick.
+        # True when a whole message may be written now without cutting into another one.
+        self.ready = True
         self.ended = trio.Event()                # set when the stream broke or was closed
         try:
             stream.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
@@ -88,37 +97,32 @@ class RawStream(trio.abc.Stream):
             pass  # the peer may already be gone: the first write says so
 
     @property
-    def free(self) -> bool:
-        """Whether a whole message may be written now without cutting into another one."""
-        return self._tail is None and not self._lock.locked() and not self.closed \
-            and not self.close_sent
-
-    @property
     def open(self) -> bool:
         return not (self.closed or self.close_sent)
 
-    def try_write(self, data: bytes) -> bool:
-        """Start writing ``data`` now if the wire is free; False (nothing written) if it is not.
+    @property
+    def behind(self) -> bool:
+        return self._tail is not None
 
-        What the kernel does not take stays as the tail; the caller must then run the slow path
-        (``send_from``), which finishes it before anything else.
+    def try_write(self, data: bytes) -> int:
+        """Start writing ``data`` now if the wire is ready: BUSY (nothing written), DONE or STARTED.
+
+        After STARTED the rest is the tail; the caller must run the slow path (``send_from``),
+        which finishes it before anything else.
         """
-        if not self.free:
-            return False
+        if not self.ready:
+            return BUSY
         try:
             n = os.write(self._fd, data)
         except BlockingIOError:
             n = 0
         except OSError:
             self._end()
-            return True   # the peer is gone; the connection's reader notices and ends it
-        if n < len(data):
-            self._start_tail(memoryview(data)[n:])
-        return True
-
-    @property
-    def behind(self) -> bool:
-        return self._tail is not None
+            return DONE   # the peer is gone; the connection's reader notices and ends it
+        if n == len(data):
+            return DONE
+        self._start_tail(memoryview(data)[n:])
+        return STARTED
 
     async def send_from(self, take: Callable[[], bytes | None]) -> None:
         """Under the wire lock: finish the tail, then send what ``take()`` returns until None.
@@ -127,25 +131,33 @@ class RawStream(trio.abc.Stream):
         Nothing is written after a close frame. Raises BrokenResourceError if the peer is gone
         or stalled; cancellation leaves the unwritten rest as the tail (never a cut message).
         """
-        async with self._lock:
-            await self._push()
-            while self.open and (data := take()) is not None:
-                self._start_tail(memoryview(data))
+        try:
+            async with self._lock:
+                self.ready = False
                 await self._push()
+                while self.open and (data := take()) is not None:
+                    self._start_tail(memoryview(data))
+                    await self._push()
+        finally:
+            self._refresh()
 
     # -- trio.abc.Stream, as trio-websocket uses it ------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()
-        async with self._lock:
-            if self.closed:
-                raise trio.ClosedResourceError("the subscriber's stream is closed")
-            await self._push()
-            if data:
-                if data[0] == OP_CLOSE:
-                    self.close_sent = True
-                self._start_tail(memoryview(bytes(data)))
+        try:
+            async with self._lock:
+                self.ready = False
+                if self.closed:
+                    raise trio.ClosedResourceError("the subscriber's stream is closed")
                 await self._push()
+                if data:
+                    if data[0] == OP_CLOSE:
+                        self.close_sent = True
+                    self._start_tail(memoryview(bytes(data)))
+                    await self._push()
+        finally:
+            self._refresh()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self._stream.wait_send_all_might_not_block()
@@ -159,14 +171,20 @@ class RawStream(trio.abc.Stream):
 
     # -- inside -----------------------------------------------------------------------------------
 
+    def _refresh(self) -> None:
+        self.ready = self._tail is None and not self._lock.locked() and not self.closed \
+            and not self.close_sent
+
     def _start_tail(self, data: memoryview) -> None:
         # Stall time counts from the moment the stream falls behind, or from its last progress
         # since: a stream that was caught up a minute ago is not a minute into a stall.
         self._tail = data
+        self.ready = False
         self.progress_at = trio.current_time()
 
     def _end(self) -> None:
         self.closed = True
+        self.ready = False
         self.ended.set()
 
     async def _push(self) -> None:
