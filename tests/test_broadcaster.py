@@ -454,6 +454,25 @@ async def test_garbage_and_silent_connections_cost_nothing(autojump_clock, serve
             assert seqs[-60:] == list(range(seqs[-60], seqs[-60] + 60))
 
 
+async def test_unfinished_handshakes_are_bounded_in_number(autojump_clock, serve):
+    services = await serve(ws_max_connections=2)
+    port = services.broadcaster.port
+    with trio.fail_after(BOUND_S):
+        silent = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(3)]
+        try:
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            assert await silent[2].receive_some() == b""
+            assert trio.current_time() == start, "the one over the bound is dropped at once"
+            assert await silent[0].receive_some() == b""
+            assert trio.current_time() - start == pytest.approx(
+                broadcaster_server.HANDSHAKE_TIMEOUT_S, abs=0.1)
+        finally:
+            for stream in silent:
+                await stream.aclose()
+    assert services.broadcaster.stats.handshakes_failed == 3
+
+
 async def test_shutdown_closes_every_subscriber_with_1001(autojump_clock, nursery):
     app_scope = trio.CancelScope()
 

@@ -41,9 +41,9 @@ class BroadcastStats:
 
     clients: int = 0            # subscribers streaming now
     connections: int = 0        # TCP connections accepted
-    frames_sent: int = 0        # frame messages begun on a subscriber's socket
+    frames_sent: int = 0        # frames begun on a subscriber's socket (fast or slow path)
     frames_dropped: int = 0     # frames replaced by a newer one before a behind subscriber took them
-    events_sent: int = 0        # event messages begun on a subscriber's socket
+    events_sent: int = 0        # event messages written or queued for a subscriber
     ticks: int = 0              # frames the fan-out took from the bus
     ticks_skipped: int = 0      # frames the fan-out itself missed (it was late)
     write_s: float = 0.0        # time spent in the fan-out's writes

@@ -18,6 +18,7 @@ admitted, a subscriber gets the hello, then frames and events from the fan-out.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Iterator
@@ -80,7 +81,10 @@ class Broadcaster:
 
     @property
     def url(self) -> str | None:
-        return None if self.port is None else f"ws://{self.settings.api_host}:{self.port}{PATH}"
+        if self.port is None:
+            return None
+        host = self.settings.api_host
+        return f"ws://{f'[{host}]' if ':' in host else host}:{self.port}{PATH}"
 
     def allow_origin(self, api_url: str) -> None:
         """Also admit browsers from ``api_url`` (the API's bound URL, known once it listens)."""
@@ -144,6 +148,13 @@ class Broadcaster:
         this function, so one connection can never take the others down.
         """
         self.stats.connections += 1
+        if len(self._handshaking) >= self.settings.ws_max_connections:
+            # A flood of connections that never finish their handshake: each would hold a socket
+            # and a task for HANDSHAKE_TIMEOUT_S. Beyond as many as there may be subscribers,
+            # drop new ones at once.
+            self.stats.handshakes_failed += 1
+            await stream.aclose()
+            return
         raw = RawStream(stream, self.settings.ws_stall_timeout_s)
         try:
             async with trio.open_nursery() as nursery:   # trio-websocket's reader lives here
@@ -190,17 +201,24 @@ class Broadcaster:
                 self._admitted -= 1
             await self._refuse(request, exc)
             return None
+        conn = None
         try:
-            with trio.fail_after(HANDSHAKE_TIMEOUT_S):
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
                 conn = await request.accept()
-        except BaseException:
-            self._admitted -= 1
-            raise
+        except trio_websocket.ConnectionClosed:
+            pass   # the client went away meanwhile
+        finally:
+            if conn is None:
+                self._admitted -= 1
+        if conn is None:
+            self.stats.handshakes_failed += 1
+            return None
         return conn, wanted
 
     async def _refuse(self, request: trio_websocket.WebSocketRequest, error: AtomError) -> None:
         self.stats.refused[error.status] = self.stats.refused.get(error.status, 0) + 1
-        with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S), \
+                contextlib.suppress(trio_websocket.ConnectionClosed):   # it went away: fine
             await request.reject(error.status, extra_headers=list(JSON_HEADERS),
                                  body=handshake.error_body(error))
 
