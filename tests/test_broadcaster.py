@@ -1,6 +1,6 @@
 """L'Essaim over real WebSockets on loopback: the whole app in the test's nursery, real clients.
 
-Time is virtual (``autojump_clock``); every test is bounded by ``trio.fail_after``.
+Time is virtual (``autojump_clock``); every test is bounded by ``trio.fail_after(BOUND_S)``.
 """
 
 from __future__ import annotations
@@ -25,8 +25,11 @@ from atom_actors.catalog import CATALOG
 from atom_actors.protocol import Q16_RANGE, decode_binary
 
 from .conftest import make_settings
+from .test_wsraw import parse_frames
 
-BOUND_S = 60   # real seconds any one test may take, whatever goes wrong
+# A bound on every test. It is on the virtual clock: a test stuck waiting for real I/O that will
+# never come is jumped to it and fails at once, instead of hanging.
+BOUND_S = 120
 
 
 class _AnyText:
@@ -368,6 +371,36 @@ async def test_a_client_that_cannot_take_the_events_is_cut_off(autojump_clock, s
             assert stats.closed_lagging == 1 and stats.clients == 1 and stats.closed_stall == 0
             assert received == 4000, "the client that keeps up gets every event"
     assert "closed stall 0 oversize 0 lagging 1" in stats.summary()
+
+
+async def test_keepalive_pings_cut_off_a_client_that_never_answers(autojump_clock, serve):
+    services = await serve(ws_stall_timeout_s=2)
+    stats = services.broadcaster.stats
+    interval = broadcaster_server.PING_INTERVAL_S
+    with trio.fail_after(BOUND_S):
+        mute, head, _ = await raw_subscribe(services.broadcaster.port)
+        assert head.startswith(b"HTTP/1.1 101")
+        async with mute, open_websocket_url(services.ws_url + "?fps=1") as polite, \
+                trio.open_nursery() as reading:
+            frames = 0
+
+            async def answer_pings() -> None:   # trio-websocket does, while its app reads
+                nonlocal frames
+                while True:
+                    frames += isinstance(await polite.get_message(), bytes)
+
+            reading.start_soon(answer_pings)
+            start, buffer, kinds = trio.current_time(), b"", set()
+            with contextlib.suppress(trio.BrokenResourceError):   # reads all, answers nothing
+                while chunk := await mute.receive_some():
+                    frames_read, buffer = parse_frames(buffer + chunk)
+                    kinds |= {first for first, _ in frames_read}
+            assert kinds == {0x81, 0x82, 0x89}, "hello, frames, and a ping"
+            assert interval + 2 <= trio.current_time() - start <= interval + 3
+            assert stats.closed_stall == 1 and stats.clients == 1
+            await trio.sleep(interval * 2)
+            assert stats.clients == 1 and frames >= 3 * interval - 1, "the one that answers stays"
+            reading.cancel_scope.cancel()
 
 
 async def test_a_slow_client_gets_the_newest_frame_not_a_backlog(autojump_clock, serve):
