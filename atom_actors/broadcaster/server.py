@@ -22,7 +22,6 @@ import contextlib
 import json
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import partial
 from typing import Final
 
@@ -131,7 +130,7 @@ class Broadcaster:
         handlers.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
         self._stopping.set()
 
-    @contextmanager
+    @contextlib.contextmanager
     def _handshake_scope(self, scope: trio.CancelScope) -> Iterator[None]:
         self._handshaking.add(scope)
         try:
