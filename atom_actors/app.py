@@ -4,8 +4,10 @@
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
 above it)::
 
+    store        in memory, or PostgreSQL (sessions, events)
     bus          in-process, or Redis
     engine       supervisor of the 15 sphere actors, then the compositor
+    broadcaster  the WebSocket server of L'Essaim (WS_PORT, /ws/swarm)
     stats        once a second, the compositor's and broadcaster's figures in the trace log
                  (only when INFO is logged: ZERO_LOG=false)
 
@@ -23,10 +25,13 @@ from dataclasses import dataclass, field
 import trio
 
 from . import logs
+from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .config import Settings
 from .engine import Engine
 from .metrics import Metrics, supervision_reporter
+from .sessions import SessionService
+from .store import MemoryStore, Store
 
 
 @dataclass
@@ -36,6 +41,9 @@ class Services:
     settings: Settings
     bus: Bus
     engine: Engine | None = None
+    store: Store | None = None
+    sessions: SessionService | None = None
+    broadcaster: Broadcaster | None = None
     api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
     ws_url: str | None = None    # ws://host:port/ws/swarm
     metrics: Metrics | None = None
@@ -51,14 +59,23 @@ class Services:
 async def serve(settings: Settings, *,
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every part of a single-process AT·OM until cancelled."""
+    settings, _ = settings.with_ephemeral_key()   # `atom serve` has said so already if it made one
+    store = MemoryStore()
     bus = MemoryBus()
+    sessions = SessionService(store, settings.secret_key, sceau_duration_ms=settings.sceau_duration,
+                              ttl_s=settings.session_ttl_s, frequency=settings.frequency)
     metrics = Metrics()
-    services = Services(settings, bus, metrics=metrics)
+    services = Services(settings, bus, store=store, sessions=sessions, metrics=metrics)
     async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
         await nursery.start(bus.run)
         services.engine = await nursery.start(
             Engine(settings, bus, on_report=supervision_reporter(metrics)).run)
         metrics.attach(engine=services.engine)
+        services.broadcaster = await nursery.start(
+            logs.traced, "broadcaster", Broadcaster(settings, bus, services.engine, sessions).run)
+        services.ws_url = services.broadcaster.url
+        metrics.attach(broadcaster=services.broadcaster)
         await nursery.start(logs.report_stats, services)
         task_status.started(services)
 
