@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import json
 import math
+import ssl
 import time
 import urllib.error
 import urllib.request
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -42,7 +44,8 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
-from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
+from trio_websocket import (ConnectionClosed, ConnectionRejected, HandshakeError,
+                            WebSocketConnection, wrap_client_stream)
 
 from .protocol import HEADER
 
@@ -288,6 +291,36 @@ async def read_safeguard(api: str, token: str) -> tuple[str, str | None]:
     return str(body.get("state", "unknown")), body.get("reason")
 
 
+@asynccontextmanager
+async def subscribe(url: str) -> AsyncIterator[WebSocketConnection]:
+    """A WebSocket client on a TCP (or TLS) stream this module owns and closes: trio-websocket's
+    ``open_websocket_url`` leaves the socket open when the server ends the connection or refuses
+    the handshake."""
+    parts = urlsplit(url)
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    with trio.fail_after(CONNECT_TIMEOUT_S):
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] = \
+            await trio.open_tcp_stream(parts.hostname or "", port)
+    try:
+        if secure:
+            stream = trio.SSLStream(stream, ssl.create_default_context(),
+                                    server_hostname=parts.hostname, https_compatible=True)
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(CONNECT_TIMEOUT_S):
+                ws = await wrap_client_stream(nursery, stream, parts.netloc, resource)
+            try:
+                yield ws
+            finally:
+                with trio.move_on_after(1) as scope:
+                    scope.shield = True
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
 async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
                 min_fps: float = 55.0, sceau_ms: int = 2000, console: Console | None = None,
                 now: Callable[[], float] = time.time) -> int:
@@ -304,7 +337,7 @@ async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
             token = await open_session(where.api, sceau_ms)
             state.set_safeguard(*await read_safeguard(where.api, token))
         url = f"{where.ws}?{urlencode({'session': token, 'encoding': 'f32'})}"
-        async with open_websocket_url(url, connect_timeout=CONNECT_TIMEOUT_S) as ws:
+        async with subscribe(url) as ws:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 hello = json.loads(await ws.get_message())
             state.on_hello(hello)
@@ -312,17 +345,14 @@ async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
                 return await _sample(ws, state, seconds, min_fps, now)
             await _live(ws, state, where, token, console, now)
             return 0
-    except ConnectionRejected as exc:
-        print(f"atom watch: UNREACHABLE {where.ws} refused the subscription: "
-              f"HTTP {exc.status_code}", flush=True)
-    except (HandshakeError, OSError) as exc:
-        print(f"atom watch: UNREACHABLE {where.ws}: {exc or type(exc).__name__}", flush=True)
-    except ConnectionClosed as exc:
-        print(f"atom watch: UNREACHABLE {where.ws} closed the stream: {exc.reason}", flush=True)
-    except Unreachable as exc:
-        print(f"atom watch: UNREACHABLE {exc}", flush=True)
-    except trio.TooSlowError:
-        print(f"atom watch: UNREACHABLE no answer within {CONNECT_TIMEOUT_S:g} s", flush=True)
+    except BaseExceptionGroup as group:
+        # The subscription's nursery wraps what went wrong; one leaf of ours is reported as such.
+        leaf = _only_leaf(group)
+        if leaf is None or not _report(where, leaf):
+            raise
+    except Exception as exc:
+        if not _report(where, exc):
+            raise
     finally:
         if token is not None:
             with trio.move_on_after(2.0) as scope:
@@ -333,6 +363,36 @@ async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
                 except Unreachable:
                     pass  # the session expires by itself; nothing to report on the way out
     return 1
+
+
+def _report(where: Endpoints, exc: BaseException) -> bool:
+    """Print the one line of an unreachable or refusing server; False for any other error."""
+    if isinstance(exc, ConnectionRejected):
+        why = f"{where.ws} refused the subscription: HTTP {exc.status_code}"
+    elif isinstance(exc, ConnectionClosed):
+        why = f"{where.ws} closed the stream: {exc.reason}"
+    elif isinstance(exc, HandshakeError | OSError):
+        why = f"{where.ws}: {exc or type(exc).__name__}"
+    elif isinstance(exc, Unreachable):
+        why = str(exc)
+    elif isinstance(exc, trio.TooSlowError):
+        why = f"no answer within {CONNECT_TIMEOUT_S:g} s"
+    else:
+        return False
+    print(f"atom watch: UNREACHABLE {why}", flush=True)
+    return True
+
+
+def _only_leaf(group: BaseExceptionGroup) -> BaseException | None:
+    leaves = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop()
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+        elif not isinstance(exc, trio.Cancelled):
+            leaves.append(exc)
+    return leaves[0] if len(leaves) == 1 else None
 
 
 async def _sample(ws: Any, state: WatchState, seconds: float, min_fps: float,
