@@ -4,8 +4,11 @@
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
 above it)::
 
+    store        in memory, or PostgreSQL
     bus          in-process, or Redis
     engine       supervisor of the 15 sphere actors, then the compositor
+    safeguard    the Brise-Circuit's task (regroups on a trip, records every change)
+    api          the REST API (Hypercorn, Trio worker)
 
 Stopping cancels the tree; each part's docstring says what it does on cancellation.
 """
@@ -14,13 +17,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
 
+from .api import serve_api
 from .bus import Bus, MemoryBus
 from .config import Settings
 from .engine import Engine
+from .safeguard import BriseCircuit
+from .sessions import SessionService
+from .store import MemoryStore, Store
 from .supervisor import Report
 
 log = logging.getLogger("atom_actors")
@@ -35,6 +43,10 @@ class Services:
     engine: Engine | None = None
     api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
     ws_url: str | None = None    # ws://host:port/ws/swarm
+    store: Store | None = None
+    sessions: SessionService | None = None
+    safeguard: BriseCircuit | None = None
+    subscribers: Callable[[], int] | None = None   # WebSocket subscribers now (the broadcaster's)
     extras: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -57,12 +69,28 @@ def report_supervision(report: Report) -> None:
 async def serve(settings: Settings, *,
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every part of a single-process AT·OM until cancelled."""
+    settings, ephemeral = settings.with_ephemeral_key()
+    if ephemeral:
+        announce("SECRET_KEY is empty: using an ephemeral key; sessions end with this process")
     bus = MemoryBus()
-    services = Services(settings, bus)
+    store = MemoryStore()
+    services = Services(settings, bus, store=store)
+    services.sessions = SessionService(store, settings.secret_key,
+                                       sceau_duration_ms=settings.sceau_duration,
+                                       ttl_s=settings.session_ttl_s, frequency=settings.frequency)
+    safeguard = services.safeguard = BriseCircuit(settings, bus, store)
+
+    def on_report(report: Report) -> None:
+        report_supervision(report)
+        safeguard.on_report(report)
+
     async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
         await nursery.start(bus.run)
         services.engine = await nursery.start(
-            Engine(settings, bus, on_report=report_supervision).run)
+            Engine(settings, bus, on_report=on_report, on_overload=safeguard.on_overload).run)
+        await nursery.start(safeguard.run, services.engine)
+        services.api_url = await nursery.start(serve_api, services)
         task_status.started(services)
 
 
