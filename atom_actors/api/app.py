@@ -27,7 +27,7 @@ from .cors import CorsPolicy
 from .ratelimit import TokenBuckets
 from .routes import BLUEPRINTS
 from .routes.swarm import retune_blueprint
-from .web import SESSION_HEADER, Api, api
+from .web import SESSION_HEADER, Api, api, no_content
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -78,8 +78,7 @@ async def _cors_gate() -> Response | None:
         raise OriginRefused(origin or "")
     if request.method == "OPTIONS" and origin is not None \
             and "Access-Control-Request-Method" in request.headers:
-        response = Response(status=204)
-        del response.headers["Content-Type"]
+        response = no_content()
         response.headers.update(cors.preflight_headers(origin))
         return response
     return None

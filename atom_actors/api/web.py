@@ -62,6 +62,14 @@ def api() -> Api:
     return current_app.extensions["atom"]
 
 
+def no_content() -> Any:
+    """A 204: no body, no Content-Type. (The app's own response class: quart's plain one reads
+    an empty body through asyncio.)"""
+    response = current_app.response_class(b"", status=204)
+    del response.headers["Content-Type"]
+    return response
+
+
 # -- sessions ---------------------------------------------------------------------------------------
 
 def requires_session(func: F) -> F:

@@ -8,7 +8,7 @@ from typing import Any
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from quart import Blueprint, Response, current_app, jsonify, send_from_directory
+from quart import Blueprint, current_app, jsonify, send_from_directory
 from quart_schema import document_response, hide, tag
 from werkzeug.exceptions import NotFound
 
@@ -64,14 +64,14 @@ async def _ping(part: Any) -> str:
 @tag(["health"])
 async def metrics() -> Any:
     """Prometheus metrics, in the text exposition format."""
-    return Response(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return current_app.response_class(generate_latest(), content_type=CONTENT_TYPE_LATEST)
 
 
 @bp.get("/docs")
 @hide
 async def docs() -> Any:
     schema = current_app.extensions["QUART_SCHEMA"].openapi_provider.schema()
-    return Response(render_docs(schema), content_type="text/html; charset=utf-8")
+    return current_app.response_class(render_docs(schema), content_type="text/html; charset=utf-8")
 
 
 @bp.get("/")

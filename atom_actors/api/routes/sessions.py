@@ -7,12 +7,12 @@ from functools import wraps
 from typing import Any
 
 import trio
-from quart import Blueprint, Response, g, jsonify, request
+from quart import Blueprint, g, jsonify, request
 from quart_schema import document_response, tag
 
 from ...errors import RateLimited
 from ..schemas import ActivateBody, SessionBody
-from ..web import SESSION_HEADER, api, document_errors, json_body, requires_session
+from ..web import SESSION_HEADER, api, document_errors, json_body, no_content, requires_session
 
 bp = Blueprint("sceau", __name__, url_prefix="/api/v1/sceau")
 
@@ -57,6 +57,5 @@ async def activate(body: ActivateBody) -> Any:
 async def revoke() -> Any:
     """Revoke the presented session (204); it is refused everywhere from then on."""
     await api().sessions.revoke(g.session.token)
-    response = Response(status=204)
-    del response.headers["Content-Type"]
+    response = no_content()
     return response
