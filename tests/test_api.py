@@ -8,15 +8,22 @@ Brise-Circuit's cooldown; the tests marked "over HTTP" go through Hypercorn on a
 from __future__ import annotations
 
 import os
+import queue
 import re
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
+import hypothesis
 import pytest
+import schemathesis
 import trio
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation import GenerationMode
+from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from atom_actors import app as tree
 from atom_actors.api import create_app
@@ -646,3 +653,72 @@ async def test_responses_are_not_cached(autojump_clock, api):
     services, c = api
     r = await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
     assert r.headers["cache-control"] == "no-store"
+
+
+# -- property-based: schemathesis against /openapi.json ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def live_api() -> Iterator[tuple[str, list[str]]]:
+    """The real tree in a thread of its own (schemathesis calls synchronously): its URL and
+    session tokens. Thresholds are high so that the Brise-Circuit does not refuse every case."""
+    started: queue.Queue = queue.Queue()
+
+    def run() -> None:
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                services = await nursery.start(tree.serve, settings(
+                    safeguard_max_commands=100_000, safeguard_max_total=100_000))
+                tokens = [(await services.sessions.activate(2000)).token for _ in range(500)]
+                started.put((services.api_url, tokens, nursery.cancel_scope,
+                             trio.lowlevel.current_trio_token()))
+        trio.run(main)
+
+    thread = threading.Thread(target=run, name="live-api", daemon=True)
+    thread.start()
+    url, tokens, scope, trio_token = started.get(timeout=30)
+    yield url, tokens
+    trio.from_thread.run_sync(scope.cancel, trio_token=trio_token)
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def json_errors(ctx, response, case) -> None:
+    """Every 4xx and 5xx is {"error", "detail"} JSON (422 with "fields"), never HTML."""
+    if response.status_code < 400:
+        return None
+    assert response.headers.get("content-type", [""])[0].startswith("application/json"), response
+    body = response.json()
+    assert isinstance(body.get("error"), str) and isinstance(body.get("detail"), str), body
+    if response.status_code == 422:
+        assert isinstance(body.get("fields"), dict) and body["fields"], body
+    return None
+
+
+@pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
+def test_no_request_finds_a_500_or_a_non_json_error(live_api, mode):
+    """Cases generated from /openapi.json, valid ones and invalid ones, with a session and
+    without: every answer conforms to the document, and no error is a 500 or not JSON."""
+    url, tokens = live_api
+    token = tokens.pop()
+    api_schema = schemathesis.openapi.from_url(url + "/openapi.json")
+
+    @hypothesis.given(case=api_schema.as_strategy(mode))
+    @hypothesis.settings(max_examples=150, deadline=None, database=None,
+                         suppress_health_check=list(hypothesis.HealthCheck))
+    def check(case) -> None:
+        # A revocation spends its token; every other case keeps using the same one.
+        revokes = case.method == "DELETE" and case.path.endswith("/sceau/session")
+        session = tokens.pop() if revokes and tokens else token
+        with_session = case.call(headers={SESSION: session})
+        seen.append((case.method, case.path, with_session.status_code))
+        # Unknown query parameters and body fields are ignored on purpose (a cache-buster, a
+        # newer client), which this check would count as accepting invalid data.
+        case.validate_response(with_session, additional_checks=[json_errors],
+                               excluded_checks=[negative_data_rejection])
+        case.validate_response(case.call(), checks=[not_a_server_error, json_errors])
+
+    seen: list[tuple[str, str, int]] = []
+    check()
+    # The run got past the session check to the swarm's own answers.
+    wanted = range(200, 300) if mode == GenerationMode.POSITIVE else (404, 422)
+    assert any(status in wanted and "/swarm" in path for _, path, status in seen), seen

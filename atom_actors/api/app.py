@@ -163,13 +163,19 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
 
 class ContractOpenAPI(OpenAPIProvider):
     """quart-schema's document, completed with what its decorators cannot say: response headers
-    (Retry-After, X-Sceau-Session) and the 204 of a revocation."""
+    (Retry-After, X-Sceau-Session), the 204 of a revocation, bodies that are required, and SCEAU_DURATION as the least
+    ``duration_ms`` (a shorter touch is answered 400 sceau_too_short, as §2 says, not 422)."""
 
     def schema(self) -> dict[str, Any]:
         schema = super().schema()
+        activate = schema["paths"]["/api/v1/sceau/activate"]["post"]["requestBody"]
+        activate["content"]["application/json"]["schema"]["properties"]["duration_ms"]["minimum"] = \
+            self._app.extensions["atom"].settings.sceau_duration
         for path, operations in schema["paths"].items():
             for method, op in operations.items():
                 responses = op["responses"]
+                if "requestBody" in op:
+                    op["requestBody"]["required"] = True
                 for status in ("423", "429", 423, 429):
                     if status in responses:
                         responses[status]["headers"] = RETRY_AFTER

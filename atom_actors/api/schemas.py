@@ -6,9 +6,9 @@ the 422 errors; response models only document what the routes return, in ``/open
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
 from ..catalog import CATALOG
 from ..config import MIN_HZ
@@ -20,6 +20,16 @@ Status = Literal[STATUS_NAMES]  # type: ignore[valid-type]
 SafeguardState = Literal["closed", "open", "half_open"]
 
 
+def _integral(value: Any) -> Any:
+    # JSON has one number type: 2000.0 is an integer to JSON Schema, so accept it as 2000.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_integral)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
@@ -29,7 +39,7 @@ class _Request(BaseModel):
 class ActivateBody(_Request):
     """A Sceau touch: how long the finger stayed on the seal."""
 
-    duration_ms: int = Field(description="milliseconds of touch; below SCEAU_DURATION is refused (400)")
+    duration_ms: JsonInt = Field(description="milliseconds of touch; below SCEAU_DURATION is refused (400)")
 
 
 class DisperseBody(_Request):
