@@ -422,8 +422,12 @@ async def test_agents_list_and_filters(autojump_clock, api):
     agents = (await c.get("/api/v1/swarm/agents", headers=headers)).json()
     assert [a["id"] for a in agents] == list(range(350))
     assert all(set(a) == AGENT_KEYS and set(a["position"]) == {"x", "y", "z"} for a in agents)
+    await trio.sleep(0.1)
+    later = (await c.get("/api/v1/swarm/agents", headers=headers)).json()
+    assert [a["position"] for a in later] != [a["position"] for a in agents], "agents move"
     privacy = (await c.get("/api/v1/swarm/agents?sphere=privacy", headers=headers)).json()
     assert len(privacy) == 8 and {a["sphere"] for a in privacy} == {"privacy"}
+    assert (await c.get("/api/v1/swarm/agents?status=dispersed", headers=headers)).json() == []
     await c.post("/api/v1/swarm/disperse", json={"level": "partial"}, headers=headers)
     await trio.sleep(0.1)
     out = (await c.get("/api/v1/swarm/agents?status=dispersed", headers=headers)).json()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Blueprint, jsonify
+from quart import Blueprint, current_app, jsonify
 from quart_schema import document_response, tag
 
 from ...catalog import CATALOG
@@ -48,7 +48,8 @@ async def summary() -> Any:
 @document_response(list[Agent])
 async def agents(query: AgentFilter) -> Any:
     """Every agent, in id order; ``sphere`` and ``status`` filter the list."""
-    return jsonify(api().control.agents(sphere=query.sphere, status=query.status))
+    body = api().agents_json(query.sphere, query.status)
+    return current_app.response_class(body, content_type="application/json")
 
 
 @bp.get("/swarm/agents/<agent>")
@@ -77,7 +78,7 @@ async def disperse(body: DisperseBody) -> Any:
     a = api()
     async with a.safeguard.command(total=body.level == "total"):
         result = await a.control.disperse(body.level, body.sphere, command_id=new_command_id())
-    await a.record("dispersal", {"command_id": result["command_id"], "level": result["level"],
+    await a.command_done("dispersal", {"command_id": result["command_id"], "level": result["level"],
                                  "sphere": result["sphere"], "dispersed": result["dispersed"]})
     return jsonify(result), 202
 
@@ -92,7 +93,7 @@ async def regroup() -> Any:
     a = api()
     async with a.safeguard.command():
         result = await a.control.regroup(command_id=new_command_id())
-    await a.record("regroup", {"command_id": result["command_id"],
+    await a.command_done("regroup", {"command_id": result["command_id"],
                                "regrouped": result["regrouped"]})
     return jsonify(result), 202
 
@@ -149,7 +150,7 @@ def retune_blueprint(max_hz: float) -> Blueprint:
         command_id = new_command_id()
         async with a.safeguard.command():
             result = await a.control.retune(ident, body.frequency, command_id=command_id)
-        await a.record("retune", {"command_id": command_id, "agent": ident,
+        await a.command_done("retune", {"command_id": command_id, "agent": ident,
                                   "frequency": result["frequency"]})
         return jsonify(result)
 
