@@ -22,7 +22,10 @@ def hypercorn_config(host: str, port: int) -> Config:
     config = Config()
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None        # an access log names client addresses: never (ZERO_LOG)
-    config.errorlog = logging.getLogger("atom_actors.api.server")
+    errorlog = logging.getLogger("atom_actors.api.server")
+    # Hypercorn's "Running on ..." line repeats atom's own "serving:" line; keep its warnings.
+    errorlog.setLevel(logging.WARNING)
+    config.errorlog = errorlog
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
     config.include_server_header = False
     return config
