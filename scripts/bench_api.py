@@ -3,7 +3,8 @@
 
 Starts ``atom serve`` (API_PORT=0, WS_PORT=0), opens a Sceau session, connects N WebSocket
 subscribers when the process serves L'Essaim (``../shared/peers/loadclient.js``, Node), then
-drives, one after the other, at a fixed rate with ``wrk`` (Debian package) and a Lua pacer:
+drives, one after the other, at a fixed arrival rate with ``wrk`` (Debian package; a Lua pacer
+gives each request the next slot of a 1/rate schedule):
 
     GET  /api/v1/swarm/agents
     POST /api/v1/swarm/disperse  {"level": "partial"}
@@ -42,12 +43,30 @@ TARGET_P99_MS = 50.0
 TARGET_FPS = 59.0
 
 WRK_SCRIPT = """
+-- A fixed arrival rate: each request takes the next free slot of a 1/rate schedule (LuaJIT's FFI
+-- reads the monotonic clock); the connections only bound how many may be in flight at once.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } atom_timespec;
+int clock_gettime(int clk_id, atom_timespec *tp);
+]]
+local ts = ffi.new("atom_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
 wrk.method = "%(method)s"
 wrk.body = %(body)s
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Sceau-Session"] = "%(token)s"
 local interval_ms = %(interval_ms)f
-function delay() return interval_ms end
+local next_slot = nil
+function delay()
+  local now = now_ms()
+  local slot = math.max(next_slot or now, now)
+  next_slot = slot + interval_ms
+  return slot - now
+end
 function done(summary, latency, requests)
   local errors = summary.errors
   io.write(string.format(
@@ -115,7 +134,7 @@ def peers_dir() -> Path | None:
 def run_wrk(url: str, method: str, body: str | None, token: str, seconds: int, rate: int,
             connections: int, server_pid: int) -> dict:
     script = WRK_SCRIPT % {"method": method, "body": json.dumps(body) if body else "nil",
-                           "token": token, "interval_ms": 1000.0 * connections / rate}
+                           "token": token, "interval_ms": 1000.0 / rate}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
@@ -135,7 +154,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="per endpoint")
     parser.add_argument("--rate", type=int, default=200, help="requests per second")
     parser.add_argument("--clients", type=int, default=500, help="WebSocket subscribers")
-    parser.add_argument("--connections", type=int, default=10, help="wrk connections")
+    parser.add_argument("--connections", type=int, default=20,
+                        help="wrk connections: the most requests in flight at once")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install wrk")

@@ -69,9 +69,9 @@ async def serve(nursery: trio.Nursery, **overrides: object) -> Services:
     return await nursery.start(tree.serve, settings(**overrides))
 
 
-def client(services: Services, address: str = "192.0.2.10", **kwargs) -> httpx.AsyncClient:
+def client(services: Services, address: str = "192.0.2.10") -> httpx.AsyncClient:
     """An in-process client of a new app on the running tree's services."""
-    transport = httpx.ASGITransport(create_app(services, **kwargs), client=(address, 50000))
+    transport = httpx.ASGITransport(create_app(services), client=(address, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://atom.test")
 
 
@@ -180,7 +180,8 @@ async def test_health_and_readiness(autojump_clock, api):
     assert r.json() == {"status": "ready", "checks": {"engine": "ticking", "store": "ok", "bus": "ok"}}
 
 
-def parts(s, store=None, engine_running=True):
+def parts(s, store=None) -> Services:
+    """Services put together by hand, the engine made but not started."""
     bus = MemoryBus()
     store = store or MemoryStore()
     services = Services(s, bus, store=store)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+from trio.testing import wait_all_tasks_blocked
 
 from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
@@ -198,7 +199,7 @@ async def test_the_cooldown_turns_it_half_open_on_time_and_a_probe_closes_it(
             await engine.regroup()
         assert circuit.state == CLOSED
         assert [e["state"] for e in safeguard_events(sub)] == [OPEN, HALF_OPEN, CLOSED]
-    await trio.sleep(0)
+    await wait_all_tasks_blocked()                  # the circuit's task records the last change
     kinds = [r.payload["trigger"] for r in reversed(await store.events("safeguard"))]
     assert kinds == ["overload", "cooldown", "probe_ok"]
 

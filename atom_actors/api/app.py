@@ -39,9 +39,9 @@ DESCRIPTION = ("The operators' REST API of AT·OM's swarm, L'Essaim: Sceau sessi
                "its spheres, dispersal behind the Brise-Circuit.")
 
 
-def create_app(services: Services, *, buckets: TokenBuckets | None = None) -> QuartTrio:
+def create_app(services: Services) -> QuartTrio:
     """The API of a running AT·OM. ``services`` must have its engine, store, sessions and
-    safeguard; ``buckets`` (the session rate limit) is for tests."""
+    safeguard; the rest is read from it at request time."""
     if services.engine is None or services.sessions is None or services.safeguard is None \
             or services.store is None:
         raise ValueError("create_app needs services with engine, store, sessions and safeguard")
@@ -51,7 +51,7 @@ def create_app(services: Services, *, buckets: TokenBuckets | None = None) -> Qu
     app.extensions["atom"] = Api(
         services=services, settings=settings, control=services.engine,
         sessions=services.sessions, safeguard=services.safeguard, store=services.store,
-        cors=CorsPolicy(settings.cors_origins), buckets=buckets or TokenBuckets())
+        cors=CorsPolicy(settings.cors_origins), buckets=TokenBuckets())
     QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),
                                description=DESCRIPTION),
                 openapi_provider_class=ContractOpenAPI, swagger_ui_path=None,
