@@ -257,7 +257,9 @@ class BriseCircuit:
         decision = self.breaker.admit(trio.current_time(), total=total)
         self._apply(decision.changes)
         if decision.ticket is None:
-            raise SafeguardOpen(self.breaker.reason, decision.retry_after_s)
+            reason = self.breaker.reason if self.breaker.state == OPEN else \
+                "half open: another command is testing the swarm"
+            raise SafeguardOpen(reason, decision.retry_after_s)
         outcome = "inconclusive"
         try:
             yield

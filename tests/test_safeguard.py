@@ -215,6 +215,10 @@ async def test_a_probe_the_engine_fails_reopens_and_a_refused_one_does_not(
     assert circuit.state == HALF_OPEN
     with pytest.raises(RuntimeError):
         async with circuit.command():
+            with pytest.raises(SafeguardOpen) as behind:
+                async with circuit.command():
+                    pytest.fail("only one probe at a time")
+            assert behind.value.retry_after_s == 1.0 and "testing" in behind.value.detail
             raise RuntimeError("the engine did not answer")
     assert circuit.state == OPEN and circuit.status()["retry_after_s"] == 10.0
 
