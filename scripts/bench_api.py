@@ -7,7 +7,7 @@ drives, one after the other, at a fixed arrival rate with ``wrk`` (Debian packag
 gives each request the next slot of a 1/rate schedule):
 
     GET  /api/v1/swarm/agents
-    POST /api/v1/swarm/disperse  {"level": "partial"}
+    POST /api/v1/swarm/disperse  {"level": "partial"}   (--disperse for another body)
 
 and prints each run's rate, latency p50/p99/max, non-2xx answers and the server's CPU, then the
 subscribers' fps over the whole window. Targets: REST p99 <= 50 ms at 200 requests/s, subscribers
@@ -38,7 +38,9 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PEERS = ROOT.parent / "shared" / "peers"
+# ../shared/peers beside a clone, or beside the worktrees' folder (/work/shared from /work/wt/api).
+PEERS = next((p for p in (ROOT.parent / "shared" / "peers", ROOT.parent.parent / "shared" / "peers")
+              if p.is_dir()), ROOT.parent / "shared" / "peers")
 TARGET_P99_MS = 50.0
 TARGET_FPS = 59.0
 
@@ -119,14 +121,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peers_dir() -> Path | None:
-    if shutil.which("node") is None or not PEERS.is_dir():
+def peers_dir(peers: Path) -> Path | None:
+    if shutil.which("node") is None or not peers.is_dir():
         return None
-    for candidate in (PEERS, Path(tempfile.gettempdir()) / "atom-bench-peers"):
+    for candidate in (peers, Path(tempfile.gettempdir()) / "atom-bench-peers"):
         if (candidate / "node_modules" / "ws").is_dir():
             return candidate
     copy = Path(tempfile.gettempdir()) / "atom-bench-peers"
-    shutil.copytree(PEERS, copy, dirs_exist_ok=True)
+    shutil.copytree(peers, copy, dirs_exist_ok=True)
     subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=copy, check=True)
     return copy
 
@@ -154,6 +156,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=10, help="per endpoint")
     parser.add_argument("--rate", type=int, default=200, help="requests per second")
     parser.add_argument("--clients", type=int, default=500, help="WebSocket subscribers")
+    parser.add_argument("--disperse", default='{"level": "partial"}',
+                        help="the dispersal's body (partial: 70 agents each)")
+    parser.add_argument("--peers", type=Path, default=PEERS, help="where loadclient.js is")
     parser.add_argument("--connections", type=int, default=20,
                         help="wrk connections: the most requests in flight at once")
     args = parser.parse_args()
@@ -166,9 +171,9 @@ def main() -> int:
     subscribers = None
     try:
         token = session(api)
-        peers = peers_dir() if ws and args.clients else None
+        peers = peers_dir(args.peers) if ws and args.clients else None
         if peers is not None:
-            window = 2 * args.seconds + 2
+            window = 2 * args.seconds + 3
             subscribers = subprocess.Popen(
                 ["node", "loadclient.js", "--url", f"{ws}?session={token}", "--clients",
                  str(args.clients), "--seconds", str(window), "--ramp-ms", "3000",
@@ -184,7 +189,7 @@ def main() -> int:
             "GET /api/v1/swarm/agents": run_wrk(f"{api}/api/v1/swarm/agents", "GET", None, token,
                                                 args.seconds, args.rate, args.connections, proc.pid),
             "POST /api/v1/swarm/disperse": run_wrk(f"{api}/api/v1/swarm/disperse", "POST",
-                                                   '{"level": "partial"}', token, args.seconds,
+                                                   args.disperse, token, args.seconds,
                                                    args.rate, args.connections, proc.pid),
         }
         fps = None
