@@ -11,9 +11,8 @@ import importlib.util
 import io
 import json
 import os
+import queue
 import re
-import select
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from atom_actors.catalog import CATALOG
 
@@ -85,8 +85,8 @@ class Server:
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
 
-    def open_session(self) -> dict:
-        status, data = self.request("POST", "/api/v1/sceau/activate", {"duration_ms": 2000})
+    def open_session(self, duration_ms: int = 2000) -> dict:
+        status, data = self.request("POST", "/api/v1/sceau/activate", {"duration_ms": duration_ms})
         assert status == 201, data
         return {"token": data["session"], "expires_at": data["expires_at"]}
 
@@ -98,22 +98,31 @@ def atom_serve(tmp_path: Path, **settings: str) -> Iterator[Server]:
     proc = subprocess.Popen([sys.executable, "-m", "atom_actors", "serve"], env=env, cwd=tmp_path,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
+    # A thread reads stderr line by line from the start (a chatty server never blocks on a full
+    # pipe) and hands each line over; the wait for the "serving:" line is bounded by STARTUP_S.
+    lines: queue.Queue[str | None] = queue.Queue()
     log: list[str] = []
-    drain = threading.Thread(target=lambda: log.extend(proc.stderr), daemon=True)
-    try:
-        match = None
-        deadline = time.monotonic() + STARTUP_S
-        while match is None:
-            left = deadline - time.monotonic()
-            assert left > 0, f"atom serve did not say it was serving within {STARTUP_S} s: {log}"
-            ready, _, _ = select.select([proc.stderr], [], [], left)
-            line = proc.stderr.readline() if ready else ""
-            assert line or proc.poll() is None, f"atom serve exited {proc.poll()}: {log}"
+
+    def read() -> None:
+        for line in proc.stderr:
             log.append(line)
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + STARTUP_S
+        while True:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"atom serve did not say it was serving within {STARTUP_S} s: {log}") from None
+            assert line is not None, f"atom serve exited {proc.wait()}: {log}"
             if "serving:" in line:
                 match = SERVING.search(line)
                 assert match is not None, f"atom serve names no API or no WebSocket URL: {line}"
-        drain.start()   # keep reading stderr so that a chatty server never blocks on a full pipe
+                break
         yield Server(match["api"], match["ws"], proc, log)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -122,8 +131,7 @@ def atom_serve(tmp_path: Path, **settings: str) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if drain.is_alive():
-            drain.join(timeout=5)
+        reader.join(timeout=5)
         proc.stderr.close()
 
 
@@ -133,8 +141,6 @@ def browser():
         if os.environ.get("CI"):
             pytest.fail(f"{CHROMIUM} is missing: .ci/run should have installed Debian's chromium")
         pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    from playwright.sync_api import sync_playwright
-
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
@@ -146,6 +152,14 @@ def server(tmp_path_factory) -> Iterator[Server]:
     # Dispersed agents stay out for the whole dispersal check; the Brise-Circuit stays out of the way.
     with atom_serve(tmp_path_factory.mktemp("serve"), DISPERSAL_DWELL_S="30",
                     SAFEGUARD_MAX_TOTAL="50", SAFEGUARD_MAX_COMMANDS="200") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory) -> Iterator[Server]:
+    """A Sceau of 2.5 s, and a Brise-Circuit that opens on the second total dispersal."""
+    with atom_serve(tmp_path_factory.mktemp("strict"), SCEAU_DURATION="2500",
+                    SAFEGUARD_MAX_TOTAL="1", SAFEGUARD_COOLDOWN_S="30") as running:
         yield running
 
 
@@ -345,31 +359,50 @@ def test_a_revoked_session_sends_the_page_back_to_the_sceau(server, new_page):
 # -- the Brise-Circuit --------------------------------------------------------------------------------
 
 @needs_servers
-def test_an_open_brise_circuit_shows_its_reason_and_counts_down(tmp_path, new_page):
-    with atom_serve(tmp_path, SAFEGUARD_MAX_TOTAL="1", SAFEGUARD_COOLDOWN_S="30") as breaker_server:
-        page = new_page(session=breaker_server.open_session())
-        page.goto(breaker_server.page_url())
-        wait_live(page)
-        page.wait_for_selector("#safeguard[data-state=closed]")
-        refused = None
-        for _ in range(4):
-            with page.expect_response(lambda r: "/swarm/disperse" in r.url) as answered:
-                page.click("[data-level=total]")
-            if answered.value.status == 423:
-                refused = answered.value
-                break
-        assert refused is not None, "three total dispersals did not open the Brise-Circuit"
-        detail = refused.json()["detail"]
-        retry_after = int(refused.headers["retry-after"])
+def test_a_hold_the_api_finds_too_short_shows_its_reason(strict_server, new_page):
+    """The page holds for what it believes SCEAU_DURATION is (2 s here); the API wants 2.5 s and
+    answers 400 sceau_too_short, whose reason the page shows."""
+    page = new_page()
+    page.route("**/api/v1/health", lambda route: route.fulfill(
+        json={"status": "ok", "sceau_duration_ms": 2000}))
+    page.goto(strict_server.page_url())
+    page.mouse.move(300, 300)
+    with page.expect_response(lambda r: "/sceau/activate" in r.url) as answered:
+        page.mouse.down()
+    page.mouse.up()
+    assert answered.value.status == 400
+    detail = answered.value.json()["detail"]
+    message = page.locator("#sceau-message")
+    expect(message).to_contain_text(f"The Sceau did not open: {detail}")
+    assert page.locator("body").get_attribute("data-screen") == "sceau"
+    assert page.evaluate("sessionStorage.getItem('atom.sceau')") is None
 
-        notice = page.locator("#notice")
-        notice.wait_for(state="visible")
-        assert detail in notice.inner_text()
-        shown = int(re.search(r"closes in (\d+) s", notice.inner_text())[1])
-        assert retry_after - 2 <= shown <= retry_after
-        page.wait_for_selector("#safeguard[data-state=open]")
-        shot(page, "brise-circuit-open")
-        # The countdown runs.
-        page.wait_for_function(
-            f"() => /closes in (\\d+) s/.exec(document.getElementById('notice').innerText)?.[1] < {shown}",
-            timeout=3000)
+
+@needs_servers
+def test_an_open_brise_circuit_shows_its_reason_and_counts_down(strict_server, new_page):
+    page = new_page(session=strict_server.open_session(2500))
+    page.goto(strict_server.page_url())
+    wait_live(page)
+    page.wait_for_selector("#safeguard[data-state=closed]")
+    refused = None
+    for _ in range(4):
+        with page.expect_response(lambda r: "/swarm/disperse" in r.url) as answered:
+            page.click("[data-level=total]")
+        if answered.value.status == 423:
+            refused = answered.value
+            break
+    assert refused is not None, "four total dispersals did not open the Brise-Circuit"
+    detail = refused.json()["detail"]
+    retry_after = int(refused.headers["retry-after"])
+
+    notice = page.locator("#notice")
+    notice.wait_for(state="visible")
+    assert detail in notice.inner_text()
+    shown = int(re.search(r"closes in (\d+) s", notice.inner_text())[1])
+    assert retry_after - 2 <= shown <= retry_after
+    page.wait_for_selector("#safeguard[data-state=open]")
+    shot(page, "brise-circuit-open")
+    # The countdown runs.
+    page.wait_for_function(
+        f"() => /closes in (\\d+) s/.exec(document.getElementById('notice').innerText)?.[1] < {shown}",
+        timeout=3000)

@@ -488,20 +488,24 @@
       }
       ctx.fillStyle = sphere.color;
       ctx.fill();
-      // Dispersed and regrouping agents: hollow rings, a little larger.
-      ctx.beginPath();
-      let any = false;
-      for (let i = sphere.first_agent; i < end; i++) {
-        if (swarm.status[i] === 0 || sr[i] === 0) continue;
-        const r = sr[i] * 1.25;
-        ctx.moveTo(sx[i] + r, py[i]);
-        ctx.arc(sx[i], py[i], r, 0, 2 * Math.PI);
-        any = true;
-      }
-      if (any) {
-        ctx.strokeStyle = sphere.color;
-        ctx.lineWidth = line;
-        ctx.stroke();
+      // Dispersed agents: hollow rings, a little larger; regrouping ones: the same, fainter.
+      for (let status = 1; status <= 2; status++) {
+        ctx.beginPath();
+        let any = false;
+        for (let i = sphere.first_agent; i < end; i++) {
+          if (swarm.status[i] !== status || sr[i] === 0) continue;
+          const r = sr[i] * 1.25;
+          ctx.moveTo(sx[i] + r, py[i]);
+          ctx.arc(sx[i], py[i], r, 0, 2 * Math.PI);
+          any = true;
+        }
+        if (any) {
+          ctx.globalAlpha = status === 1 ? 1 : 0.5;
+          ctx.strokeStyle = sphere.color;
+          ctx.lineWidth = line;
+          ctx.stroke();
+          ctx.globalAlpha = 1;
+        }
       }
     }
   }
