@@ -7,12 +7,14 @@ above it)::
     store        in memory, or PostgreSQL (sessions, events)
     bus          in-process, or Redis
     engine       supervisor of the 15 sphere actors, then the compositor
+    safeguard    the Brise-Circuit's task (regroups on a trip, records every change)
     broadcaster  the WebSocket server of L'Essaim (WS_PORT, /ws/swarm)
+    api          the REST API (Hypercorn, Trio worker)
     stats        once a second, the compositor's and broadcaster's figures in the trace log
                  (only when INFO is logged: ZERO_LOG=false)
 
-Every process has one :class:`~atom_actors.metrics.Metrics` (its own Prometheus registry), and the
-supervisor's reports go to the trace log and to the metrics.
+Every process has one :class:`~atom_actors.metrics.Metrics` (its own Prometheus registry, served
+on ``/metrics``); the supervisor's reports go to the trace log, the metrics and the Brise-Circuit.
 
 Stopping cancels the tree; each part's docstring says what it does on cancellation.
 """
@@ -20,18 +22,23 @@ Stopping cancels the tree; each part's docstring says what it does on cancellati
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 
 import trio
 
 from . import logs
+from .api import serve_api
 from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .config import Settings
 from .engine import Engine
 from .metrics import Metrics, supervision_reporter
+from .safeguard import BriseCircuit
 from .sessions import SessionService
 from .store import MemoryStore, Store
+from .supervisor import Report
 
 
 @dataclass
@@ -46,6 +53,8 @@ class Services:
     broadcaster: Broadcaster | None = None
     api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
     ws_url: str | None = None    # ws://host:port/ws/swarm
+    safeguard: BriseCircuit | None = None
+    subscribers: Callable[[], int] | None = None   # WebSocket subscribers now (the broadcaster's)
     metrics: Metrics | None = None
     extras: dict[str, object] = field(default_factory=dict)
 
@@ -60,22 +69,37 @@ async def serve(settings: Settings, *,
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every part of a single-process AT·OM until cancelled."""
     settings, _ = settings.with_ephemeral_key()   # `atom serve` has said so already if it made one
-    store = MemoryStore()
     bus = MemoryBus()
-    sessions = SessionService(store, settings.secret_key, sceau_duration_ms=settings.sceau_duration,
-                              ttl_s=settings.session_ttl_s, frequency=settings.frequency)
+    store = MemoryStore()
     metrics = Metrics()
-    services = Services(settings, bus, store=store, sessions=sessions, metrics=metrics)
+    services = Services(settings, bus, store=store, metrics=metrics)
+    services.sessions = SessionService(store, settings.secret_key,
+                                       sceau_duration_ms=settings.sceau_duration,
+                                       ttl_s=settings.session_ttl_s, frequency=settings.frequency)
+    safeguard = services.safeguard = BriseCircuit(settings, bus, store)
+    metrics.attach(safeguard=safeguard)
+    trace_and_count = supervision_reporter(metrics)
+
+    def on_report(report: Report) -> None:
+        trace_and_count(report)
+        safeguard.on_report(report)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(store.run)
         await nursery.start(bus.run)
         services.engine = await nursery.start(
-            Engine(settings, bus, on_report=supervision_reporter(metrics)).run)
+            Engine(settings, bus, on_report=on_report, on_overload=safeguard.on_overload).run)
         metrics.attach(engine=services.engine)
-        services.broadcaster = await nursery.start(
-            logs.traced, "broadcaster", Broadcaster(settings, bus, services.engine, sessions).run)
-        services.ws_url = services.broadcaster.url
-        metrics.attach(broadcaster=services.broadcaster)
+        await nursery.start(safeguard.run, services.engine)
+        broadcaster = services.broadcaster = await nursery.start(
+            logs.traced, "broadcaster",
+            Broadcaster(settings, bus, services.engine, services.sessions).run)
+        services.ws_url = broadcaster.url
+        services.subscribers = lambda: broadcaster.stats.clients
+        metrics.attach(broadcaster=broadcaster)
+        services.api_url = await nursery.start(logs.traced, "api", partial(serve_api, services))
+        # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
+        broadcaster.allow_origin(services.api_url)
         await nursery.start(logs.report_stats, services)
         task_status.started(services)
 

@@ -292,7 +292,8 @@ async def read_safeguard(api: str, token: str) -> tuple[str, str | None]:
 
 
 @asynccontextmanager
-async def subscribe(url: str) -> AsyncIterator[WebSocketConnection]:
+async def subscribe(url: str, extra_headers: list[tuple[bytes, bytes]] | None = None
+                    ) -> AsyncIterator[WebSocketConnection]:
     """A WebSocket client on a TCP (or TLS) stream this module owns and closes: trio-websocket's
     ``open_websocket_url`` leaves the socket open when the server ends the connection or refuses
     the handshake."""
@@ -309,7 +310,8 @@ async def subscribe(url: str) -> AsyncIterator[WebSocketConnection]:
                                     server_hostname=parts.hostname, https_compatible=True)
         async with trio.open_nursery() as nursery:
             with trio.fail_after(CONNECT_TIMEOUT_S):
-                ws = await wrap_client_stream(nursery, stream, parts.netloc, resource)
+                ws = await wrap_client_stream(nursery, stream, parts.netloc, resource,
+                                              extra_headers=extra_headers)
             try:
                 yield ws
             finally:

@@ -18,6 +18,9 @@ import trio
 from atom_actors import app, logs
 from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
+from atom_actors.sessions import token_hash
+from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, UA_MARK, Seen, client_address,
+                                running_atom, scenario)
 from tests.conftest import make_settings
 
 TOKEN = "v1.Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg.c2lnbmF0dXJlc2lnbmE"
@@ -240,3 +243,71 @@ async def test_no_stats_task_work_under_zero_log(output, autojump_clock):
         nursery.cancel_scope.cancel()
     assert output.text == ""
 
+
+# -- end to end: a real `atom serve`, every byte of its output -----------------------------------
+
+def forbidden(seen: Seen) -> dict[str, bytes]:
+    """What identifies the person of the scenario, as it could appear in any output."""
+    return {"client address": CLIENT_HOST.encode(), "token": seen.token.encode(),
+            "token hash": token_hash(seen.token).encode(), "user agent": UA_MARK.encode(),
+            "forwarded address": FORWARDED_FOR.encode()}
+
+
+async def test_zero_log_holds_through_a_whole_session(tmp_path):
+    """ZERO_LOG=true: after Sceau, subscribers, commands, malformed requests and a refused
+    handshake, the process wrote its start and stop lines and nothing else, and no output, error
+    body or metric label holds the client's address, token, token hash or user agent."""
+    with trio.fail_after(120):
+        async with running_atom(tmp_path) as atom:
+            assert await client_address(atom.api_url) == CLIENT_HOST   # the check below is honest
+            seen = await scenario(atom)
+    assert seen.statuses["activate"] == 201 and seen.statuses["disperse"] == 202
+    assert seen.refused_handshake == 401 and seen.frames.count > 240
+    assert max(seen.statuses.values()) < 500, seen.statuses
+    assert seen.statuses["revoked"] == 401
+    assert {seen.statuses[k] for k in ("bad_level", "retune_high")} == {422}
+    lines = atom.output.decode().splitlines()
+    assert lines and all(line.startswith("atom: ") for line in lines), lines
+    assert any(line.startswith("atom: serving:") for line in lines)
+    assert lines[-1] == "atom: stopped"
+    for what, secret in forbidden(seen).items():
+        assert secret not in atom.output, what
+        assert not any(secret in body for body in seen.error_bodies), what
+        assert secret.decode() not in seen.metrics_during, what
+
+
+async def test_the_actor_trace_of_the_same_session(tmp_path):
+    """ZERO_LOG=false: the same scenario's lines are JSON, each with time, level, actor and event,
+    and follow one command from the API through the engine and the spheres to its agents."""
+    with trio.fail_after(120):
+        async with running_atom(tmp_path, ZERO_LOG="false", LOG_LEVEL="INFO") as atom:
+            seen = await scenario(atom)
+    trace = [json.loads(line) for line in atom.output.decode().splitlines()
+             if not line.startswith("atom: ")]
+    for line in trace:
+        assert {"time", "level", "actor", "event"} <= line.keys(), line
+
+    def events(name: str, **match: object) -> list[dict]:
+        return [e for e in trace
+                if e["event"] == name and all(e.get(k) == v for k, v in match.items())]
+
+    started = {e["actor"] for e in events("actor.start")}
+    assert {"sphere/transport", "sphere/dashboard", "compositor", "broadcaster", "api"} <= started
+    stopped = {e["actor"] for e in events("actor.stop")}
+    assert {"sphere/transport", "compositor", "broadcaster", "api"} <= stopped
+
+    dispersal = seen.command_ids["disperse"]
+    (received,) = events("command.received", command_id=dispersal)
+    assert received["actor"] == "engine" and received["size"] == 70
+    assert sum(e["size"] for e in events("command.applied", command_id=dispersal)) == 70
+    assert len(events("agent.status", command_id=dispersal, status="dispersed")) == 70
+    (done,) = events("command.done", command_id=dispersal)
+    assert done["actor"] == "api" and done["result"] == "accepted" and done["size"] == 70
+    (regroup,) = events("command.done", command_id=seen.command_ids["regroup"])
+    assert regroup["result"] == "accepted" and regroup["command"] == "regroup"
+    assert events("agent.frequency", actor="agent/217")
+    compositor = events("compositor.stats")
+    assert compositor and all(f["fps"] > 0 and "lateness_p99_ms" in f for f in compositor)
+    assert any(b["clients"] == 2 for b in events("broadcaster.stats"))
+    for what, secret in forbidden(seen).items():
+        assert secret not in atom.output, what

@@ -6,6 +6,7 @@ The scrape of ``/metrics`` over HTTP, while a real client scenario runs, is in
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from atom_actors import app
 from atom_actors.errors import BackendUnavailable, FrequencyOutOfRange, SafeguardOpen, UnknownLevel
 from atom_actors.metrics import Metrics
+from tests.atom_process import running_atom, scenario
 from tests.conftest import make_settings
 
 FREE_PORTS = {"api_port": 0, "ws_port": 0}   # app.serve binds the API and WebSocket servers
@@ -112,3 +114,38 @@ async def test_two_servers_in_one_process_keep_their_own_registries(nursery, aut
     assert value(scrape(one.metrics), "atom_actor_restarts_total", actor="sphere/privacy") == 1
     assert value(scrape(two.metrics), "atom_actor_restarts_total", actor="sphere/privacy") == 0
 
+
+async def test_metrics_move_as_a_session_runs(tmp_path):
+    """/metrics of a real ``atom serve``, before, during and after a client's session."""
+    with trio.fail_after(120):
+        async with running_atom(tmp_path) as atom:
+            async with httpx.AsyncClient(base_url=atom.api_url, timeout=10) as http:
+                response = await http.get("/metrics")
+                assert response.headers["content-type"].startswith("text/plain")
+                before = parse(response.text)
+                seen = await scenario(atom)
+                after = parse((await http.get("/metrics")).text)
+    during = parse(seen.metrics_during)
+    frames = [value(s, "atom_frames_composed_total") for s in (before, during, after)]
+    assert frames == sorted(frames) and frames[2] - frames[0] > 60
+    lateness = [value(s, "atom_tick_lateness_seconds_count") for s in (before, during)]
+    assert lateness[1] > lateness[0]
+    assert value(before, "atom_subscribers") == 0
+    assert value(during, "atom_subscribers") == 2
+    assert value(after, "atom_subscribers") == 0
+    assert value(after, "atom_frames_sent_total") > 60
+    assert value(after, "atom_ws_handshakes_refused_total", status="401") == 1
+
+    def commands(samples, command: str, level: str, result: str) -> float:
+        return samples.get(("atom_commands_total", tuple(sorted(
+            {"command": command, "level": level, "result": result}.items()))), 0.0)
+
+    assert commands(before, "disperse", "partial", "accepted") == 0
+    assert commands(during, "disperse", "partial", "accepted") == 1
+    assert commands(during, "disperse", "sectoral", "accepted") == 1
+    assert commands(during, "retune", "", "accepted") == 1
+    assert commands(during, "regroup", "", "accepted") == 0
+    assert commands(after, "regroup", "", "accepted") == 1
+    assert value(during, "atom_agents", status="dispersed") > 0
+    assert value(after, "atom_safeguard_state", state="closed") == 1
+    assert value(after, "atom_actor_restarts_total", actor="sphere/transport") == 0

@@ -11,11 +11,13 @@ import json
 
 import numpy as np
 import pytest
+import trio
 from rich.console import Console
 
 from atom_actors.catalog import CATALOG
 from atom_actors.protocol import encode_f32
 from atom_actors.watch import WatchState, endpoints, render, summary_line
+from tests.atom_process import ATOM, atom_env, running_atom
 
 PORTS = {"api_host": "127.0.0.1", "api_port": 8000, "ws_port": 8001}
 
@@ -126,3 +128,35 @@ def test_summary_line_says_ok_or_low():
     assert not healthy and line.startswith("atom watch: LOW fps=30.0")
     line, healthy = summary_line(WatchState(), 1)
     assert not healthy and "frames=0" in line
+
+
+# -- the probe, as a deployment runs it ------------------------------------------------------------
+
+async def watch_once(atom_urls: tuple[str, str], *args: str) -> tuple[int, str]:
+    api, ws = atom_urls
+    done = await trio.run_process([*ATOM, "watch", api, "--ws", ws, "--once", *args],
+                                  capture_stdout=True, capture_stderr=True, check=False,
+                                  env=atom_env())
+    return done.returncode, (done.stdout + done.stderr).decode()
+
+
+async def test_once_is_a_health_probe(tmp_path):
+    """Exit 0 and an ``ok`` line on a healthy server; 1 and ``LOW`` when it streams below
+    --min-fps; 1 and ``UNREACHABLE`` once it is stopped."""
+    with trio.fail_after(120):
+        async with running_atom(tmp_path) as atom:
+            urls = (atom.api_url, atom.ws_url)
+            code, out = await watch_once(urls, "--min-fps", "30", "--seconds", "2")
+            assert code == 0, out
+            (line,) = out.splitlines()
+            assert line.startswith("atom watch: ok fps=") and "agents=350 active=350" in line
+            assert "safeguard=closed" in line
+            assert 30 <= float(line.split("fps=")[1].split()[0]) <= 61
+            code, out = await watch_once(urls, "--min-fps", "1000", "--seconds", "1")
+            assert code == 1 and out.startswith("atom watch: LOW fps="), out
+            code, out = await watch_once((atom.api_url, atom.ws_url.replace("/ws/swarm", "/ws/x")))
+            assert code == 1 and out == (f"atom watch: UNREACHABLE {atom.ws_url[:-5]}x refused "
+                                         "the subscription: HTTP 404\n"), out
+        code, out = await watch_once(urls, "--seconds", "1")
+    assert code == 1 and out.startswith("atom watch: UNREACHABLE"), out
+    assert len(out.splitlines()) == 1
