@@ -72,6 +72,7 @@ async def serve(settings: Settings, *,
     bus = MemoryBus()
     store = MemoryStore()
     metrics = Metrics()
+    metrics.attach(store=store, bus=bus)
     services = Services(settings, bus, store=store, metrics=metrics)
     services.sessions = SessionService(store, settings.secret_key,
                                        sceau_duration_ms=settings.sceau_duration,

@@ -326,7 +326,7 @@ async def report_stats(services: Services, *,
     if not tracing(logging.INFO):
         return
     compositor_log, broadcaster_log = logger("compositor"), logger("broadcaster")
-    ticks = services.engine.compositor.stats if services.engine is not None else None
+    ticks = _tick_stats(services)
     frames, late, missed = (ticks.frames, ticks.late_spheres, ticks.missed) if ticks else (0, 0, 0)
     sends = _broadcast_stats(services)
     dropped, sent = (sends.frames_dropped, sends.frames_sent) if sends is not None else (0, 0)
@@ -335,6 +335,9 @@ async def report_stats(services: Services, *,
         await trio.sleep(STATS_INTERVAL_S)
         now = trio.current_time()
         elapsed, last = now - last, now
+        current = _tick_stats(services)
+        if current is not ticks:   # with Redis the engine comes and goes with the lease
+            ticks, frames, late, missed = current, 0, 0, 0
         if ticks is not None:
             new = ticks.frames - frames
             samples = sorted(list(ticks.lateness)[-new:]) if new else [0.0]
@@ -351,6 +354,11 @@ async def report_stats(services: Services, *,
                                  dropped_frames=sends.frames_dropped - dropped,
                                  frames_sent=sends.frames_sent - sent)
             dropped, sent = sends.frames_dropped, sends.frames_sent
+
+
+def _tick_stats(services: Services) -> Any:
+    engine = services.engine or getattr(getattr(services, "engine_role", None), "engine", None)
+    return engine.compositor.stats if engine is not None else None
 
 
 def _broadcast_stats(services: Services) -> Any:

@@ -5,9 +5,9 @@ One :class:`Metrics` per running :func:`~atom_actors.app.serve`, with its own
 process). Most values are read at scrape time from counters the parts keep anyway — the
 compositor's :class:`~atom_actors.compositor.TickStats`, the broadcaster's client and drop counts,
 the Brise-Circuit's state — so the 60 fps loop does no metrics work beyond one bisect per tick
-for the lateness histogram. What no part keeps (restarts per actor, commands by result, backend
-errors) is counted here, on events that are rare by nature: :meth:`Metrics.on_report` is the
-supervisor's, :meth:`Metrics.counted` wraps each command in the API.
+for the lateness histogram; the store and the bus count their own failures. What no part keeps
+(restarts per actor, commands by result) is counted here, on events that are rare by nature:
+:meth:`Metrics.on_report` is the supervisor's, :meth:`Metrics.counted` wraps each API command.
 
 Labels carry actor ids, command names, levels, results, states and backend names: never anything
 about a client.
@@ -30,7 +30,8 @@ about a client.
                                             error
     atom_safeguard_state{state}             1 for the Brise-Circuit's current state, else 0
     atom_safeguard_trips_total              times the Brise-Circuit opened
-    atom_backend_errors_total{backend}      Redis / PostgreSQL failures seen
+    atom_backend_errors_total{backend}      calls to Redis / PostgreSQL that found it unavailable
+                                            (the store's and the bus's own ``failures`` counts)
     process_*                               CPU, memory, file descriptors of this process
 """
 
@@ -48,6 +49,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import logs
+from .catalog import CATALOG
 from .compositor import LATENESS_BUCKETS_S
 from .engine import LEVELS
 from .errors import BackendUnavailable, CommandError, SafeguardOpen
@@ -74,9 +76,9 @@ class Metrics:
                                    ["supervisor"], registry=self.registry)
         self.commands = Counter("atom_commands", "Swarm commands by command, level and result",
                                 ["command", "level", "result"], registry=self.registry)
-        self.backend_errors = Counter("atom_backend_errors", "Failures of a configured backend",
-                                      ["backend"], registry=self.registry)
         self.engine: Engine | None = None
+        self.engine_role: Any = None     # with Redis: its ``engine`` is set while this one leads
+        self.backends: list[Any] = []    # the store and the bus: their ``failures`` counts
         self.broadcaster: Any = None
         self.safeguard: Any = None
         self.registry.register(_PartsCollector(self))
@@ -84,14 +86,19 @@ class Metrics:
 
     # -- wiring -----------------------------------------------------------------------------------
 
-    def attach(self, *, engine: Engine | None = None, broadcaster: Any = None,
-               safeguard: Any = None) -> None:
+    def attach(self, *, engine: Engine | None = None, engine_role: Any = None,
+               broadcaster: Any = None, safeguard: Any = None, store: Any = None,
+               bus: Any = None) -> None:
         """Read these parts at scrape time from now on (each may be attached later, or never)."""
-        if engine is not None:
-            self.engine = engine
-            for spec in engine.supervisor.children:  # every actor shows, at 0, from the start
-                self.restarts.labels(actor=spec.id)
-                self.crashes.labels(actor=spec.id)
+        if engine is not None or engine_role is not None:
+            self.engine, self.engine_role = engine, engine_role
+            # Every actor shows, at 0, from the start.
+            ids = ([spec.id for spec in engine.supervisor.children] if engine is not None
+                   else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
+            for actor in ids:
+                self.restarts.labels(actor=actor)
+                self.crashes.labels(actor=actor)
+        self.backends += [part for part in (store, bus) if part is not None]
         if broadcaster is not None:
             self.broadcaster = broadcaster
         if safeguard is not None:
@@ -109,9 +116,6 @@ class Metrics:
     def command(self, command: str, level: str | None, result: str) -> None:
         self.commands.labels(command=command, level=level or "", result=result).inc()
 
-    def backend_error(self, backend: str) -> None:
-        self.backend_errors.labels(backend=backend).inc()
-
     @contextmanager
     def counted(self, command: str, level: Any = "", command_id: str | None = None,
                 actor: str = "api") -> Iterator[Counted]:
@@ -119,8 +123,8 @@ class Metrics:
 
         Put it outside the Brise-Circuit, so that blocked commands count too. The result is the
         block's outcome: it returns → accepted; it raises a CommandError → invalid, SafeguardOpen
-        → blocked, BackendUnavailable → unavailable (and a backend error), anything else → error.
-        A cancelled block counts nothing. The exception goes on unchanged.
+        → blocked, BackendUnavailable → unavailable (the backend counted it already), anything
+        else → error. A cancelled block counts nothing. The exception goes on unchanged.
         """
         # A level outside the known ones is counted as "other": label values stay a closed set.
         level = level if level in ("", None) or (isinstance(level, str) and level in LEVELS) \
@@ -133,8 +137,6 @@ class Metrics:
         except Exception as exc:
             result = command_result(exc)
             self.command(command, level, result)
-            if isinstance(exc, BackendUnavailable):
-                self.backend_error(exc.backend)
             log.info("command.done", command=command, level=level or None, command_id=command_id,
                      result=result, error=getattr(exc, "code", type(exc).__name__))
             raise
@@ -195,7 +197,8 @@ class _PartsCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        engine = self.metrics.engine
+        metrics = self.metrics
+        engine = metrics.engine or getattr(metrics.engine_role, "engine", None)
         if engine is not None:
             yield from _engine_metrics(engine)
         broadcaster = self.metrics.broadcaster
@@ -213,6 +216,15 @@ class _PartsCollector:
             yield family
             yield CounterMetricFamily("atom_safeguard_trips", "Times the Brise-Circuit opened",
                                       value=float(status.get("trips", 0) or 0))
+        backend_errors = CounterMetricFamily("atom_backend_errors",
+                                             "Calls to a backend that found it unavailable",
+                                             labels=["backend"])
+        failures: dict[str, float] = {}
+        for part in metrics.backends:   # the in-process store and bus are both "memory"
+            failures[part.name] = failures.get(part.name, 0.0) + _number(part, "failures")
+        for name, count in failures.items():
+            backend_errors.add_metric([name], count)
+        yield backend_errors
 
 
 def _broadcaster_metrics(stats: Any) -> Iterator[Metric]:

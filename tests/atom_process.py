@@ -32,7 +32,7 @@ CLIENT_HOST = "127.0.0.1"
 USER_AGENT = "AtomProbe/9.99 (Quokka-7f3e; zero-log test)"
 UA_MARK = "Quokka-7f3e"
 FORWARDED_FOR = "203.0.113.77"   # TEST-NET-3, only ever a header value: no traffic goes there
-SERVING = re.compile(rb"atom: serving: .*api (\S+), ws (\S+)")
+SERVING = re.compile(rb"atom: serving: .*api ([^\s,]+), ws ([^\s,]+)")
 
 
 def atom_env(**extra: str) -> dict[str, str]:

@@ -101,9 +101,15 @@ async def test_commands_by_level_and_result(services, autojump_clock):
     assert commands("retune", "", "invalid") == 1
     assert commands("disperse", "total", "blocked") == 1
     assert commands("regroup", "", "unavailable") == 1
-    assert value(samples, "atom_backend_errors_total", backend="redis") == 1
     assert sum(v for (name, _), v in samples.items() if name == "atom_commands_total") == 6
     assert 70 < value(samples, "atom_agents", status="dispersed") <= 70 + 25
+
+
+async def test_backend_errors_are_the_backends_own_counts(services, autojump_clock):
+    """The store and the bus count the calls that found them unavailable; /metrics shows it."""
+    assert value(scrape(services.metrics), "atom_backend_errors_total", backend="memory") == 0
+    services.store.failures = 3   # as PostgresStore / RedisBus count their outages
+    assert value(scrape(services.metrics), "atom_backend_errors_total", backend="memory") == 3
 
 
 async def test_two_servers_in_one_process_keep_their_own_registries(nursery, autojump_clock):
