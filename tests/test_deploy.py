@@ -30,6 +30,7 @@ import pytest
 import trio
 import trustme
 import yaml
+from compose_spec import PyOptions
 from trio_websocket import open_websocket_url
 
 from atom_actors.config import load_settings
@@ -67,6 +68,17 @@ def interpolate(value: str, env: dict[str, str]) -> str:
 
 def required_variables(text: str) -> set[str]:
     return set(re.findall(r"\$\{(\w+):\?", text))
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    """What `docker compose config` would say, without a docker compose here: the file, filled in
+    as compose fills it, parsed by a strict Compose Specification parser (unknown keys, bad
+    durations, conditions, ports or undefined networks are errors)."""
+    text = COMPOSE.read_text()
+    filled = interpolate(text, {name: "x" * 40 for name in required_variables(text)})
+    PyOptions(apply_merge=True).from_yaml(filled).validate()
+    with pytest.raises(ValueError, match="healtcheck"):
+        PyOptions(apply_merge=True).from_yaml(filled.replace("healthcheck:", "healtcheck:", 1))
 
 
 def test_compose_has_the_seeds_services(compose: dict) -> None:
