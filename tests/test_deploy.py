@@ -266,13 +266,19 @@ def client_tls(tls: tuple[trustme.CA, Path, Path]) -> ssl.SSLContext:
 
 @dataclass
 class Nginx:
-    https_port: int
-    http_port: int
-    log_dir: Path
+    """Where a throwaway nginx lives: its ports (chosen before it starts) and its prefix."""
+
+    prefix: Path
+    https_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
 
     @property
     def https(self) -> str:
         return f"https://127.0.0.1:{self.https_port}"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.prefix / "logs"
 
     def logs(self) -> str:
         return "".join(p.read_text() for p in sorted(self.log_dir.iterdir()))
@@ -293,13 +299,12 @@ async def wait_until_listening(port: int, process: trio.Process, what: str) -> N
 
 
 @asynccontextmanager
-async def running_nginx(nginx_binary: str, tmp_path: Path, tls: tuple[trustme.CA, Path, Path],
+async def running_nginx(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, Path, Path],
                         api: str, ws: str) -> AsyncIterator[Nginx]:
-    """A throwaway nginx with config/nginx.conf, its prefix, pid, temp and logs in ``tmp_path``."""
-    prefix = tmp_path / "nginx"
-    (prefix / "logs").mkdir(parents=True)
+    """A throwaway nginx with config/nginx.conf, its pid, temp and logs under its prefix."""
+    prefix = nginx.prefix
+    nginx.log_dir.mkdir(parents=True)
     (prefix / "temp").mkdir()
-    nginx = Nginx(free_port(), free_port(), prefix / "logs")
     conf = prefix / "nginx.conf"
     conf.write_text(render_nginx_conf({
         "ATOM_HTTP_LISTEN": f"127.0.0.1:{nginx.http_port}",
@@ -410,11 +415,16 @@ def dockerfile_healthcheck() -> list[str]:
 async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
         nursery: trio.Nursery, tmp_path: Path, nginx_binary: str,
         tls: tuple[trustme.CA, Path, Path], client_tls: ssl.SSLContext, compose: dict) -> None:
+    nginx = Nginx(tmp_path / "nginx")
+    # The viewer page is served through nginx, so its requests carry nginx's origin, which the
+    # deployment lists in CORS_ORIGINS (.env.example).
+    origin = nginx.https
     with trio.fail_after(60):
-        async with atom_serve(nursery, tmp_path) as atom:
+        async with atom_serve(nursery, tmp_path, CORS_ORIGINS=origin) as atom:
             api, ws = atom.address("api"), atom.address("ws")
-            async with running_nginx(nginx_binary, tmp_path, tls, api, ws) as nginx:
-                async with httpx.AsyncClient(base_url=nginx.https, verify=client_tls) as http:
+            async with running_nginx(nginx_binary, nginx, tls, api, ws):
+                async with httpx.AsyncClient(base_url=nginx.https, verify=client_tls,
+                                             headers={"Origin": origin}) as http:
                     health = await http.get("/api/v1/health")
                     assert (health.status_code, health.json()["status"]) == (200, "ok")
                     opened = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
@@ -422,10 +432,17 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                     token = opened.json()["session"]
                     metrics = await http.get("/metrics")
                     assert metrics.status_code == 200
+                # The same site under a name CORS_ORIGINS does not list: the API accepts its own
+                # origin only if nginx hands it the public Host.
+                other = f"https://localhost:{nginx.https_port}"
+                async with httpx.AsyncClient(base_url=other, verify=client_tls,
+                                             headers={"Origin": other}) as http:
+                    assert (await http.get("/api/v1/health")).status_code == 200
 
                 # A browser's way: the token in the query string, which nginx must never log.
                 url = f"wss://127.0.0.1:{nginx.https_port}/ws/swarm?session={token}&encoding=q16"
-                async with open_websocket_url(url, ssl_context=client_tls) as subscriber:
+                async with open_websocket_url(url, ssl_context=client_tls,
+                                              extra_headers=[("Origin", origin)]) as subscriber:
                     hello = json.loads(await subscriber.get_message())
                     assert (hello["type"], hello["agents"], hello["encoding"]) == ("hello", 350,
                                                                                    "q16")
@@ -465,7 +482,7 @@ async def test_nginx_answers_its_own_errors_in_json_and_logs_no_address_or_query
     token = "never-logged-token-0123456789"
     dead_api, dead_ws = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     with trio.fail_after(30):
-        async with running_nginx(nginx_binary, tmp_path, tls, dead_api, dead_ws) as nginx:
+        async with running_nginx(nginx_binary, Nginx(tmp_path / "nginx"), tls, dead_api, dead_ws) as nginx:
             async with httpx.AsyncClient(base_url=nginx.https, verify=client_tls) as http:
                 down = await http.get(f"/api/v1/health?session={token}")
                 assert down.status_code == 503 and down.headers["retry-after"] == "5"
