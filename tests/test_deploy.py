@@ -133,7 +133,7 @@ def test_one_image_for_every_role_chosen_by_the_command(compose: dict) -> None:
 
 
 def test_atom_services_are_wired_to_redis_and_postgres_with_valid_settings(compose: dict) -> None:
-    """The wiring, filled in as compose would from the example .env, is accepted by atom itself."""
+    """The wiring, filled in as compose would, with the example .env, is accepted by atom itself."""
     example_env = {name: "x" * 40 for name in required_variables(COMPOSE.read_text())}
     for name in ATOM_SERVICES:
         environment = compose["services"][name]["environment"]
@@ -141,8 +141,10 @@ def test_atom_services_are_wired_to_redis_and_postgres_with_valid_settings(compo
         assert rendered["DATABASE_URL"] == f"postgresql://atom:{'x' * 40}@atom-postgres:5432/atom"
         assert rendered["REDIS_URL"] == f"redis://:{'x' * 40}@atom-redis:6379/0"
         assert rendered["API_HOST"] == "0.0.0.0"
-        settings = load_settings(rendered, env_file=None)
+        # As in the container: .env (here its example) under the service's own environment.
+        settings = load_settings(rendered, env_file=ENV_EXAMPLE)
         assert (settings.api_port, settings.ws_port, settings.zero_log) == (8000, 8001, True)
+        assert "https://atom.example.org" in settings.cors_origins
         assert compose["services"][name]["env_file"] == ".env"
 
 
