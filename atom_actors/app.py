@@ -4,8 +4,10 @@
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
 above it)::
 
+    store        in memory, or PostgreSQL (sessions, events)
     bus          in-process, or Redis
     engine       supervisor of the 15 sphere actors, then the compositor
+    broadcaster  the WebSocket server of L'Essaim (WS_PORT, /ws/swarm)
 
 Stopping cancels the tree; each part's docstring says what it does on cancellation.
 """
@@ -18,9 +20,12 @@ from dataclasses import dataclass, field
 
 import trio
 
+from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .config import Settings
 from .engine import Engine
+from .sessions import SessionService
+from .store import MemoryStore, Store
 from .supervisor import Report
 
 log = logging.getLogger("atom_actors")
@@ -33,6 +38,9 @@ class Services:
     settings: Settings
     bus: Bus
     engine: Engine | None = None
+    store: Store | None = None
+    sessions: SessionService | None = None
+    broadcaster: Broadcaster | None = None
     api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
     ws_url: str | None = None    # ws://host:port/ws/swarm
     extras: dict[str, object] = field(default_factory=dict)
@@ -57,12 +65,20 @@ def report_supervision(report: Report) -> None:
 async def serve(settings: Settings, *,
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every part of a single-process AT·OM until cancelled."""
+    settings, _ = settings.with_ephemeral_key()   # `atom serve` has said so already if it made one
+    store = MemoryStore()
     bus = MemoryBus()
-    services = Services(settings, bus)
+    sessions = SessionService(store, settings.secret_key, sceau_duration_ms=settings.sceau_duration,
+                              ttl_s=settings.session_ttl_s, frequency=settings.frequency)
+    services = Services(settings, bus, store=store, sessions=sessions)
     async with trio.open_nursery() as nursery:
+        await nursery.start(store.run)
         await nursery.start(bus.run)
         services.engine = await nursery.start(
             Engine(settings, bus, on_report=report_supervision).run)
+        services.broadcaster = await nursery.start(
+            Broadcaster(settings, bus, services.engine, sessions).run)
+        services.ws_url = services.broadcaster.url
         task_status.started(services)
 
 
