@@ -15,6 +15,10 @@ The tree::
     │   ├── SessionRequired      no X-Sceau-Session (401)
     │   └── SessionInvalid       unknown, expired, revoked or tampered token (401)
     ├── RateLimited              too many session creations from one address (429 + Retry-After)
+    ├── RequestError             a request the API cannot read
+    │   ├── BodyNotJSON          the body is not JSON (400)
+    │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
+    │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
     ├── StreamRefused            a WebSocket handshake on WS_PORT was refused with an HTTP status
     │   ├── StreamNotFound       another path than /ws/swarm (404)
@@ -159,6 +163,46 @@ class RateLimited(AtomError):
     def __init__(self, retry_after_s: float) -> None:
         super().__init__(f"too many sessions opened; retry in {retry_after_s:.0f} s")
         self.retry_after_s = retry_after_s
+
+
+class RequestError(AtomError):
+    """Base of the errors about a request's form rather than about the swarm."""
+
+    code = "bad_request"
+    status = 400
+
+
+class BodyNotJSON(RequestError):
+    """Raised when a request body that must be a JSON document is not one."""
+
+    code = "invalid_json"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the body is not valid JSON: {why}")
+
+
+class RequestInvalid(RequestError):
+    """Raised when body or query fields have a wrong type or value; ``fields`` maps each bad field
+    (dotted path, ``body`` for the whole document) to what is wrong with it."""
+
+    code = "validation_error"
+    status = 422
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{name}: {problem}" for name, problem in fields.items()))
+        self.fields = fields
+
+
+class OriginRefused(RequestError):
+    """Raised when a browser request comes from an Origin that is neither in CORS_ORIGINS nor the
+    API's own."""
+
+    code = "origin_not_allowed"
+    status = 403
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(f"the origin {origin[:200]!r} is not allowed (CORS_ORIGINS)")
+        self.origin = origin
 
 
 class BackendUnavailable(AtomError):

@@ -8,7 +8,6 @@ rendered onto free loopback ports, over TLS with a throwaway CA (trustme), in fr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -412,8 +411,6 @@ def dockerfile_healthcheck() -> list[str]:
     return [sys.executable, *command[1:]]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("atom_actors.api") is None,
-                    reason="TEMPORARY: the API and the broadcaster are not on main yet")
 async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
         nursery: trio.Nursery, tmp_path: Path, nginx_binary: str,
         tls: tuple[trustme.CA, Path, Path], client_tls: ssl.SSLContext, compose: dict) -> None:
