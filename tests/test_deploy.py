@@ -206,6 +206,7 @@ def test_wheel_carries_the_catalog_and_runs_outside_the_repository(tmp_path: Pat
     (wheel,) = (tmp_path / "dist").glob("atom_actors-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert "atom_actors/_config/spheres.toml" in names
+    assert "atom_actors/viewer/index.html" in names   # the page the API serves at /
     assert not [n for n in names if n.startswith(("tests/", "config/"))]
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                     str(tmp_path / "site"), str(wheel)], check=True, timeout=120)
@@ -431,6 +432,10 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                     token = opened.json()["session"]
                     metrics = await http.get("/metrics")
                     assert metrics.status_code == 200
+                    page = await http.get("/")
+                    assert page.headers["content-type"].startswith("text/html")
+                    assert "/viewer/viewer.js" in page.text
+                    assert (await http.get("/viewer/viewer.js")).status_code == 200
                 # The same site under a name CORS_ORIGINS does not list: the API accepts its own
                 # origin only if nginx hands it the public Host.
                 other = f"https://localhost:{nginx.https_port}"
