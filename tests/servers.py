@@ -109,27 +109,36 @@ class RedisServer:
         else:
             raise RuntimeError("redis-server did not start:\n" + "".join(lines))
         # Keep draining its log so that it never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        self._drain = threading.Thread(target=_drain, args=(self.proc.stdout,), daemon=True)
+        self._drain.start()
         return self
 
     def stop(self) -> None:
         """Stop as a restart would (SIGTERM; nothing is saved)."""
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
+        self._end(self.proc.terminate if self.proc else None)
 
     def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
+        self._end(self.proc.kill if self.proc else None)
+
+    def _end(self, signal) -> None:
+        if self.proc is None:
+            return
+        signal()
+        self.proc.wait(timeout=10)
+        self._drain.join(timeout=10)   # it closes the pipe when it reads the end of it
+        self.proc = None
 
     async def astart(self) -> None:
         await trio.to_thread.run_sync(self.start)
 
     async def astop(self) -> None:
         await trio.to_thread.run_sync(self.stop)
+
+
+def _drain(stream) -> None:
+    with stream:
+        for _ in stream:
+            pass
 
 
 class PostgresServer:
