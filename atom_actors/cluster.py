@@ -52,6 +52,7 @@ STANDBY_POLL_S = 0.25
 CHECKPOINT_S = 0.5        # a checkpoint (and a summary for the other processes) at least this often
 SETTLE_S = 0.05           # applied commands reach every agent task within a few scheduler passes
 RETRY_S = 0.2
+FINAL_CHECKPOINT_S = 1.0
 
 
 class Lease:
@@ -117,6 +118,7 @@ class Commander:
         self.applied_count = 0
         self.skipped_count = 0      # duplicates and unreadable entries, acknowledged only
         self._acks: list[tuple[str, str]] = []
+        self._settled = True        # every applied command has had SETTLE_S to reach its agents
 
     async def run(self, *, task_status: trio.TaskStatus[Commander] = trio.TASK_STATUS_IGNORED) -> None:
         """Apply commands and checkpoint until cancelled.
@@ -124,27 +126,34 @@ class Commander:
         First the commands that a previous leader received but never checkpointed, then new
         ones. Errors: a Redis outage pauses reading and checkpointing (retried every RETRY_S);
         the applied but unacknowledged commands stay pending here until a checkpoint succeeds.
-        Losing the lease (a refused checkpoint) cancels the leading scope.
+        Losing the lease (a refused checkpoint) cancels the leading scope. Cancellation: the
+        commands applied and settled are checkpointed (bounded), so that a clean handover
+        applies none of them again; unsettled ones are left to the next leader.
         """
-        await self._retry(self.bus.ensure_group)
-        claimed = await self._retry(self.bus.claim_commands, self.consumer)
-        if claimed:
-            log.warning("taking over %d unacknowledged commands", len(claimed))
-            await self._apply(claimed)
-        await self._checkpoint()
-        task_status.started(self)
-        due = trio.current_time() + CHECKPOINT_S
-        while True:
-            try:
-                entries = await self.bus.read_commands(self.consumer)
-            except BackendUnavailable:
-                await trio.sleep(RETRY_S)
-                entries = []
-            if entries:
-                await self._apply(entries)
-            if entries or self._acks or trio.current_time() >= due:
-                await self._checkpoint()
-                due = trio.current_time() + CHECKPOINT_S
+        try:
+            await self._retry(self.bus.ensure_group)
+            claimed = await self._retry(self.bus.claim_commands, self.consumer)
+            if claimed:
+                log.warning("taking over %d unacknowledged commands", len(claimed))
+                await self._apply(claimed)
+            await self._checkpoint()
+            task_status.started(self)
+            due = trio.current_time() + CHECKPOINT_S
+            while True:
+                try:
+                    entries = await self.bus.read_commands(self.consumer)
+                except BackendUnavailable:
+                    await trio.sleep(RETRY_S)
+                    entries = []
+                if entries:
+                    await self._apply(entries)
+                if entries or self._acks or trio.current_time() >= due:
+                    await self._checkpoint()
+                    due = trio.current_time() + CHECKPOINT_S
+        finally:
+            if self._acks and self._settled:
+                with trio.CancelScope(shield=True), trio.move_on_after(FINAL_CHECKPOINT_S):
+                    await self._checkpoint()
 
     async def _retry(self, fn: Callable[..., Any], *args: Any) -> Any:
         while True:
@@ -156,6 +165,7 @@ class Commander:
     async def _apply(self, entries: list[tuple[str, dict | None]]) -> None:
         ids = [c["command_id"] for _, c in entries if c and isinstance(c.get("command_id"), str)]
         done = await self._retry(self.bus.applied, ids)
+        self._settled = False
         pending = {c for _, c in self._acks}
         for entry, command in entries:
             command_id = command.get("command_id") if command else None
@@ -169,6 +179,7 @@ class Commander:
             self.applied_count += 1
         # Let the agent tasks act on what was sent to them before the state is checkpointed.
         await trio.sleep(SETTLE_S)
+        self._settled = True
 
     async def _apply_one(self, command: dict, command_id: str) -> None:
         kind = command.get("kind")
@@ -193,7 +204,8 @@ class Commander:
         state = encode_checkpoint(engine.state, seq, now)
         summary = encode_summary(engine.state, seq, now)
         try:
-            held = await self.bus.checkpoint(self.lease.token, state, summary, int(now * 1000), acks)
+            held = await self.bus.checkpoint(self.lease.token, state, summary, int(now * 1000), acks,
+                                             self.lease.ttl_s)
         except BackendUnavailable:
             return
         if not held:

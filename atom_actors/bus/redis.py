@@ -62,12 +62,15 @@ _OUTAGES: tuple[type[BaseException], ...] = (
 )
 
 # Stores the state the leader produced, acknowledges and records the commands it applied, and
-# publishes the summary: all or nothing, and only while the caller still holds the lease.
+# publishes the summary: all or nothing, and only while the caller still holds the lease (a lease
+# that vanished, as in a Redis restart, is taken back as a renewal would).
 _CHECKPOINT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+local holder = redis.call('GET', KEYS[1])
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[6])
+elseif holder ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3])
-for i = 6, #ARGV, 2 do
+for i = 7, #ARGV, 2 do
   redis.call('XACK', KEYS[4], ARGV[5], ARGV[i])
   redis.call('XDEL', KEYS[4], ARGV[i])
   if ARGV[i + 1] ~= '' then
@@ -315,13 +318,13 @@ class RedisBus(Bus):
         return holder.decode() if holder is not None else None
 
     async def checkpoint(self, token: str, state: bytes, summary: bytes, now_ms: int,
-                         acks: list[tuple[str, str]]) -> bool:
+                         acks: list[tuple[str, str]], lease_ttl_s: float = 1.5) -> bool:
         """Atomically: store ``state`` and ``summary``, publish the summary, acknowledge and
         delete the stream entries of ``acks`` ((entry id, command id), command id '' for an
         entry acknowledged without being applied) and record their command ids. False, and
-        nothing written, if ``token`` no longer holds the lease."""
+        nothing written, if another token holds the lease."""
         k = self.keys
-        args: list[Any] = [token, state, summary, now_ms, GROUP]
+        args: list[Any] = [token, state, summary, now_ms, GROUP, int(lease_ttl_s * 1000)]
         for entry, command in acks:
             args += [entry, command]
         done = await self._call(_aio_script, self._scripts["checkpoint"],
