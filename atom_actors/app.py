@@ -1,29 +1,48 @@
 """The tree of the program, in one place.
 
-:func:`serve` starts, each through ``nursery.start`` so that the next one begins only when the
+:func:`serve` starts, each through ``stack.start`` so that the next one begins only when the
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
-above it)::
+above it); stopping goes the other way, one part at a time (:mod:`atom_actors.stack`)::
 
-    bus          in-process, or Redis
-    engine       supervisor of the 15 sphere actors, then the compositor
+    store        in memory, or PostgreSQL (DATABASE_URL)
+    bus          in-process, or Redis (REDIS_URL)
+    engine       role all without Redis: the engine itself, restored from the store, with its
+                 snapshots and event log; with Redis (role all or engine): an EngineRole, the
+                 leader or a hot standby among the engine processes
+    swarm        with Redis and role all, api or ws: a RemoteSwarm mirroring the engine
 
-Stopping cancels the tree; each part's docstring says what it does on cancellation.
+Roles (``atom serve --role``): ``all`` (default) runs everything in one process; ``engine``,
+``api`` and ``ws`` run one part each and meet on Redis. Both backends are asyncio libraries:
+when either is configured, one trio-asyncio loop is opened here, at the root, for both.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Any
 
 import trio
 
+from .aio import open_bridge
 from .bus import Bus, MemoryBus
+from .bus.redis import RedisBus
+from .cluster import EngineRole
 from .config import Settings
-from .engine import Engine
+from .engine import Engine, SwarmControl
+from .errors import ConfigError
+from .persistence import EventLog, TappedBus, restore_from_store, snapshot_agents
+from .remote import RemoteSwarm
+from .stack import open_service_stack
+from .store import MemoryStore, Store
+from .store.postgres import PostgresStore
 from .supervisor import Report
 
 log = logging.getLogger("atom_actors")
+
+ROLES = ("all", "engine", "api", "ws")
 
 
 @dataclass
@@ -32,15 +51,26 @@ class Services:
 
     settings: Settings
     bus: Bus
-    engine: Engine | None = None
+    role: str = "all"
+    engine: Engine | None = None          # the in-process engine (role all without Redis)
+    engine_role: EngineRole | None = None  # with Redis: this process's engine seat
+    swarm: SwarmControl | None = None     # what the API and the broadcaster use
+    store: Store | None = None
     api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
     ws_url: str | None = None    # ws://host:port/ws/swarm
     extras: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
-        parts = [f"engine {self.settings.tick_hz} fps" if self.engine else None,
+        engine = None
+        if self.engine:
+            engine = f"engine {self.settings.tick_hz} fps"
+        elif self.engine_role:
+            engine = f"engine {self.settings.tick_hz} fps (leader or standby)"
+        parts = [f"role {self.role}" if self.role != "all" else None, engine,
                  f"api {self.api_url}" if self.api_url else None,
-                 f"ws {self.ws_url}" if self.ws_url else None]
+                 f"ws {self.ws_url}" if self.ws_url else None,
+                 f"store {self.store.name}" if self.store and self.store.name != "memory" else None,
+                 f"bus {self.bus.name}" if self.bus.name != "memory" else None]
         return ", ".join(p for p in parts if p)
 
 
@@ -54,16 +84,73 @@ def report_supervision(report: Report) -> None:
                     report.child, report.restarts)
 
 
-async def serve(settings: Settings, *,
+def check_role(settings: Settings, role: str) -> None:
+    """Raise ConfigError when ``role`` cannot run with these settings (one line at start)."""
+    if role not in ROLES:
+        raise ConfigError("--role", f"{role!r} is not one of {', '.join(ROLES)}")
+    if role != "all" and not settings.redis_url:
+        raise ConfigError("REDIS_URL", f"--role {role} needs Redis: the processes meet there")
+    if role == "api" and not settings.database_url:
+        raise ConfigError("DATABASE_URL", "--role api needs PostgreSQL: sessions are shared there")
+    if role == "ws" and settings.ws_require_session and not settings.database_url:
+        raise ConfigError("DATABASE_URL", "--role ws needs PostgreSQL to check the sessions the "
+                                          "API processes open (or WS_REQUIRE_SESSION=false)")
+
+
+def make_store(settings: Settings) -> Store:
+    return PostgresStore(settings.database_url) if settings.database_url else MemoryStore()
+
+
+def make_bus(settings: Settings, parts: set[str]) -> Bus:
+    if not settings.redis_url:
+        return MemoryBus()
+    readers = bool(parts & {"api", "ws"})
+    return RedisBus(settings.redis_url, frames=readers, events=readers, summaries=readers)
+
+
+async def serve(settings: Settings, *, role: str = "all",
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run every part of a single-process AT·OM until cancelled."""
-    bus = MemoryBus()
-    services = Services(settings, bus)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(bus.run)
-        services.engine = await nursery.start(
-            Engine(settings, bus, on_report=report_supervision).run)
+    """Run the parts of ``role`` until cancelled (then stop them in reverse order).
+
+    Errors: a role the settings cannot run raises ConfigError before anything starts; a
+    database unreachable at start raises BackendUnavailable; an engine crash loop raises
+    SupervisorEscalation once everything has stopped.
+    """
+    check_role(settings, role)
+    parts = {"engine", "api", "ws"} if role == "all" else {role}
+    backends = open_bridge() if settings.database_url or settings.redis_url else nullcontext()
+    async with backends, open_service_stack() as stack:
+        store = await stack.start(make_store(settings).run, name="store")
+        bus = await stack.start(make_bus(settings, parts).run, name="bus")
+        services = Services(settings, bus, role=role, store=store)
+        if isinstance(bus, RedisBus):
+            await _start_redis_parts(stack, services, parts)
+        else:
+            await _start_engine(stack, services)
         task_status.started(services)
+        await trio.sleep_forever()
+
+
+async def _start_engine(stack: Any, services: Services) -> None:
+    """The single-process engine: restored from the store, snapshotted to it once a second."""
+    store = services.store
+    event_log = await stack.start(EventLog(store).run, name="event-log")
+    engine = Engine(services.settings, TappedBus(services.bus, event_log.offer),
+                    on_report=report_supervision)
+    if await restore_from_store(engine, store):
+        log.warning("engine restored from the %s store", store.name)
+    services.engine = services.swarm = await stack.start(engine.run, name="engine")
+    await stack.start(snapshot_agents, engine, store, name="snapshots")
+
+
+async def _start_redis_parts(stack: Any, services: Services, parts: set[str]) -> None:
+    if "engine" in parts:
+        services.engine_role = await stack.start(
+            EngineRole(services.settings, services.bus, services.store,
+                       on_report=report_supervision, announce=announce).run, name="engine-role")
+    if parts & {"api", "ws"}:
+        services.swarm = await stack.start(RemoteSwarm(services.settings, services.bus).run,
+                                           name="swarm")
 
 
 def announce(message: str) -> None:

@@ -243,12 +243,15 @@ class EngineRole:
 
     def __init__(self, settings: Settings, bus: RedisBus, store: Store, *,
                  on_report: Callable[[Report], None] | None = None,
-                 on_overload: Callable[[float], None] | None = None) -> None:
+                 on_overload: Callable[[float], None] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.store = store
         self.on_report = on_report
         self.on_overload = on_overload
+        # Leading and standing by are said on stderr (operators and tests watch for them).
+        self.announce = announce or (lambda message: log.warning("%s", message))
         self.lease = Lease(bus)
         self.engine: Engine | None = None
         self.commander: Commander | None = None
@@ -264,6 +267,7 @@ class EngineRole:
         process exits; a standby takes over after the TTL).
         """
         task_status.started(self)
+        self.announce("engine standing by")
         while True:
             await self.lease.acquire()
             self.terms += 1
@@ -274,7 +278,7 @@ class EngineRole:
                 self.commander = None
                 self.leading = trio.Event()
                 await self.lease.release()
-            log.warning("engine standing by")
+            self.announce("engine standing by")
 
     async def _lead(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -288,5 +292,5 @@ class EngineRole:
             await nursery.start(snapshot_agents, engine, self.store)
             self.commander = await nursery.start(Commander(engine, self.bus, self.lease, leading).run)
             self.engine = engine
-            log.warning("engine leading (term %d, state from %s)", self.terms, self.restored_from)
+            self.announce(f"engine leading (term {self.terms}, state from {self.restored_from})")
             self.leading.set()

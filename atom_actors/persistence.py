@@ -229,6 +229,10 @@ def apply_checkpoint(state: SwarmState, checkpoint: Checkpoint) -> bool:
         return False
     for name in CHECKPOINT_ARRAYS:
         getattr(state, name)[...] = checkpoint.arrays[name]
+    # Arrays the state derives from its geometry (the orbit basis) follow the new geometry.
+    post_init = getattr(state, "__post_init__", None)
+    if post_init is not None:
+        post_init()
     return True
 
 

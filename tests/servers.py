@@ -54,17 +54,24 @@ def redis_server_bin() -> str | None:
     return shutil.which("redis-server")
 
 
+def skip(reason: str) -> None:
+    """Skip with ``reason``; under .ci/run (ATOM_REQUIRE_SERVERS=1) fail instead."""
+    if os.environ.get("ATOM_REQUIRE_SERVERS") == "1":
+        pytest.fail(f"{reason} (ATOM_REQUIRE_SERVERS is set: CI must not skip this)")
+    pytest.skip(reason)
+
+
 def need_redis_server() -> str:
     binary = redis_server_bin()
     if binary is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
+        skip("redis-server is not installed (apt-get install redis-server)")
     return binary
 
 
 def need_pg_bin() -> Path:
     binary = pg_bin()
     if binary is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+        skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
     return binary
 
 
@@ -223,7 +230,7 @@ async def pg_url() -> str:
         with trio.fail_after(10):
             await sql(SHARED_PG, f'CREATE DATABASE "{name}"')
     except (OSError, trio.TooSlowError) as exc:
-        pytest.skip(f"the shared PostgreSQL at {SHARED_PG} does not answer: {exc}")
+        skip(f"the shared PostgreSQL at {SHARED_PG} does not answer: {exc}")
     yield _with_database(SHARED_PG, name)
     with trio.fail_after(10):
         await sql(SHARED_PG, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -232,6 +239,11 @@ async def pg_url() -> str:
 @pytest.fixture
 def redis_namespace() -> str:
     """A key and channel namespace of this test's own on the shared Redis."""
+    host, port = SHARED_REDIS.split("//")[1].split("/")[0].split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError as exc:
+        skip(f"the shared Redis at {SHARED_REDIS} does not answer: {exc}")
     return f"atomtest{uuid.uuid4().hex[:10]}"
 
 
@@ -260,3 +272,85 @@ def pg_server(pg_server_module):
     if not (pg_server_module.data / "postmaster.pid").exists():
         pg_server_module.start()
     return pg_server_module
+
+
+# -- `atom` processes ----------------------------------------------------------------------------
+
+class AtomProcess:
+    """``python -m atom_actors <args>`` with its stderr read line by line as it comes."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.args = args
+        self.env = env
+        self.lines: list[str] = []
+        self._changed = trio.Event()
+        self.proc: trio.Process | None = None
+
+    async def start(self, nursery: trio.Nursery) -> AtomProcess:
+        import sys
+        self.proc = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "atom_actors", *self.args], env=self.env,
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+        nursery.start_soon(self._read)
+        return self
+
+    async def _read(self) -> None:
+        buffer = b""
+        async with self.proc.stderr:
+            while chunk := await self.proc.stderr.receive_some():
+                buffer += chunk
+                *complete, buffer = buffer.split(b"\n")
+                self.lines += [line.decode(errors="replace") for line in complete]
+                self._changed.set()
+                self._changed = trio.Event()
+        self._changed.set()
+
+    async def wait_for(self, text: str, after: int = 0) -> str:
+        """The first line from index ``after`` on containing ``text``; fails if the process ends."""
+        while True:
+            for line in self.lines[after:]:
+                if text in line:
+                    return line
+            if self.proc.returncode is not None:
+                raise AssertionError(f"process ended ({self.proc.returncode}) before {text!r}:\n"
+                                     + "\n".join(self.lines))
+            changed = self._changed
+            with trio.move_on_after(0.2):
+                await changed.wait()
+            self.proc.poll()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+
+    async def stop(self) -> int:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+        with trio.fail_after(10):
+            return await self.proc.wait()
+
+
+def atom_env(**settings: str) -> dict[str, str]:
+    """The environment of an ``atom`` process: ours less any AT·OM setting, plus ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    env.update({"API_PORT": "0", "WS_PORT": "0", "PYTHONUNBUFFERED": "1", "SWARM_SEED": "7",
+                "SECRET_KEY": "x" * 40})
+    env.update(settings)
+    return env
+
+
+@pytest.fixture
+async def atom_processes(nursery):
+    """Start ``atom`` processes with ``await start(args, env)``; all killed and reaped after."""
+    started: list[AtomProcess] = []
+
+    async def start(args: list[str], env: dict[str, str]) -> AtomProcess:
+        process = await AtomProcess(args, env).start(nursery)
+        started.append(process)
+        return process
+
+    yield start
+    with trio.CancelScope(shield=True), trio.fail_after(20):
+        for process in started:
+            process.kill()
+            await process.proc.wait()

@@ -230,8 +230,10 @@ async def migrate(url: str, *, timeout_s: float = TIMEOUT_S) -> list[int]:
 # -- the asyncio side: the only code here that touches asyncpg objects -------------------------
 
 async def _aio_pool(url: str, timeout_s: float) -> asyncpg.Pool:
+    # min_size=0: connections are made on demand, so an outage is met by the next query (which
+    # fails at once) rather than by a background reconnect loop logging tracebacks.
     return await asyncpg.create_pool(
-        url, min_size=1, max_size=POOL_MAX, timeout=timeout_s, command_timeout=timeout_s,
+        url, min_size=0, max_size=POOL_MAX, timeout=timeout_s, command_timeout=timeout_s,
         max_inactive_connection_lifetime=60.0,
         server_settings={"application_name": "atom_actors"})
 
