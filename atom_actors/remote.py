@@ -18,16 +18,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import trio
 
 from .bus.redis import RedisBus
 from .catalog import CATALOG, Catalog
 from .config import MIN_HZ, Settings
-from .engine import LEVELS, dispersal_size, new_command_id
-from .errors import BackendUnavailable, FrequencyOutOfRange, UnknownAgent, UnknownLevel, UnknownSphere
+from .engine import new_command_id
+from .errors import BackendUnavailable
 from .persistence import decode_summary
-from .swarm import DISPERSED, STATUS_CODES, STATUS_NAMES, SwarmState
+from .swarm import DISPERSED, STATUS_CODES, SwarmState
+from .swarm_view import SwarmView, dispersal_size
 
 REPLY_TIMEOUT_S = 1.0
 SUMMARY_STALE_S = 1.5     # three missed summaries: the engine is not ticking (or not there)
@@ -43,7 +43,7 @@ class _Reply:
         self.value: dict | None = None
 
 
-class RemoteSwarm:
+class RemoteSwarm(SwarmView):
     """A :class:`~atom_actors.engine.SwarmControl` over a :class:`RedisBus`; ``run`` it."""
 
     def __init__(self, settings: Settings, bus: RedisBus, *, catalog: Catalog = CATALOG) -> None:
@@ -104,39 +104,13 @@ class RemoteSwarm:
             reply.value = event
             reply.event.set()
 
-    # -- SwarmControl: state ------------------------------------------------------------------------
+    # -- SwarmControl: state (queries come from SwarmView) -------------------------------------
 
     @property
     def ticking(self) -> bool:
         return trio.current_time() - self._summary_seen < SUMMARY_STALE_S
 
-    def agent(self, agent_id: int) -> dict[str, Any]:
-        agent = self._agent_id(agent_id)
-        self._sync_positions()
-        return self.state.agent(agent)
-
-    def agents(self, sphere: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        rows = self._sphere(sphere).agent_ids if sphere is not None else range(self.state.size)
-        wanted = None if status is None else STATUS_NAMES.index(status)
-        self._sync_positions()
-        return [self.state.agent(i) for i in rows if wanted is None or self.state.status[i] == wanted]
-
-    def counts(self) -> dict[str, Any]:
-        status = self.state.status
-        return {
-            "by_status": {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)},
-            "by_sphere": {s.name: s.count for s in self.catalog.spheres},
-        }
-
-    def frequency_stats(self) -> dict[str, float]:
-        f = self.state.frequency
-        return {"canon": self.settings.frequency, "min": round(float(f.min()), 3),
-                "max": round(float(f.max()), 3), "mean": round(float(f.mean()), 3)}
-
-    def roster(self) -> list[dict[str, Any]]:
-        return [self.state.agent(i, with_position=False) for i in range(self.state.size)]
-
-    def _sync_positions(self) -> None:
+    def _refresh(self) -> None:
         frame = self.bus.latest_frame
         if frame is not None and frame.seq != self._positions_seq and frame.agent_count == self.state.size:
             self.state.positions[:] = frame.positions
@@ -146,9 +120,8 @@ class RemoteSwarm:
 
     async def disperse(self, level: str, sphere: str | None = None,
                        command_id: str | None = None) -> dict[str, Any]:
-        if not isinstance(level, str) or level not in LEVELS:
-            raise UnknownLevel(level)
-        rows = self._sphere(sphere).agent_ids if sphere is not None else range(self.state.size)
+        level = self._check_level(level)
+        rows = self._rows(sphere)
         command_id = command_id or new_command_id()
         await self._send({"kind": "disperse", "level": level, "sphere": sphere,
                           "command_id": command_id})
@@ -164,14 +137,12 @@ class RemoteSwarm:
 
     async def retune(self, agent_id: int, hz: float, command_id: str | None = None) -> dict[str, Any]:
         agent = self._agent_id(agent_id)
-        if isinstance(hz, bool) or not isinstance(hz, int | float) or not math.isfinite(hz) \
-                or not MIN_HZ <= hz <= self.settings.frequency:
-            raise FrequencyOutOfRange(hz, MIN_HZ, self.settings.frequency)
+        hz = self._check_hz(hz)
         command_id = command_id or new_command_id()
-        reply = await self._send({"kind": "retune", "agent": agent, "frequency": float(hz),
+        reply = await self._send({"kind": "retune", "agent": agent, "frequency": hz,
                                   "command_id": command_id})
         if reply is None:
-            self.state.frequency[agent] = float(hz)   # predicted; the next summary confirms it
+            self.state.frequency[agent] = hz   # predicted; the next summary confirms it
         return self.agent(agent)
 
     async def _send(self, command: dict) -> dict | None:
@@ -185,15 +156,3 @@ class RemoteSwarm:
             return reply.value
         finally:
             del self._replies[command_id]
-
-    def _sphere(self, name: str | None):
-        try:
-            return self.catalog.by_name[name]
-        except (KeyError, TypeError):
-            raise UnknownSphere(name) from None
-
-    def _agent_id(self, agent_id: Any) -> int:
-        if isinstance(agent_id, bool) or not isinstance(agent_id, int | np.integer) \
-                or not 0 <= agent_id < self.state.size:
-            raise UnknownAgent(agent_id, self.state.size)
-        return int(agent_id)

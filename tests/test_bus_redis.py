@@ -29,11 +29,17 @@ async def subscribed(bus: RedisBus) -> None:
         await bus.subscribed.wait()
 
 
+async def publisher_and_reader(nursery: trio.Nursery, namespace: str) -> tuple[RedisBus, RedisBus]:
+    """An engine-side bus (publishes only) and a broadcaster-side one, subscribed."""
+    engine_side = await start_bus(nursery, namespace=namespace, frames=False, events=False)
+    reader = await start_bus(nursery, namespace=namespace)
+    await subscribed(reader)
+    return engine_side, reader
+
+
 async def test_frames_cross_as_the_bytes_the_engine_encoded(nursery, redis_namespace):
     with trio.fail_after(10):
-        engine_side = await start_bus(nursery, namespace=redis_namespace, frames=False, events=False)
-        reader = await start_bus(nursery, namespace=redis_namespace)
-        await subscribed(reader)
+        engine_side, reader = await publisher_and_reader(nursery, redis_namespace)
         sub = reader.subscribe_frames()
         sent = frame(41)
         engine_side.publish_frame(sent)
@@ -44,9 +50,7 @@ async def test_frames_cross_as_the_bytes_the_engine_encoded(nursery, redis_names
 
 async def test_events_cross_as_they_were_emitted(nursery, redis_namespace):
     with trio.fail_after(10):
-        engine_side = await start_bus(nursery, namespace=redis_namespace, frames=False, events=False)
-        reader = await start_bus(nursery, namespace=redis_namespace)
-        await subscribed(reader)
+        engine_side, reader = await publisher_and_reader(nursery, redis_namespace)
         with reader.subscribe_events() as events:
             sent = {"type": "event", "event": "swarm.dispersal", "level": "partial", "sphere": None,
                     "count": 70, "command_id": "abc"}
@@ -56,9 +60,7 @@ async def test_events_cross_as_they_were_emitted(nursery, redis_namespace):
 
 async def test_publishing_never_blocks_and_the_newest_frame_wins(nursery, redis_namespace):
     with trio.fail_after(10):
-        engine_side = await start_bus(nursery, namespace=redis_namespace, frames=False, events=False)
-        reader = await start_bus(nursery, namespace=redis_namespace)
-        await subscribed(reader)
+        engine_side, reader = await publisher_and_reader(nursery, redis_namespace)
         sub = reader.subscribe_frames()
         for seq in range(1000):            # no checkpoint between: the pump cannot run
             engine_side.publish_frame(frame(seq))

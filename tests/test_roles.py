@@ -28,6 +28,14 @@ async def api_side(nursery: trio.Nursery, url: str) -> RemoteSwarm:
     return control
 
 
+async def leader_and_standby(atom_processes, env: dict[str, str]):
+    leader = await atom_processes(["serve", "--role", "engine"], env)
+    await leader.wait_for("engine leading")
+    standby = await atom_processes(["serve", "--role", "engine"], env)
+    await standby.wait_for("engine standing by")
+    return leader, standby
+
+
 async def next_frame_after(bus: RedisBus, seq: int) -> int:
     sub = bus.subscribe_frames()
     while (frame := await sub.receive()).seq <= seq:
@@ -39,10 +47,7 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_and_applies_every_com
         nursery, atom_processes, redis_server, pg_url):
     env = atom_env(REDIS_URL=redis_server.url, DATABASE_URL=pg_url, DISPERSAL_DWELL_S="600")
     with trio.fail_after(120):
-        leader = await atom_processes(["serve", "--role", "engine"], env)
-        await leader.wait_for("engine leading")
-        standby = await atom_processes(["serve", "--role", "engine"], env)
-        await standby.wait_for("engine standing by")
+        leader, standby = await leader_and_standby(atom_processes, env)
         control = await api_side(nursery, redis_server.url)
 
         accepted: list[str] = []
@@ -93,10 +98,7 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_and_applies_every_com
 async def test_a_clean_stop_hands_the_lease_over_at_once(nursery, atom_processes, redis_server):
     env = atom_env(REDIS_URL=redis_server.url)
     with trio.fail_after(60):
-        first = await atom_processes(["serve", "--role", "engine"], env)
-        await first.wait_for("engine leading")
-        second = await atom_processes(["serve", "--role", "engine"], env)
-        await second.wait_for("engine standing by")
+        first, second = await leader_and_standby(atom_processes, env)
         control = await api_side(nursery, redis_server.url)
         await control.retune(7, 888.0, command_id="before")
         stopping = trio.current_time()
