@@ -29,7 +29,7 @@ import trio
 from .aio import open_bridge
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
-from .cluster import EngineRole
+from .cluster import EngineRole, engine_alarms
 from .config import Settings
 from .engine import Engine, SwarmControl
 from .errors import ConfigError
@@ -145,9 +145,10 @@ async def _start_engine(stack: Any, services: Services) -> None:
 
 async def _start_redis_parts(stack: Any, services: Services, parts: set[str]) -> None:
     if "engine" in parts:
+        on_report, on_overload = engine_alarms(services.bus, report_supervision)
         services.engine_role = await stack.start(
-            EngineRole(services.settings, services.bus, services.store,
-                       on_report=report_supervision, announce=announce).run, name="engine-role")
+            EngineRole(services.settings, services.bus, services.store, on_report=on_report,
+                       on_overload=on_overload, announce=announce).run, name="engine-role")
     if parts & {"api", "ws"}:
         services.swarm = await stack.start(RemoteSwarm(services.settings, services.bus).run,
                                            name="swarm")

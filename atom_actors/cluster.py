@@ -215,6 +215,26 @@ class Commander:
         del self._acks[:len(acks)]
 
 
+def engine_alarms(bus: RedisBus, on_report: Callable[[Report], None] | None = None):
+    """``(on_report, on_overload)`` for an engine process, which has no Brise-Circuit of its own:
+    an escalated crash loop or a lasting overload goes out as a ``safeguard`` event opening the
+    circuit, which every API process's circuit follows (``remote.share_safeguard``)."""
+
+    def alarm(reason: str) -> None:
+        bus.publish_event({"type": "event", "event": "safeguard", "state": "open", "reason": reason})
+
+    def report(report: Report) -> None:
+        if on_report is not None:
+            on_report(report)
+        if report.kind == "escalated":
+            alarm(f"the engine gave up on {report.child} after {report.restarts} restarts")
+
+    def overload(seconds: float) -> None:
+        alarm(f"the engine overran its tick budget for {seconds:.1f} s")
+
+    return report, overload
+
+
 async def restore(engine: Engine, bus: RedisBus, store: Store) -> str:
     """Put the newest saved state into ``engine`` (not running yet); say where it came from."""
     data = await bus.load_checkpoint()

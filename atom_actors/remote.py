@@ -156,3 +156,27 @@ class RemoteSwarm(SwarmView):
             return reply.value
         finally:
             del self._replies[command_id]
+
+
+RESET_REASON = "reset by an operator"   # what the Brise-Circuit says when an operator closes it
+
+
+async def share_safeguard(circuit: Any, bus: RedisBus, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep this process's Brise-Circuit in step with the other processes', until cancelled.
+
+    Every circuit publishes its changes as ``safeguard`` events, and engine processes publish one
+    when their engine escalates or overloads (``cluster.engine_alarms``). An opening elsewhere
+    opens ours (our own events come back too: already open, nothing happens); an operator's reset
+    elsewhere closes ours. The rate windows stay each process's own.
+    """
+    with bus.subscribe_events() as events:
+        task_status.started()
+        async for event in events:
+            if event.get("event") != "safeguard":
+                continue
+            if event.get("state") == "open" and circuit.state != "open":
+                circuit.trip("peer", str(event.get("reason") or "another process opened it"))
+            elif event.get("state") == "closed" and event.get("reason") == RESET_REASON \
+                    and circuit.state != "closed":
+                circuit.reset()

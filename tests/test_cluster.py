@@ -7,7 +7,8 @@ from __future__ import annotations
 import trio
 
 from atom_actors.bus.redis import RedisBus
-from atom_actors.cluster import LEASE_TTL_S, EngineRole
+from atom_actors.cluster import LEASE_TTL_S, EngineRole, engine_alarms
+from atom_actors.errors import SupervisorEscalation
 from atom_actors.remote import RemoteSwarm
 from atom_actors.stack import open_service_stack
 from atom_actors.store import MemoryStore
@@ -147,3 +148,34 @@ async def test_the_leader_keeps_its_lease_through_a_redis_restart(nursery, redis
         control = await api_process(nursery, redis_server.url, "atom")
         assert (await control.regroup(command_id="after-restart"))["command_id"] == "after-restart"
         await committed(leader.bus, ["after-restart"])
+
+
+async def test_an_engine_crash_loop_raises_the_alarm_for_every_brise_circuit(nursery, redis_namespace):
+    escalated = trio.Event()
+
+    async def engine_process(*, task_status) -> None:
+        try:
+            async with open_service_stack() as stack:
+                bus = await stack.start(RedisBus(SHARED_REDIS, namespace=redis_namespace,
+                                                 frames=False, events=False).run)
+                on_report, on_overload = engine_alarms(bus)
+                role = await stack.start(EngineRole(SETTINGS, bus, MemoryStore(), on_report=on_report,
+                                                    on_overload=on_overload).run)
+                await role.leading.wait()
+                task_status.started(role)
+                await trio.sleep_forever()
+        except* SupervisorEscalation:
+            escalated.set()
+
+    with trio.fail_after(20):
+        reader = await nursery.start(RedisBus(SHARED_REDIS, namespace=redis_namespace).run)
+        await reader.subscribed.wait()
+        with reader.subscribe_events() as events:
+            engine = (await nursery.start(engine_process)).engine
+            while not escalated.is_set():
+                engine.inject_crash("transport")
+                await trio.sleep(0.02)
+            async for event in events:
+                if event.get("event") == "safeguard":
+                    break
+        assert event["state"] == "open" and "sphere/transport" in event["reason"]

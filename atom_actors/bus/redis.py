@@ -49,6 +49,7 @@ log = logging.getLogger("atom_actors.bus")
 
 TIMEOUT_S = 1.0           # socket timeout of every call; connecting gets half of it
 RETRY_S = 0.2             # after a failure, the pumps and the subscription try again this soon
+FLUSH_S = 0.5             # at shutdown, for the events not sent yet
 BLOCK_MS = 500            # a blocking stream read waits this long (well under TIMEOUT_S)
 GROUP = "engine"
 APPLIED_KEEP_MS = 3_600_000
@@ -150,7 +151,8 @@ class RedisBus(Bus):
         """Run the publishing pumps and the subscription until cancelled.
 
         Starts without waiting for Redis: an outage at start is like one later, logged once and
-        retried every RETRY_S. Cancellation closes the connections (bounded).
+        retried every RETRY_S. Cancellation sends the events still waiting (the last words of a
+        stopping engine: an escalation's alarm), then closes the connections, both bounded.
         """
         async with open_bridge() as bridge:
             self._bridge = bridge
@@ -163,6 +165,8 @@ class RedisBus(Bus):
                         nursery.start_soon(self._listen, name="redis/subscription")
                     task_status.started(self)
             finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_S):
+                    await self._flush_events()
                 await bridge.close(_aio_close, self._client)
                 self._bridge = None
 
@@ -219,6 +223,17 @@ class RedisBus(Bus):
                 await self._call(_aio_publish, self.keys.frames, frame.f32)
             except BackendUnavailable:
                 await trio.sleep(RETRY_S)   # newest wins: what came meanwhile is sent next
+
+    async def _flush_events(self) -> None:
+        while True:
+            try:
+                data = self._events_in.receive_nowait()
+            except trio.WouldBlock:
+                return
+            try:
+                await self._call(_aio_publish, self.keys.events, data)
+            except BackendUnavailable:
+                return
 
     async def _pump_events(self) -> None:
         async for data in self._events_in:
