@@ -4,15 +4,19 @@
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
 above it); stopping goes the other way, one part at a time (:mod:`atom_actors.stack`)::
 
-    store        in memory, or PostgreSQL (DATABASE_URL)
+    store        in memory, or PostgreSQL (DATABASE_URL): sessions, events, agents snapshot
     bus          in-process, or Redis (REDIS_URL)
-    engine       role all without Redis: the engine itself, restored from the store, with its
-                 snapshots and event log; with Redis (role all or engine): an EngineRole, the
-                 leader or a hot standby among the engine processes
-    swarm        with Redis and role all, api or ws: a RemoteSwarm mirroring the engine
+    engine       without Redis: the engine itself (restored from the store) with its event log
+                 and snapshots; with Redis (role all or engine): an EngineRole, the leader or a hot
+                 standby among the engine processes
+    swarm        with Redis (role all, api or ws): a RemoteSwarm mirroring the engine
+    safeguard    the Brise-Circuit's task (regroups on a trip, records every change); with Redis,
+                 also following the other processes' circuits
+    broadcaster  the WebSocket server of L'Essaim (WS_PORT, /ws/swarm)
+    api          the REST API (Hypercorn, Trio worker)
 
 Roles (``atom serve --role``): ``all`` (default) runs everything in one process; ``engine``,
-``api`` and ``ws`` run one part each and meet on Redis. Both backends are asyncio libraries:
+``api`` and ``ws`` run their part only, and meet on Redis. Both backends are asyncio libraries:
 when either is configured, one trio-asyncio loop is opened here, at the root, for both.
 """
 
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +32,8 @@ from typing import Any
 import trio
 
 from .aio import open_bridge
+from .api import serve_api
+from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
 from .cluster import EngineRole, engine_alarms
@@ -34,7 +41,9 @@ from .config import Settings
 from .engine import Engine, SwarmControl
 from .errors import ConfigError
 from .persistence import EventLog, TappedBus, restore_from_store, snapshot_agents
-from .remote import RemoteSwarm
+from .remote import RemoteSwarm, share_safeguard
+from .safeguard import BriseCircuit
+from .sessions import SessionService
 from .stack import open_service_stack
 from .store import MemoryStore, Store
 from .store.postgres import PostgresStore
@@ -52,12 +61,16 @@ class Services:
     settings: Settings
     bus: Bus
     role: str = "all"
-    engine: Engine | None = None          # the in-process engine (role all without Redis)
+    engine: Engine | None = None           # the in-process engine (role all without Redis)
     engine_role: EngineRole | None = None  # with Redis: this process's engine seat
-    swarm: SwarmControl | None = None     # what the API and the broadcaster use
+    swarm: SwarmControl | None = None      # what the API and the broadcaster use
     store: Store | None = None
+    sessions: SessionService | None = None
+    broadcaster: Broadcaster | None = None
     api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
     ws_url: str | None = None    # ws://host:port/ws/swarm
+    safeguard: BriseCircuit | None = None
+    subscribers: Callable[[], int] | None = None   # WebSocket subscribers now (the broadcaster's)
     extras: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
@@ -65,7 +78,7 @@ class Services:
         if self.engine:
             engine = f"engine {self.settings.tick_hz} fps"
         elif self.engine_role:
-            engine = f"engine {self.settings.tick_hz} fps (leader or standby)"
+            engine = f"engine {self.settings.tick_hz} fps (leader or hot standby)"
         parts = [f"role {self.role}" if self.role != "all" else None, engine,
                  f"api {self.api_url}" if self.api_url else None,
                  f"ws {self.ws_url}" if self.ws_url else None,
@@ -110,33 +123,60 @@ def make_bus(settings: Settings, parts: set[str]) -> Bus:
 
 async def serve(settings: Settings, *, role: str = "all",
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run the parts of ``role`` until cancelled (then stop them in reverse order).
+    """Run the parts of ``role`` until cancelled, then stop them in reverse order.
 
     Errors: a role the settings cannot run raises ConfigError before anything starts; a
     database unreachable at start raises BackendUnavailable; an engine crash loop raises
     SupervisorEscalation once everything has stopped.
     """
     check_role(settings, role)
+    settings, _ = settings.with_ephemeral_key()   # `atom serve` has said so already if it made one
     parts = {"engine", "api", "ws"} if role == "all" else {role}
     backends = open_bridge() if settings.database_url or settings.redis_url else nullcontext()
     async with backends, open_service_stack() as stack:
         store = await stack.start(make_store(settings).run, name="store")
         bus = await stack.start(make_bus(settings, parts).run, name="bus")
         services = Services(settings, bus, role=role, store=store)
+        services.sessions = SessionService(store, settings.secret_key,
+                                           sceau_duration_ms=settings.sceau_duration,
+                                           ttl_s=settings.session_ttl_s, frequency=settings.frequency)
+        if "api" in parts:
+            services.safeguard = BriseCircuit(settings, bus, store)
         if isinstance(bus, RedisBus):
             await _start_redis_parts(stack, services, parts)
         else:
             await _start_engine(stack, services)
+        if services.safeguard is not None:
+            await stack.start(services.safeguard.run, services.swarm, name="safeguard")
+            if isinstance(bus, RedisBus):
+                await stack.start(share_safeguard, services.safeguard, bus, name="safeguard-peers")
+        if "ws" in parts:
+            broadcaster = services.broadcaster = await stack.start(
+                Broadcaster(settings, bus, services.swarm, services.sessions).run, name="broadcaster")
+            services.ws_url = broadcaster.url
+            services.subscribers = lambda: broadcaster.stats.clients
+        if "api" in parts:
+            services.api_url = await stack.start(serve_api, services, name="api")
+            if services.broadcaster is not None:
+                # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
+                services.broadcaster.allow_origin(services.api_url)
         task_status.started(services)
         await trio.sleep_forever()
 
 
 async def _start_engine(stack: Any, services: Services) -> None:
-    """The single-process engine: restored from the store, snapshotted to it once a second."""
-    store = services.store
+    """The single-process engine: restored from the store, snapshotted to it once a second, its
+    commands recorded in the store."""
+    store, safeguard = services.store, services.safeguard
+
+    def on_report(report: Report) -> None:
+        report_supervision(report)
+        if safeguard is not None:
+            safeguard.on_report(report)
+
     event_log = await stack.start(EventLog(store).run, name="event-log")
-    engine = Engine(services.settings, TappedBus(services.bus, event_log.offer),
-                    on_report=report_supervision)
+    engine = Engine(services.settings, TappedBus(services.bus, event_log.offer), on_report=on_report,
+                    on_overload=safeguard.on_overload if safeguard is not None else None)
     if await restore_from_store(engine, store):
         log.warning("engine restored from the %s store", store.name)
     services.engine = services.swarm = await stack.start(engine.run, name="engine")

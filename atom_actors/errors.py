@@ -15,7 +15,16 @@ The tree::
     │   ├── SessionRequired      no X-Sceau-Session (401)
     │   └── SessionInvalid       unknown, expired, revoked or tampered token (401)
     ├── RateLimited              too many session creations from one address (429 + Retry-After)
+    ├── RequestError             a request the API cannot read
+    │   ├── BodyNotJSON          the body is not JSON (400)
+    │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
+    │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
+    ├── StreamRefused            a WebSocket handshake on WS_PORT was refused with an HTTP status
+    │   ├── StreamNotFound       another path than /ws/swarm (404)
+    │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
+    │   ├── OriginForbidden      a browser ``Origin`` that is not allowed (403)
+    │   └── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
     └── SupervisorEscalation     a supervisor's children crashed more than its intensity allows
 
 Error messages say who and what (setting, sphere, agent, child), never anything that identifies a
@@ -156,6 +165,46 @@ class RateLimited(AtomError):
         self.retry_after_s = retry_after_s
 
 
+class RequestError(AtomError):
+    """Base of the errors about a request's form rather than about the swarm."""
+
+    code = "bad_request"
+    status = 400
+
+
+class BodyNotJSON(RequestError):
+    """Raised when a request body that must be a JSON document is not one."""
+
+    code = "invalid_json"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the body is not valid JSON: {why}")
+
+
+class RequestInvalid(RequestError):
+    """Raised when body or query fields have a wrong type or value; ``fields`` maps each bad field
+    (dotted path, ``body`` for the whole document) to what is wrong with it."""
+
+    code = "validation_error"
+    status = 422
+
+    def __init__(self, fields: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{name}: {problem}" for name, problem in fields.items()))
+        self.fields = fields
+
+
+class OriginRefused(RequestError):
+    """Raised when a browser request comes from an Origin that is neither in CORS_ORIGINS nor the
+    API's own."""
+
+    code = "origin_not_allowed"
+    status = 403
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(f"the origin {origin[:200]!r} is not allowed (CORS_ORIGINS)")
+        self.origin = origin
+
+
 class BackendUnavailable(AtomError):
     """Raised when a configured backend (Redis, PostgreSQL) does not answer in time."""
 
@@ -165,6 +214,59 @@ class BackendUnavailable(AtomError):
     def __init__(self, backend: str, why: str) -> None:
         super().__init__(f"{backend} is unavailable: {why}")
         self.backend = backend
+
+
+class StreamRefused(AtomError):
+    """Base of the refusals of a WebSocket handshake; the subscriber gets ``status`` and the JSON
+    error body before any WebSocket traffic. (A missing or invalid session is refused with the
+    SessionError of the API, 401.)"""
+
+    code = "stream_refused"
+    status = 400
+
+
+class StreamNotFound(StreamRefused):
+    """Raised when a WebSocket handshake asks for another path than the stream's."""
+
+    code = "not_found"
+    status = 404
+
+    def __init__(self, path: str, expected: str) -> None:
+        super().__init__(f"no WebSocket stream at {path[:100]!r}; the swarm is at {expected}")
+        self.path = path
+
+
+class BadStreamParameter(StreamRefused):
+    """Raised when a query parameter of the stream (``encoding``, ``fps``) has a bad value."""
+
+    code = "bad_parameter"
+    status = 400
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter}: {problem}")
+        self.parameter = parameter
+
+
+class OriginForbidden(StreamRefused):
+    """Raised when a browser's ``Origin`` is neither in CORS_ORIGINS nor the API's own origin."""
+
+    code = "origin_forbidden"
+    status = 403
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(f"origin {origin[:200]!r} may not subscribe to this stream")
+        self.origin = origin
+
+
+class TooManySubscribers(StreamRefused):
+    """Raised when WS_MAX_CONNECTIONS subscribers are already open in this process."""
+
+    code = "too_many_subscribers"
+    status = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this server already streams to its {limit} subscribers; retry later")
+        self.limit = limit
 
 
 class SupervisorEscalation(AtomError):

@@ -43,9 +43,6 @@ SNAPSHOT_INTERVAL_S = 1.0
 FINAL_SNAPSHOT_S = 1.0     # bound on the last snapshot written while stopping
 EVENT_LOG_BUFFER = 1024
 EVENT_RETRY_S = 1.0
-# Engine events worth a row in ``events``, and the kind they are stored under.
-RECORDED_EVENTS = {"swarm.dispersal": "dispersal", "swarm.regroup": "regroup",
-                   "agent.frequency": "retune"}
 
 
 # -- the agents table ----------------------------------------------------------------------------
@@ -145,10 +142,10 @@ class EventLog:
         self._send, self._receive = trio.open_memory_channel[EventRecord](EVENT_LOG_BUFFER)
 
     def offer(self, event: dict) -> None:
-        kind = RECORDED_EVENTS.get(event.get("event", ""))
-        if kind is None:
+        record = _command_record(event)
+        if record is None:
             return
-        payload = {k: v for k, v in event.items() if k not in ("type", "event")}
+        kind, payload = record
         try:
             self._send.send_nowait(EventRecord(self.clock.now(), kind, payload))
         except trio.WouldBlock:
@@ -169,6 +166,23 @@ class EventLog:
                         log.warning("event log paused: %s", exc.detail)
                     failing = True
                     await trio.sleep(EVENT_RETRY_S)
+
+
+def _command_record(event: dict) -> tuple[str, dict] | None:
+    """The ``events`` row of an engine event that answers a command, else None. Same kind and
+    payload as the API records on its side, so either record may be the one kept."""
+    name, command_id = event.get("event"), event.get("command_id")
+    if command_id is None:
+        return None
+    if name == "swarm.dispersal":
+        return "dispersal", {"command_id": command_id, "level": event.get("level"),
+                             "sphere": event.get("sphere"), "dispersed": event.get("count")}
+    if name == "swarm.regroup":
+        return "regroup", {"command_id": command_id, "regrouped": event.get("count")}
+    if name == "agent.frequency":
+        return "retune", {"command_id": command_id, "agent": event.get("agent"),
+                          "frequency": event.get("frequency")}
+    return None
 
 
 class TappedBus:

@@ -104,7 +104,7 @@ async def test_postgres_down_leaves_the_stream_alone_and_snapshots_resume(nurser
                 await trio.sleep(0.2)
         assert (await services.store.events("retune"))[0] == EventRecord(
             (await services.store.events("retune"))[0].t, "retune",
-            {"agent": 11, "frequency": 654.5, "command_id": "during-outage"})
+            {"command_id": "during-outage", "agent": 11, "frequency": 654.5})
         services.extras["stop"]()
 
 

@@ -134,8 +134,9 @@ async def test_the_event_log_records_commands_in_order_through_an_outage(autojum
     events = await store.events()
     assert [(e.kind, e.payload["command_id"]) for e in reversed(events)] == [
         ("dispersal", "d1"), ("regroup", "r1"), ("retune", "t1")]
-    assert events[-1].payload == {"level": "partial", "sphere": None, "count": 70, "command_id": "d1"}
-    assert events[0].payload == {"agent": 4, "frequency": 450.0, "command_id": "t1"}
+    assert events[-1].payload == {"command_id": "d1", "level": "partial", "sphere": None, "dispersed": 70}
+    assert events[1].payload == {"command_id": "r1", "regrouped": 70}
+    assert events[0].payload == {"command_id": "t1", "agent": 4, "frequency": 450.0}
 
 
 async def test_a_checkpoint_carries_the_whole_state(autojump_clock, nursery):

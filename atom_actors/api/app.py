@@ -1,0 +1,190 @@
+"""The Quart-Trio application: routes, CORS, and the one error boundary.
+
+Every error leaves as ``{"error": code, "detail": sentence}`` JSON (CONTRACT.md §2):
+
+* an :class:`~atom_actors.errors.AtomError` by its ``code`` and ``status`` (422 adds ``fields``;
+  423 and 429 add ``Retry-After``);
+* an HTTP error of the framework (404 unknown route, 405 wrong method, 413 body too large) by
+  its status;
+* anything else as 500 ``internal_error``, logged here, with no traceback to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, jsonify, request
+from quart_schema import Info, OpenAPIProvider, QuartSchema
+from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
+
+from ..errors import AtomError, CommandError, OriginRefused, RateLimited, RequestInvalid, SafeguardOpen
+from .cors import CorsPolicy
+from .ratelimit import TokenBuckets
+from .routes import BLUEPRINTS
+from .routes.swarm import retune_blueprint
+from .web import SESSION_HEADER, Api, api, no_content
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+log = logging.getLogger("atom_actors.api")
+
+MAX_BODY_BYTES = 64 * 1024
+DESCRIPTION = ("The operators' REST API of AT·OM's swarm, L'Essaim: Sceau sessions, the swarm and "
+               "its spheres, dispersal behind the Brise-Circuit.")
+
+
+def create_app(services: Services) -> QuartTrio:
+    """The API of a running AT·OM. ``services`` must have its swarm (the engine, or a remote
+    one), store, sessions and safeguard; the rest is read from it at request time."""
+    control = services.swarm if services.swarm is not None else services.engine
+    if control is None or services.sessions is None or services.safeguard is None \
+            or services.store is None:
+        raise ValueError("create_app needs services with swarm, store, sessions and safeguard")
+    app = QuartTrio("atom_actors.api", static_folder=None)
+    app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, PROPAGATE_EXCEPTIONS=False)
+    settings = services.settings
+    app.extensions["atom"] = Api(
+        services=services, settings=settings, control=control,
+        sessions=services.sessions, safeguard=services.safeguard, store=services.store,
+        cors=CorsPolicy(settings.cors_origins), buckets=TokenBuckets())
+    QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),
+                               description=DESCRIPTION),
+                openapi_provider_class=ContractOpenAPI, swagger_ui_path=None,
+                redoc_ui_path=None, scalar_ui_path=None,
+                security_schemes={"sceau": {"type": "apiKey", "in_": "header",
+                                            "name": SESSION_HEADER}})
+    for blueprint in (*BLUEPRINTS, retune_blueprint(settings.frequency)):
+        app.register_blueprint(blueprint)
+    app.before_request(_cors_gate)
+    app.after_request(_cors_headers)
+    app.register_error_handler(AtomError, _atom_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)
+    return app
+
+
+# -- CORS -------------------------------------------------------------------------------------------
+
+async def _cors_gate() -> Response | None:
+    """Refuse foreign origins; answer preflights of listed ones."""
+    cors = api().cors
+    origin = request.headers.get("Origin")
+    if not cors.acceptable(origin, request.host):
+        raise OriginRefused(origin or "")
+    if request.method == "OPTIONS" and origin is not None \
+            and "Access-Control-Request-Method" in request.headers:
+        response = no_content()
+        response.headers.update(cors.preflight_headers(origin))
+        return response
+    return None
+
+
+async def _cors_headers(response: Response) -> Response:
+    origin = request.headers.get("Origin")
+    response.headers.update(api().cors.headers(origin))
+    response.vary.add("Origin")
+    if request.path.startswith("/api/"):
+        # Answers carry session tokens and live state: no cache may keep them.
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# -- the error boundary -----------------------------------------------------------------------------
+
+def error_response(status: int, code: str, detail: str, **extra: Any) -> Response:
+    response = jsonify({"error": code, "detail": detail, **extra})
+    response.status_code = status
+    return response
+
+
+async def _atom_error(exc: AtomError) -> Response:
+    extra: dict[str, Any] = {}
+    if isinstance(exc, RequestInvalid):
+        extra["fields"] = exc.fields
+    elif isinstance(exc, CommandError) and exc.status == 422:
+        extra["fields"] = {exc.field: exc.detail}
+    response = error_response(exc.status, exc.code, exc.detail, **extra)
+    if isinstance(exc, SafeguardOpen | RateLimited):
+        response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if exc.status >= 500:
+        log.error("%s %s answered %d %s: %s", request.method, _rule(), exc.status, exc.code,
+                  exc.detail)
+    return response
+
+
+async def _http_error(exc: HTTPException) -> Response:
+    status = exc.code or 500
+    if status >= 500:
+        return await _unexpected(getattr(exc, "original_exception", None) or exc)
+    if status == 404:
+        detail = f"there is no {request.path[:200]}"
+    elif isinstance(exc, MethodNotAllowed):
+        detail = f"{request.method} is not allowed on {request.path[:200]}"
+    else:
+        detail = exc.description or exc.name
+    response = error_response(status, _snake(exc.name), detail)
+    if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+        response.headers["Allow"] = ", ".join(exc.valid_methods)
+    return response
+
+
+async def _unexpected(exc: BaseException) -> Response:
+    log.error("%s %s failed", request.method, _rule(), exc_info=exc)
+    return error_response(500, "internal_error",
+                          "the server failed to answer this request; the failure is logged")
+
+
+def _rule() -> str:
+    # The route pattern, not the path: a path may carry what a client typed.
+    return request.url_rule.rule if request.url_rule is not None else "(no route)"
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _version() -> str:
+    try:
+        return version("atom_actors")
+    except PackageNotFoundError:
+        return "0"
+
+
+# -- OpenAPI ----------------------------------------------------------------------------------------
+
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
+                               "schema": {"type": "integer", "minimum": 1}}}
+
+
+class ContractOpenAPI(OpenAPIProvider):
+    """quart-schema's document, completed with what its decorators cannot say: response headers
+    (Retry-After, X-Sceau-Session), the 204 of a revocation, bodies that are required, and SCEAU_DURATION as the least
+    ``duration_ms`` (a shorter touch is answered 400 sceau_too_short, as §2 says, not 422)."""
+
+    def schema(self) -> dict[str, Any]:
+        schema = super().schema()
+        activate = schema["paths"]["/api/v1/sceau/activate"]["post"]["requestBody"]
+        activate["content"]["application/json"]["schema"]["properties"]["duration_ms"]["minimum"] = \
+            self._app.extensions["atom"].settings.sceau_duration
+        for path, operations in schema["paths"].items():
+            for method, op in operations.items():
+                responses = op["responses"]
+                if "requestBody" in op:
+                    op["requestBody"]["required"] = True
+                for status in ("423", "429", 423, 429):
+                    if status in responses:
+                        responses[status]["headers"] = RETRY_AFTER
+                if path.endswith("/sceau/activate") and 201 in responses:
+                    responses[201]["headers"] = {SESSION_HEADER: {
+                        "description": "the session token", "schema": {"type": "string"}}}
+                if path.endswith("/sceau/session") and method == "delete":
+                    responses[204] = {"description": "the session is revoked"}
+                if not any(str(code).startswith("2") for code in responses):
+                    responses[200] = {"description": "success"}
+        return schema

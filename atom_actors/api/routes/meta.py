@@ -1,0 +1,96 @@
+"""Everything around the API proper: liveness and readiness, /metrics, the docs page, and the
+viewer page at ``/`` (when ``atom_actors/viewer/index.html`` exists)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import trio
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from quart import Blueprint, current_app, jsonify, send_from_directory
+from quart_schema import document_response, hide, tag
+from werkzeug.exceptions import NotFound
+
+from ...errors import BackendUnavailable
+from ..docs import render_docs
+from ..schemas import Health, NotReady, Ready
+from ..web import api
+
+bp = Blueprint("meta", __name__)
+
+VIEWER_DIR = Path(__file__).resolve().parent.parent.parent / "viewer"
+READY_TIMEOUT_S = 2.0
+
+
+@bp.get("/api/v1/health")
+@tag(["health"])
+@document_response(Health)
+async def health() -> Any:
+    """Liveness: 200 while the process answers."""
+    a = api()
+    ws_url = a.services.ws_url
+    ws_port = urlsplit(ws_url).port if ws_url else None
+    return jsonify({"status": "ok", "ticking": a.control.ticking, "ws_port": ws_port,
+                    "sceau_duration_ms": a.services.settings.sceau_duration})
+
+
+@bp.get("/api/v1/health/ready")
+@tag(["health"])
+@document_response(Ready)
+@document_response(NotReady, 503)
+async def ready() -> Any:
+    """Readiness: 200 only when the engine ticks and every configured backend answers, else 503."""
+    a = api()
+    checks = {"engine": "ticking" if a.control.ticking else "not ticking"}
+    for name, part in (("store", a.store), ("bus", a.services.bus)):
+        checks[name] = await _ping(part)
+    if all(v in ("ok", "ticking") for v in checks.values()):
+        return jsonify({"status": "ready", "checks": checks})
+    failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v not in ("ok", "ticking"))
+    return jsonify({"error": "not_ready", "detail": f"not ready: {failing}", "checks": checks}), 503
+
+
+async def _ping(part: Any) -> str:
+    ping = getattr(part, "ping", None)
+    if ping is None:
+        return "ok"
+    with trio.move_on_after(READY_TIMEOUT_S):
+        try:
+            await ping()
+        except BackendUnavailable as exc:
+            return exc.detail
+        return "ok"
+    return f"no answer within {READY_TIMEOUT_S:g} s"
+
+
+@bp.get("/metrics")
+@tag(["health"])
+async def metrics() -> Any:
+    """Prometheus metrics, in the text exposition format."""
+    return current_app.response_class(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+
+
+@bp.get("/docs")
+@hide
+async def docs() -> Any:
+    schema = current_app.extensions["QUART_SCHEMA"].openapi_provider.schema()
+    return current_app.response_class(render_docs(schema), content_type="text/html; charset=utf-8")
+
+
+@bp.get("/")
+@hide
+async def index() -> Any:
+    if (VIEWER_DIR / "index.html").is_file():
+        return await send_from_directory(VIEWER_DIR, "index.html")
+    return jsonify({"name": "atom_actors", "api": "/api/v1", "docs": "/docs",
+                    "openapi": "/openapi.json", "viewer": "not installed"})
+
+
+@bp.get("/viewer/<path:path>")
+@hide
+async def viewer(path: str) -> Any:
+    if not VIEWER_DIR.is_dir():
+        raise NotFound()
+    return await send_from_directory(VIEWER_DIR, path)

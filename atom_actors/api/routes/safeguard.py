@@ -1,0 +1,31 @@
+"""The Brise-Circuit as operators see it: its state, and the reset that closes it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Blueprint, jsonify
+from quart_schema import document_response, tag
+
+from ..schemas import SafeguardStatus
+from ..web import api, requires_session
+
+bp = Blueprint("safeguard", __name__, url_prefix="/api/v1/safeguard")
+
+
+@bp.get("")
+@tag(["safeguard"])
+@requires_session
+@document_response(SafeguardStatus)
+async def status() -> Any:
+    """The Brise-Circuit's state (closed, open, half_open), why, and what it counts."""
+    return jsonify(api().safeguard.status())
+
+
+@bp.post("/reset")
+@tag(["safeguard"])
+@requires_session
+@document_response(SafeguardStatus)
+async def reset() -> Any:
+    """Close the Brise-Circuit now; the command window starts empty."""
+    return jsonify(api().safeguard.reset())

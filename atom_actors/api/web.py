@@ -1,0 +1,209 @@
+"""Request plumbing the routes share: the API's context, session checks, body and query parsing,
+and the error documentation of each route.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import pydantic
+from quart import current_app, g, request
+from quart_schema import document_querystring, document_request, document_response, security_scheme
+
+from ..clock import WallClock
+from ..config import Settings
+from ..errors import BackendUnavailable, BodyNotJSON, RequestInvalid, UnknownAgent, UnknownSphere
+from ..safeguard import BriseCircuit
+from ..sessions import SessionService
+from ..store import EventRecord, Store
+from .cors import CorsPolicy
+from .ratelimit import TokenBuckets
+from .schemas import ErrorBody, ValidationErrorBody
+
+if TYPE_CHECKING:
+    from ..app import Services
+    from ..engine import SwarmControl
+
+log = logging.getLogger("atom_actors.api")
+
+SESSION_HEADER = "X-Sceau-Session"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Api:
+    """What the routes use. ``services`` is read at request time: parts started after the API
+    (the broadcaster's subscriber count) show up without a restart."""
+
+    services: Services
+    settings: Settings
+    control: SwarmControl
+    sessions: SessionService
+    safeguard: BriseCircuit
+    store: Store
+    cors: CorsPolicy
+    buckets: TokenBuckets
+    clock: WallClock = field(default_factory=WallClock)
+    changes: int = 0       # swarm-changing commands this API carried out
+    _agents_cache: tuple[object, int, dict[tuple, bytes]] = field(
+        default_factory=lambda: (None, -1, {}))
+
+    def subscribers(self) -> int:
+        count = self.services.subscribers
+        return int(count()) if count is not None else 0
+
+    async def command_done(self, kind: str, payload: dict[str, Any]) -> None:
+        """A swarm-changing command was carried out: forget cached views of the swarm, and keep
+        the command in the store (swarm facts only, nobody's data).
+
+        Best effort: the command is done whatever the store says, so a store outage must not turn
+        it into a 503 (a client would retry it). The engine's own event log records it as well,
+        retrying through the outage; the store keeps one record per command id."""
+        self.changes += 1
+        try:
+            await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
+        except BackendUnavailable as exc:
+            log.warning("command %s not recorded by the API: %s", payload.get("command_id"), exc.detail)
+
+    def agents_json(self, sphere: str | None, status: str | None) -> bytes:
+        """The agent list as JSON, made at most once per frame and filter: agents move once per
+        tick, and at 200 requests/s most requests would otherwise rebuild the same 57 kB."""
+        frame = self.services.bus.latest_frame
+        cached_frame, changes, bodies = self._agents_cache
+        if frame is None or cached_frame is not frame or changes != self.changes:
+            bodies = {}
+            self._agents_cache = (frame, self.changes, bodies)
+        body = bodies.get((sphere, status))
+        if body is None:
+            agents = self.control.agents(sphere=sphere, status=status)
+            body = bodies[(sphere, status)] = json.dumps(agents, separators=(",", ":")).encode()
+        return body
+
+
+def api() -> Api:
+    return current_app.extensions["atom"]
+
+
+def no_content() -> Any:
+    """A 204: no body, no Content-Type. (The app's own response class: quart's plain one reads
+    an empty body through asyncio.)"""
+    response = current_app.response_class(b"", status=204)
+    del response.headers["Content-Type"]
+    return response
+
+
+# -- sessions ---------------------------------------------------------------------------------------
+
+def requires_session(func: F) -> F:
+    """(S) in CONTRACT §2: the route runs only with a live session in ``g.session``."""
+    security_scheme([{"sceau": []}])(func)
+    document_errors(401)(func)
+
+    @wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        g.session = await api().sessions.verify(request.headers.get(SESSION_HEADER))
+        return await func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- bodies and queries -----------------------------------------------------------------------------
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not JSON")
+
+
+def invalid(exc: pydantic.ValidationError, *, root: str = "body") -> RequestInvalid:
+    """A RequestInvalid naming each bad field of a pydantic error."""
+    fields: dict[str, str] = {}
+    for err in exc.errors(include_url=False):
+        name = ".".join(str(part) for part in err["loc"]) or root
+        fields.setdefault(name, err["msg"] if name != root else "must be a JSON object")
+    return RequestInvalid(fields)
+
+
+def json_body(model: type[pydantic.BaseModel]) -> Callable[[F], F]:
+    """Parse the body as JSON (whatever its Content-Type: curl -d sends a form type) into
+    ``model``, passed as ``body=``. Not JSON → 400; wrong fields → 422 naming them."""
+
+    def decorator(func: F) -> F:
+        document_request(model)(func)
+        document_errors(400, 422)(func)
+
+        @wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            raw = await request.get_data(as_text=False)
+            try:
+                data = json.loads(raw, parse_constant=_reject_constant) if raw.strip() else None
+            except (ValueError, RecursionError) as exc:
+                raise BodyNotJSON(str(exc)[:200]) from None
+            try:
+                body = model.model_validate(data)
+            except pydantic.ValidationError as exc:
+                raise invalid(exc) from None
+            return await func(*args, body=body, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def query(model: type[pydantic.BaseModel]) -> Callable[[F], F]:
+    """Parse the query string into ``model`` (first value of each name), passed as ``query=``."""
+
+    def decorator(func: F) -> F:
+        document_querystring(model)(func)
+        document_errors(422)(func)
+
+        @wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                parsed = model.model_validate({k: request.args[k] for k in request.args})
+            except pydantic.ValidationError as exc:
+                raise invalid(exc, root="query") from None
+            return await func(*args, query=parsed, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+_AGENT_ID = re.compile(r"[0-9]{1,9}")
+
+
+def agent_id(text: str) -> int:
+    """An agent id from a path segment; anything but a plain decimal is an unknown agent (404)."""
+    if not _AGENT_ID.fullmatch(text):
+        with path_segment():
+            raise UnknownAgent(text[:40], api().settings.essaim_size)
+    return int(text)
+
+
+@contextmanager
+def path_segment() -> Iterator[None]:
+    """An unknown agent or sphere named in the path is a 404, not a 422."""
+    try:
+        yield
+    except (UnknownAgent, UnknownSphere) as exc:
+        exc.status = 404
+        raise
+
+
+# -- documentation ----------------------------------------------------------------------------------
+
+def document_errors(*statuses: int) -> Callable[[F], F]:
+    """Add the JSON error bodies of ``statuses`` to a route's documentation."""
+
+    def decorator(func: F) -> F:
+        for status in statuses:
+            document_response(ValidationErrorBody if status == 422 else ErrorBody, status)(func)
+        return func
+
+    return decorator

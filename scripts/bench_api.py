@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""REST under load while the swarm streams (issue 4's benchmark).
+
+Starts ``atom serve`` (API_PORT=0, WS_PORT=0), opens a Sceau session, connects N WebSocket
+subscribers when the process serves L'Essaim (``../shared/peers/loadclient.js``, Node), then
+drives, one after the other, at a fixed arrival rate with ``wrk`` (Debian package; a Lua pacer
+gives each request the next slot of a 1/rate schedule):
+
+    GET  /api/v1/swarm/agents
+    POST /api/v1/swarm/disperse  {"level": "partial"}   (--disperse for another body)
+
+and prints each run's rate, latency p50/p99/max, non-2xx answers and the server's CPU, then the
+subscribers' fps over the whole window. Targets: REST p99 <= 50 ms at 200 requests/s, subscribers
+>= 59 fps.
+
+The Brise-Circuit would trip on a disperse flood (that is its job): the bench raises
+SAFEGUARD_MAX_COMMANDS and SAFEGUARD_MAX_TOTAL for its own server, and says so.
+
+    python3 scripts/bench_api.py [--seconds 10] [--rate 200] [--clients 500] [--connections 10]
+
+Needs ``wrk`` (apt-get install wrk); the subscribers need ``node`` and npm's ``ws`` (installed
+into a copy of ../shared/peers when missing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# ../shared/peers beside a clone, or beside the worktrees' folder (/work/shared from /work/wt/api).
+PEERS = next((p for p in (ROOT.parent / "shared" / "peers", ROOT.parent.parent / "shared" / "peers")
+              if p.is_dir()), ROOT.parent / "shared" / "peers")
+TARGET_P99_MS = 50.0
+TARGET_FPS = 59.0
+
+WRK_SCRIPT = """
+-- A fixed arrival rate: each request takes the next free slot of a 1/rate schedule (LuaJIT's FFI
+-- reads the monotonic clock); the connections only bound how many may be in flight at once.
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } atom_timespec;
+int clock_gettime(int clk_id, atom_timespec *tp);
+]]
+local ts = ffi.new("atom_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
+wrk.method = "%(method)s"
+wrk.body = %(body)s
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Sceau-Session"] = "%(token)s"
+local interval_ms = %(interval_ms)f
+local next_slot = nil
+function delay()
+  local now = now_ms()
+  local slot = math.max(next_slot or now, now)
+  next_slot = slot + interval_ms
+  return slot - now
+end
+function done(summary, latency, requests)
+  local errors = summary.errors
+  io.write(string.format(
+    'WRKJSON {"requests": %%d, "duration_s": %%f, "non_2xx": %%d, "socket_errors": %%d, ' ..
+    '"p50_ms": %%f, "p90_ms": %%f, "p99_ms": %%f, "max_ms": %%f}\\n',
+    summary.requests, summary.duration / 1e6, errors.status,
+    errors.connect + errors.read + errors.write + errors.timeout,
+    latency:percentile(50) / 1000, latency:percentile(90) / 1000,
+    latency:percentile(99) / 1000, latency.max / 1000))
+end
+"""
+
+
+def start_server(clients: int) -> tuple[subprocess.Popen, str, str | None]:
+    env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+    env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1",
+               SAFEGUARD_MAX_COMMANDS="1000000", SAFEGUARD_MAX_TOTAL="1000000",
+               WS_MAX_CONNECTIONS=str(max(clients + 10, 500)))
+    python = ROOT / ".venv" / "bin" / "python"
+    proc = subprocess.Popen([str(python if python.exists() else sys.executable), "-m",
+                             "atom_actors", "serve"], cwd=tempfile.mkdtemp(), env=env,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    for line in proc.stderr:
+        if "serving:" in line:
+            api = re.search(r"api (http://[^,\s]+)", line)
+            ws = re.search(r"ws (ws://[^,\s]+)", line)
+            if api is None:
+                proc.terminate()
+                raise SystemExit(f"no API in: {line.strip()}")
+            # Keep draining stderr so the server never blocks on a full pipe.
+            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            return proc, api.group(1), ws.group(1) if ws else None
+        if time.monotonic() > deadline:
+            break
+    proc.terminate()
+    raise SystemExit("atom serve did not start")
+
+
+def session(api: str) -> str:
+    request = urllib.request.Request(f"{api}/api/v1/sceau/activate", method="POST",
+                                     data=b'{"duration_ms": 2000}',
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["session"]
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peers_dir(peers: Path) -> Path | None:
+    if shutil.which("node") is None or not peers.is_dir():
+        return None
+    for candidate in (peers, Path(tempfile.gettempdir()) / "atom-bench-peers"):
+        if (candidate / "node_modules" / "ws").is_dir():
+            return candidate
+    copy = Path(tempfile.gettempdir()) / "atom-bench-peers"
+    shutil.copytree(peers, copy, dirs_exist_ok=True)
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=copy, check=True)
+    return copy
+
+
+def run_wrk(url: str, method: str, body: str | None, token: str, seconds: int, rate: int,
+            connections: int, server_pid: int) -> dict:
+    script = WRK_SCRIPT % {"method": method, "body": json.dumps(body) if body else "nil",
+                           "token": token, "interval_ms": 1000.0 / rate}
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
+    done = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s",
+                           "-s", f.name, url], capture_output=True, text=True, check=True)
+    cpu = (cpu_seconds(server_pid) - cpu0) / (time.monotonic() - t0)
+    os.unlink(f.name)
+    line = next(l for l in done.stdout.splitlines() if l.startswith("WRKJSON "))
+    result = json.loads(line.removeprefix("WRKJSON "))
+    result["rate"] = round(result["requests"] / result["duration_s"], 1)
+    result["server_cpu_cores"] = round(cpu, 2)
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="per endpoint")
+    parser.add_argument("--rate", type=int, default=200, help="requests per second")
+    parser.add_argument("--clients", type=int, default=500, help="WebSocket subscribers")
+    parser.add_argument("--disperse", default='{"level": "partial"}',
+                        help="the dispersal's body (partial: 70 agents each)")
+    parser.add_argument("--peers", type=Path, default=PEERS, help="where loadclient.js is")
+    parser.add_argument("--connections", type=int, default=20,
+                        help="wrk connections: the most requests in flight at once")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+
+    proc, api, ws = start_server(args.clients)
+    print(f"# server {api} ws {ws or '(none on this build)'}; Brise-Circuit thresholds raised "
+          f"to 1,000,000 for the bench", flush=True)
+    subscribers = None
+    try:
+        token = session(api)
+        peers = peers_dir(args.peers) if ws and args.clients else None
+        if peers is not None:
+            window = 2 * args.seconds + 3
+            subscribers = subprocess.Popen(
+                ["node", "loadclient.js", "--url", f"{ws}?session={token}", "--clients",
+                 str(args.clients), "--seconds", str(window), "--ramp-ms", "3000",
+                 "--deflate", "0"], cwd=peers, stdout=subprocess.PIPE, text=True)
+            for line in subscribers.stdout:
+                print(line.rstrip(), flush=True)
+                if line.startswith("# window start"):
+                    break
+        else:
+            print("# no subscribers: " + ("this build serves no WebSocket" if not ws else
+                                           "node or ../shared/peers missing"), flush=True)
+        runs = {
+            "GET /api/v1/swarm/agents": run_wrk(f"{api}/api/v1/swarm/agents", "GET", None, token,
+                                                args.seconds, args.rate, args.connections, proc.pid),
+            "POST /api/v1/swarm/disperse": run_wrk(f"{api}/api/v1/swarm/disperse", "POST",
+                                                   args.disperse, token, args.seconds,
+                                                   args.rate, args.connections, proc.pid),
+        }
+        fps = None
+        if subscribers is not None:
+            for line in subscribers.stdout:
+                if line.startswith("{"):
+                    fps = json.loads(line)
+            subscribers.wait(timeout=30)
+    finally:
+        if subscribers is not None and subscribers.poll() is None:
+            subscribers.kill()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+    ok = True
+    for name, r in runs.items():
+        meets = r["p99_ms"] <= TARGET_P99_MS and r["non_2xx"] == 0 and r["socket_errors"] == 0
+        ok &= meets
+        print(f"{name:30s} {r['rate']:7.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 "
+              f"{r['p99_ms']:6.2f} ms  max {r['max_ms']:7.2f} ms  non-2xx {r['non_2xx']}  "
+              f"server {r['server_cpu_cores']:.2f} cores  {'OK' if meets else 'MISSED'}")
+    if fps is not None:
+        meets = fps["fps_min"] >= TARGET_FPS and fps["connected"] == args.clients
+        ok &= meets
+        print(f"{'subscribers':30s} {fps['connected']}/{args.clients} connected  fps mean "
+              f"{fps['fps_mean']}  min {fps['fps_min']}  latency p99 {fps['lat_p99_ms']} ms  "
+              f"{'OK' if meets else 'MISSED'}")
+    print(json.dumps({"runs": runs, "subscribers": fps, "target_p99_ms": TARGET_P99_MS,
+                      "target_fps": TARGET_FPS, "met": ok}))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

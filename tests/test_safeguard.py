@@ -1,0 +1,265 @@
+"""The Brise-Circuit: its state machine on plain numbers, then with a real engine on virtual time."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+from trio.testing import wait_all_tasks_blocked
+
+from atom_actors.bus import MemoryBus
+from atom_actors.engine import Engine
+from atom_actors.errors import FrequencyOutOfRange, SafeguardOpen, SupervisorEscalation
+from atom_actors.safeguard import (CLOSED, HALF_OPEN, OPEN, PROBE_RETRY_S, Breaker, BriseCircuit)
+from atom_actors.store import MemoryStore
+
+from .conftest import make_settings
+
+WINDOW, COOLDOWN = 60.0, 30.0
+
+
+def breaker(**overrides: float) -> Breaker:
+    limits = dict(max_commands=30, max_total=3, window_s=WINDOW, cooldown_s=COOLDOWN)
+    limits.update(overrides)
+    return Breaker(**limits)  # type: ignore[arg-type]
+
+
+def admit_many(b: Breaker, n: int, now: float, *, total: bool = False) -> None:
+    for _ in range(n):
+        assert b.admit(now, total=total).ticket is not None
+
+
+# -- the state machine ------------------------------------------------------------------------------
+
+def test_defaults_are_the_documented_ones():
+    settings = make_settings()
+    b = Breaker.from_settings(settings)
+    assert (b.max_commands, b.max_total, b.window_s, b.cooldown_s) == (30, 3, 60.0, 30.0)
+
+
+def test_the_command_beyond_the_rate_trips_and_is_refused():
+    b = breaker()
+    admit_many(b, 30, now=10.0)
+    decision = b.admit(10.5, total=False)
+    assert decision.ticket is None
+    assert decision.retry_after_s == COOLDOWN
+    assert [(c.state, c.trigger) for c in decision.changes] == [(OPEN, "rate")]
+    assert b.state == OPEN and "30 commands in 60 s" in b.reason and b.trips == 1
+
+
+def test_commands_older_than_the_window_no_longer_count():
+    b = breaker()
+    admit_many(b, 30, now=0.0)
+    admit_many(b, 30, now=WINDOW + 0.001)
+    assert b.state == CLOSED and b.window(WINDOW + 0.001) == (30, 0)
+
+
+def test_the_total_dispersal_beyond_the_limit_trips():
+    b = breaker()
+    admit_many(b, 3, now=1.0, total=True)
+    admit_many(b, 5, now=1.0)                       # other commands do not count as totals
+    decision = b.admit(2.0, total=True)
+    assert decision.ticket is None
+    assert [(c.state, c.trigger) for c in decision.changes] == [(OPEN, "total")]
+    assert "3 total dispersals" in b.reason
+
+
+def test_open_refuses_until_the_cooldown_then_lets_one_probe_through():
+    b = breaker()
+    b.trip(100.0, "overload", "test")
+    refused = b.admit(110.0, total=False)
+    assert refused.ticket is None and refused.retry_after_s == pytest.approx(20.0)
+    assert b.poll(129.9) == ()
+    assert [c.state for c in b.poll(130.0)] == [HALF_OPEN]
+    probe = b.admit(131.0, total=False)
+    assert probe.ticket is not None and probe.ticket.probe
+    behind = b.admit(131.5, total=False)
+    assert behind.ticket is None and behind.retry_after_s == PROBE_RETRY_S
+    assert [c.state for c in b.finish(132.0, probe.ticket, "ok")] == [CLOSED]
+    assert b.admit(133.0, total=False).ticket is not None
+
+
+def test_a_failed_probe_reopens_for_a_new_cooldown():
+    b = breaker()
+    b.trip(0.0, "overload", "test")
+    b.poll(COOLDOWN)
+    probe = b.admit(COOLDOWN + 1, total=False).ticket
+    changes = b.finish(COOLDOWN + 2, probe, "failed")
+    assert [(c.state, c.trigger) for c in changes] == [(OPEN, "probe_failed")]
+    assert b.retry_after(COOLDOWN + 2) == COOLDOWN and b.trips == 2
+
+
+def test_an_inconclusive_probe_leaves_it_half_open_for_the_next_command():
+    b = breaker()
+    b.trip(0.0, "overload", "test")
+    b.poll(COOLDOWN)
+    probe = b.admit(COOLDOWN, total=False).ticket
+    assert b.finish(COOLDOWN, probe, "inconclusive") == ()
+    assert b.state == HALF_OPEN
+    assert b.admit(COOLDOWN, total=False).ticket.probe
+
+
+def test_a_trip_while_half_open_reopens_and_the_old_probe_is_ignored():
+    b = breaker()
+    b.trip(0.0, "overload", "test")
+    b.poll(COOLDOWN)
+    probe = b.admit(COOLDOWN, total=False).ticket
+    assert [c.state for c in b.trip(COOLDOWN + 1, "escalation", "crash loop")] == [OPEN]
+    assert b.finish(COOLDOWN + 2, probe, "ok") == ()
+    assert b.state == OPEN
+
+
+def test_a_command_admitted_before_a_trip_does_not_close_it_when_it_ends():
+    b = breaker()
+    ticket = b.admit(0.0, total=False).ticket
+    b.trip(1.0, "overload", "test")
+    assert b.finish(2.0, ticket, "ok") == () and b.state == OPEN
+
+
+def test_a_trip_empties_the_window():
+    b = breaker()
+    admit_many(b, 30, now=0.0)
+    b.admit(1.0, total=False)                       # trips
+    b.poll(1.0 + COOLDOWN)
+    probe = b.admit(1.0 + COOLDOWN, total=False).ticket
+    assert probe is not None, "the commands that caused the trip must not count again"
+
+
+def test_reset_closes_from_any_state_and_is_silent_when_closed():
+    b = breaker()
+    assert b.reset(0.0) == ()
+    b.trip(0.0, "overload", "test")
+    assert [(c.state, c.trigger) for c in b.reset(1.0)] == [(CLOSED, "reset")]
+    assert b.admit(1.0, total=False).ticket is not None
+
+
+def test_a_trip_while_open_changes_nothing():
+    b = breaker()
+    b.trip(0.0, "overload", "first")
+    assert b.trip(5.0, "escalation", "second") == ()
+    assert b.reason == "first" and b.trips == 1
+
+
+# -- the Brise-Circuit with a real engine -----------------------------------------------------------
+
+async def start(nursery: trio.Nursery, **overrides: object):
+    settings = make_settings(**overrides)
+    bus, store = MemoryBus(), MemoryStore()
+    circuit = BriseCircuit(settings, bus, store)
+    engine = await nursery.start(Engine(settings, bus, on_report=circuit.on_report,
+                                        on_overload=circuit.on_overload).run)
+    await nursery.start(circuit.run, engine)
+    return circuit, engine, bus, store
+
+
+def safeguard_events(sub) -> list[dict]:
+    events = []
+    while True:
+        try:
+            event = sub.receive_nowait()
+        except trio.WouldBlock:
+            return events
+        if event["event"] == "safeguard":
+            events.append(event)
+
+
+async def test_a_rate_trip_refuses_with_retry_after_regroups_publishes_and_records(
+        autojump_clock, nursery):
+    circuit, engine, bus, store = await start(nursery, safeguard_max_commands=2)
+    with bus.subscribe_events() as sub:
+        async with circuit.command():
+            await engine.disperse("sectoral")
+        async with circuit.command():
+            await engine.disperse("partial")
+        await trio.sleep(0.1)
+        assert engine.counts()["by_status"]["dispersed"] > 0
+        with pytest.raises(SafeguardOpen) as refused:
+            async with circuit.command():
+                pytest.fail("a refused command must not run")
+        assert refused.value.retry_after_s == 30.0 and refused.value.status == 423
+        await trio.sleep(0.1)
+        assert engine.counts()["by_status"]["dispersed"] == 0, "the swarm regroups when it trips"
+        assert safeguard_events(sub) == [{"type": "event", "event": "safeguard", "state": "open",
+                                          "reason": "more than 2 commands in 60 s"}]
+    [record] = await store.events("safeguard")
+    assert record.payload["state"] == "open" and record.payload["trigger"] == "rate"
+    assert set(record.payload) == {"state", "reason", "trigger", "trips"}
+
+
+async def test_the_cooldown_turns_it_half_open_on_time_and_a_probe_closes_it(
+        autojump_clock, nursery):
+    circuit, engine, bus, store = await start(nursery)
+    with bus.subscribe_events() as sub:
+        circuit.on_overload(5.0)
+        await trio.sleep(29.9)
+        assert circuit.breaker.state == OPEN
+        await trio.sleep(0.2)
+        # Nobody asked: the circuit's own task turned it half_open and said so.
+        assert circuit.breaker.state == HALF_OPEN
+        async with circuit.command():
+            await engine.regroup()
+        assert circuit.state == CLOSED
+        assert [e["state"] for e in safeguard_events(sub)] == [OPEN, HALF_OPEN, CLOSED]
+    await wait_all_tasks_blocked()                  # the circuit's task records the last change
+    kinds = [r.payload["trigger"] for r in reversed(await store.events("safeguard"))]
+    assert kinds == ["overload", "cooldown", "probe_ok"]
+
+
+async def test_a_probe_the_engine_fails_reopens_and_a_refused_one_does_not(
+        autojump_clock, nursery):
+    circuit, engine, bus, store = await start(nursery, safeguard_cooldown_s=10)
+    circuit.on_overload(5.0)
+    await trio.sleep(10.1)
+    with pytest.raises(FrequencyOutOfRange):
+        async with circuit.command():
+            await engine.retune(0, 10_000.0)
+    assert circuit.state == HALF_OPEN
+    with pytest.raises(RuntimeError):
+        async with circuit.command():
+            with pytest.raises(SafeguardOpen) as behind:
+                async with circuit.command():
+                    pytest.fail("only one probe at a time")
+            assert behind.value.retry_after_s == 1.0 and "testing" in behind.value.detail
+            raise RuntimeError("the engine did not answer")
+    assert circuit.state == OPEN and circuit.status()["retry_after_s"] == 10.0
+
+
+async def test_an_engine_crash_loop_trips_it(autojump_clock):
+    settings = make_settings()
+    bus, store = MemoryBus(), MemoryStore()
+    circuit = BriseCircuit(settings, bus, store)
+    engine = Engine(settings, bus, on_report=circuit.on_report)
+
+    async def crash_loop():
+        await trio.sleep(0.1)
+        for _ in range(10):
+            engine.inject_crash("business")
+            await trio.sleep(0.2)
+
+    with bus.subscribe_events() as sub:
+        with pytest.raises(SupervisorEscalation):
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(crash_loop)
+                    await engine.run()
+            except* SupervisorEscalation as group:
+                raise group.exceptions[0] from None
+        [event] = safeguard_events(sub)
+    assert circuit.breaker.state == OPEN
+    assert event["state"] == "open" and "sphere/business" in event["reason"]
+
+
+async def test_overload_trips_it(autojump_clock, nursery):
+    circuit, engine, bus, store = await start(nursery)
+    circuit.on_overload(5.2)
+    assert circuit.state == OPEN and "overran its tick budget for 5.2 s" in circuit.breaker.reason
+
+
+async def test_reset_closes_it_and_says_so(autojump_clock, nursery):
+    circuit, engine, bus, store = await start(nursery)
+    with bus.subscribe_events() as sub:
+        circuit.trip("overload", "test")
+        status = circuit.reset()
+        assert status["state"] == CLOSED and status["reason"] == "reset by an operator"
+        assert [e["state"] for e in safeguard_events(sub)] == [OPEN, CLOSED]
+    async with circuit.command():
+        await engine.regroup()
