@@ -41,7 +41,7 @@ from .config import Settings
 from .engine import Engine, SwarmControl
 from .errors import ConfigError
 from .persistence import EventLog, TappedBus, restore_from_store, snapshot_agents
-from .remote import RemoteSwarm, share_safeguard
+from .remote import RemoteSwarm, SubscriberTotal, report_subscribers, share_safeguard
 from .safeguard import BriseCircuit
 from .sessions import SessionService
 from .stack import open_service_stack
@@ -155,6 +155,11 @@ async def serve(settings: Settings, *, role: str = "all",
                 Broadcaster(settings, bus, services.swarm, services.sessions).run, name="broadcaster")
             services.ws_url = broadcaster.url
             services.subscribers = lambda: broadcaster.stats.clients
+            if isinstance(bus, RedisBus):
+                await stack.start(report_subscribers, bus, services.subscribers, name="subscribers-out")
+        if "api" in parts and isinstance(bus, RedisBus):
+            # Subscribers are counted over every ws process, this one's included.
+            services.subscribers = await stack.start(SubscriberTotal(bus).run, name="subscribers-in")
         if "api" in parts:
             services.api_url = await stack.start(serve_api, services, name="api")
             if services.broadcaster is not None:

@@ -16,6 +16,7 @@ use it exactly as they use an in-process :class:`~atom_actors.engine.Engine`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -180,3 +181,40 @@ async def share_safeguard(circuit: Any, bus: RedisBus, *,
             elif event.get("state") == "closed" and event.get("reason") == RESET_REASON \
                     and circuit.state != "closed":
                 circuit.reset()
+
+
+SUBSCRIBERS_EVERY_S = 1.0
+
+
+async def report_subscribers(bus: RedisBus, count: Callable[[], int], *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A ws process says, every second, how many subscribers it has (forgotten 3 s after it
+    stops saying so: a dead process does not count). Errors: an outage skips a beat."""
+    task_status.started()
+    while True:
+        try:
+            await bus.set_subscribers(count(), 3 * SUBSCRIBERS_EVERY_S)
+        except BackendUnavailable:
+            pass
+        await trio.sleep(SUBSCRIBERS_EVERY_S)
+
+
+class SubscriberTotal:
+    """The subscribers of every ws process, refreshed every second; call it for the number."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        self.bus = bus
+        self.total = 0
+
+    def __call__(self) -> int:
+        return self.total
+
+    async def run(self, *, task_status: trio.TaskStatus[SubscriberTotal] = trio.TASK_STATUS_IGNORED) -> None:
+        """Refresh until cancelled; an outage keeps the last total."""
+        task_status.started(self)
+        while True:
+            try:
+                self.total = await self.bus.total_subscribers()
+            except BackendUnavailable:
+                pass
+            await trio.sleep(SUBSCRIBERS_EVERY_S)

@@ -3,18 +3,19 @@ PostgreSQL, a PostgreSQL outage leaves the stream alone, and role all over Redis
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import trio
 
 from atom_actors import app
-from atom_actors.errors import BackendUnavailable, ConfigError
+from atom_actors.errors import ConfigError
 from atom_actors.remote import RemoteSwarm
-from atom_actors.sessions import SessionService
 from atom_actors.store import EventRecord
 
 from .conftest import make_settings
 
 KEY = "s" * 40
+FREE_PORTS = {"api_port": 0, "ws_port": 0}
 
 
 async def serving(nursery: trio.Nursery, settings, role: str = "all") -> app.Services:
@@ -60,7 +61,7 @@ def test_a_role_the_settings_cannot_run_is_refused_at_start():
 
 
 async def test_a_restart_restores_the_swarm_from_postgres(nursery, pg_url):
-    settings = make_settings(database_url=pg_url, secret_key=KEY, dispersal_dwell_s=600)
+    settings = make_settings(database_url=pg_url, secret_key=KEY, dispersal_dwell_s=600, **FREE_PORTS)
     with trio.fail_after(30):
         first = await serving(nursery, settings)
         engine = first.engine
@@ -84,17 +85,18 @@ async def test_a_restart_restores_the_swarm_from_postgres(nursery, pg_url):
 
 
 async def test_postgres_down_leaves_the_stream_alone_and_snapshots_resume(nursery, pg_server):
-    settings = make_settings(database_url=pg_server.url, secret_key=KEY)
+    settings = make_settings(database_url=pg_server.url, secret_key=KEY, **FREE_PORTS)
     with trio.fail_after(60):
         services = await serving(nursery, settings)
-        sessions = SessionService(services.store, KEY, sceau_duration_ms=2000, ttl_s=60, frequency=999)
-        await pg_server.astop()
-        with pytest.raises(BackendUnavailable):
-            await sessions.activate(2000)            # the API answers 503 backend_unavailable
-        await services.engine.retune(11, 654.5, command_id="during-outage")
-        assert await frames_in(services.bus, 1.5) >= 80   # 60 fps regardless
-        await pg_server.astart()
-        await sessions.activate(2000)
+        async with httpx.AsyncClient(base_url=services.api_url) as http:
+            await pg_server.astop()
+            r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+            assert r.status_code == 503 and r.json()["error"] == "backend_unavailable"
+            await services.engine.retune(11, 654.5, command_id="during-outage")
+            assert await frames_in(services.bus, 1.5) >= 80   # 60 fps regardless
+            await pg_server.astart()
+            r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+            assert r.status_code == 201
         with trio.fail_after(5):
             while [r.frequency for r in await services.store.load_agents() if r.id == 11] != [654.5]:
                 await trio.sleep(0.2)                     # the next snapshot lands
@@ -109,7 +111,7 @@ async def test_postgres_down_leaves_the_stream_alone_and_snapshots_resume(nurser
 
 
 async def test_role_all_over_redis_runs_the_engine_behind_the_bus(nursery, redis_server, pg_url):
-    settings = make_settings(redis_url=redis_server.url, database_url=pg_url, secret_key=KEY)
+    settings = make_settings(redis_url=redis_server.url, database_url=pg_url, secret_key=KEY, **FREE_PORTS)
     with trio.fail_after(30):
         services = await serving(nursery, settings)
         assert isinstance(services.swarm, RemoteSwarm) and services.engine_role is not None
@@ -122,3 +124,23 @@ async def test_role_all_over_redis_runs_the_engine_behind_the_bus(nursery, redis
         while len(services.swarm.agents(status="dispersed")) != 10:
             await trio.sleep(0.05)
         services.extras["stop"]()
+
+
+async def test_api_processes_share_the_brise_circuit(nursery, redis_server, pg_url):
+    settings = make_settings(redis_url=redis_server.url, database_url=pg_url, secret_key=KEY,
+                             **FREE_PORTS)
+    with trio.fail_after(30):
+        await serving(nursery, settings, role="engine")
+        first = await serving(nursery, settings, role="api")
+        second = await serving(nursery, settings, role="api")
+        for services in (first, second):
+            if not services.bus.up:
+                await services.bus.subscribed.wait()
+        first.safeguard.trip("rate", "more than 30 commands in 60 s")
+        while second.safeguard.state != "open":
+            await trio.sleep(0.02)
+        assert second.safeguard.status()["reason"] == "more than 30 commands in 60 s"
+        first.safeguard.reset()
+        while second.safeguard.state != "closed":
+            await trio.sleep(0.02)
+        assert first.safeguard.state == "closed"

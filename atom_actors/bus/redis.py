@@ -109,6 +109,7 @@ class Keys:
         self.checkpoint = f"{namespace}:engine:checkpoint"
         self.applied = f"{namespace}:engine:applied"
         self.log = f"{namespace}:engine:log"
+        self.subscribers = f"{namespace}:subscribers:"   # + a ws process's instance id
 
 
 class RedisBus(Bus):
@@ -315,6 +316,16 @@ class RedisBus(Bus):
         """The ids of the last applied commands, oldest first."""
         return await self._call(_aio_lrange, self.keys.log)
 
+    # -- subscribers of every ws process ---------------------------------------------------------
+
+    async def set_subscribers(self, count: int, ttl_s: float) -> None:
+        """Say how many subscribers this process has; forgotten after ``ttl_s`` unless said again."""
+        await self._call(_aio_set_ex, self.keys.subscribers + self.instance, count, int(ttl_s * 1000))
+
+    async def total_subscribers(self) -> int:
+        """The subscribers of every ws process that spoke in the last ``ttl_s``."""
+        return await self._call(_aio_sum_keys, self.keys.subscribers + "*")
+
     # -- the engine's lease and checkpoint ------------------------------------------------------
 
     async def lease_acquire(self, token: str, ttl_s: float) -> bool:
@@ -367,11 +378,12 @@ def _decode_entry(fields: dict) -> dict | None:
 # -- the asyncio side: the only code here that touches redis.asyncio objects ----------------------
 
 async def _aio_client(url: str, timeout_s: float) -> tuple[Any, dict[str, Any]]:
-    # No retries inside redis-py: a command during an outage must fail at once (503), and the
+    # One immediate retry, no backoff: a pooled connection left broken by a Redis restart gets a
+    # fresh one, while a command during an outage still fails at once (refused twice: 503). The
     # pumps and the subscription have their own retry loops.
     client = aredis.Redis.from_url(url, socket_timeout=timeout_s,
                                    socket_connect_timeout=timeout_s / 2,
-                                   retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+                                   retry=Retry(NoBackoff(), 1), retry_on_timeout=False,
                                    health_check_interval=0)
     scripts = {"checkpoint": client.register_script(_CHECKPOINT),
                "renew": client.register_script(_RENEW),
@@ -393,6 +405,15 @@ async def _aio_publish(client: Any, channel: str, data: bytes) -> None:
 
 async def _aio_get(client: Any, key: str) -> bytes | None:
     return await client.get(key)
+
+
+async def _aio_set_ex(client: Any, key: str, value: int, ttl_ms: int) -> None:
+    await client.set(key, value, px=ttl_ms)
+
+
+async def _aio_sum_keys(client: Any, pattern: str) -> int:
+    keys = [key async for key in client.scan_iter(match=pattern, count=100)]
+    return sum(int(v) for v in await client.mget(keys) if v is not None) if keys else 0
 
 
 async def _aio_set_nx(client: Any, key: str, value: str, ttl_ms: int) -> bool:
