@@ -3,6 +3,8 @@ PostgreSQL, a PostgreSQL outage leaves the stream alone, and role all over Redis
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import httpx
 import pytest
 import trio
@@ -13,6 +15,7 @@ from atom_actors.remote import RemoteSwarm
 from atom_actors.store import EventRecord
 
 from .conftest import make_settings
+from .test_broadcaster import refusal
 
 KEY = "s" * 40
 FREE_PORTS = {"api_port": 0, "ws_port": 0}
@@ -89,9 +92,15 @@ async def test_postgres_down_leaves_the_stream_alone_and_snapshots_resume(nurser
     with trio.fail_after(60):
         services = await serving(nursery, settings)
         async with httpx.AsyncClient(base_url=services.api_url) as http:
+            r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+            token = r.json()["session"]
             await pg_server.astop()
             r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
             assert r.status_code == 503 and r.json()["error"] == "backend_unavailable"
+            # A subscriber's session cannot be checked either: refused with 503, not dropped.
+            port = urlsplit(services.ws_url).port
+            status, body = await refusal(port, f"/ws/swarm?session={token}")
+            assert status == 503 and body["error"] == "backend_unavailable"
             await services.engine.retune(11, 654.5, command_id="during-outage")
             assert await frames_in(services.bus, 1.5) >= 80   # 60 fps regardless
             await pg_server.astart()
