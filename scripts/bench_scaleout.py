@@ -9,8 +9,8 @@ Starts a throwaway ``redis-server`` on a free port, ``atom serve --role engine``
 ``atom serve --role ws`` (WS_REQUIRE_SESSION=false: a session is checked once per handshake, never
 per frame), then opens ``--clients`` subscribers split evenly over the two with the fast Node load
 client (``--procs`` load processes per broadcaster), for ``--seconds``. Then the baseline: one
-``atom serve`` (in-process bus) with the load of ONE of those broadcasters (clients / 2), so the
-broadcasting work per process is the same and the difference in latency is the Redis hop.
+``atom serve`` (in-process bus) with the same subscribers (``--baseline-clients`` to change it),
+so that the difference in latency is what the Redis hop and the extra processes cost.
 
 Prints per run: clients, delivered fps (mean, worst client), frame gap p99, end-to-end latency
 p50/p99 (frame header time, set by the engine when it composes, to receipt by the client), CPU of
@@ -79,7 +79,7 @@ def atom_env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
     env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1", WS_REQUIRE_SESSION="false",
                TICK_HZ=str(args.tick_hz), SECRET_KEY="bench-" + "k" * 40,
-               WS_MAX_CONNECTIONS=str(args.clients // 2 + 10))
+               WS_MAX_CONNECTIONS=str(max(args.clients, args.baseline_clients) + 10))
     env.update(extra)
     return env
 
@@ -186,6 +186,9 @@ def main() -> None:
     parser.add_argument("--ramp-ms", type=int, default=3000)
     parser.add_argument("--tick-hz", type=int, default=60)
     parser.add_argument("--no-baseline", action="store_true", help="skip the --role all run")
+    parser.add_argument("--baseline-clients", type=int, default=0,
+                        help="subscribers of the --role all run (default: the same as the split "
+                             "run's; clients / 2 compares one broadcaster's load)")
     parser.add_argument("--peers", type=Path, default=Path("/tmp/peers"))
     args = parser.parse_args()
     args.deflate = False
@@ -195,7 +198,7 @@ def main() -> None:
     result, cpu = run_split(args, peers)
     rows.append(("split: engine + 2 ws over Redis", result, cpu))
     if not args.no_baseline:
-        result, cpu = run_all(args, peers, args.clients // 2)
+        result, cpu = run_all(args, peers, args.baseline_clients or args.clients)
         rows.append(("role all, in-process bus", result, cpu))
     print_rows(rows, args, load)
 
