@@ -425,7 +425,7 @@ async def test_agents_list_and_filters(autojump_clock, api):
     agents = (await c.get("/api/v1/swarm/agents", headers=headers)).json()
     assert [a["id"] for a in agents] == list(range(350))
     assert all(set(a) == AGENT_KEYS and set(a["position"]) == {"x", "y", "z"} for a in agents)
-    await trio.sleep(0.1)
+    await trio.sleep(0.2)
     later = (await c.get("/api/v1/swarm/agents", headers=headers)).json()
     assert [a["position"] for a in later] != [a["position"] for a in agents], "agents move"
     privacy = (await c.get("/api/v1/swarm/agents?sphere=privacy", headers=headers)).json()
@@ -439,6 +439,17 @@ async def test_agents_list_and_filters(autojump_clock, api):
         body = assert_error(await c.get(f"/api/v1/swarm/agents?{q}", headers=headers), 422,
                             "validation_error")
         assert field in body["fields"]
+
+
+async def test_the_agent_list_is_fresh_after_a_command(autojump_clock, api):
+    """The list is reused for up to 0.1 s, but never across a command of the API."""
+    services, c = api
+    headers = await activate(c)
+    active = "/api/v1/swarm/agents?status=active"
+    assert len((await c.get(active, headers=headers)).json()) == 350
+    await c.post("/api/v1/swarm/disperse", json={"level": "partial"}, headers=headers)
+    await trio.sleep(0.05)
+    assert len((await c.get(active, headers=headers)).json()) == 280
 
 
 @pytest.mark.parametrize("ident", ["350", "-1", "abc", "1e3", "99999999999", " 1"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +15,7 @@ from functools import wraps
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import pydantic
+import trio
 from quart import current_app, g, request
 from quart_schema import document_querystring, document_request, document_response, security_scheme
 
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("atom_actors.api")
 
 SESSION_HEADER = "X-Sceau-Session"
+# The agent list over REST may be this old (and is never older than the last command).
+AGENTS_MAX_AGE_S = 0.1
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -52,8 +56,8 @@ class Api:
     buckets: TokenBuckets
     clock: WallClock = field(default_factory=WallClock)
     changes: int = 0       # swarm-changing commands this API carried out
-    _agents_cache: tuple[object, int, dict[tuple, bytes]] = field(
-        default_factory=lambda: (None, -1, {}))
+    _agents_cache: tuple[float, int, dict[tuple, bytes]] = field(
+        default_factory=lambda: (-math.inf, -1, {}))
 
     def subscribers(self) -> int:
         count = self.services.subscribers
@@ -73,13 +77,14 @@ class Api:
             log.warning("command %s not recorded by the API: %s", payload.get("command_id"), exc.detail)
 
     def agents_json(self, sphere: str | None, status: str | None) -> bytes:
-        """The agent list as JSON, made at most once per frame and filter: agents move once per
-        tick, and at 200 requests/s most requests would otherwise rebuild the same 57 kB."""
-        frame = self.services.bus.latest_frame
-        cached_frame, changes, bodies = self._agents_cache
-        if frame is None or cached_frame is not frame or changes != self.changes:
+        """The agent list as JSON, made at most once per AGENTS_MAX_AGE_S and filter, and again
+        after any command of this API: at 200 requests/s most requests would otherwise rebuild
+        the same 57 kB. Positions over REST are a snapshot; the WebSocket is the live view."""
+        now = trio.current_time()
+        built_at, changes, bodies = self._agents_cache
+        if now - built_at >= AGENTS_MAX_AGE_S or changes != self.changes:
             bodies = {}
-            self._agents_cache = (frame, self.changes, bodies)
+            self._agents_cache = (now, self.changes, bodies)
         body = bodies.get((sphere, status))
         if body is None:
             agents = self.control.agents(sphere=sphere, status=status)
