@@ -10,6 +10,8 @@ reuses the loop of the calling task's context when there is one.
 
 from __future__ import annotations
 
+import asyncio
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -18,6 +20,22 @@ import trio
 import trio_asyncio
 
 T = TypeVar("T")
+
+
+def _keep_plain_asyncio_outside_trio() -> None:
+    """Importing trio_asyncio makes ``asyncio.new_event_loop()`` outside Trio return its own
+    synchronous loop unless a policy is set. Asyncio code of other libraries in this process (a
+    browser driver in the tests, say) expects the standard loop: set the default policy, which
+    trio_asyncio then defers to outside Trio. Inside Trio nothing changes."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # the policy API, from 3.14
+            asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+
+
+_keep_plain_asyncio_outside_trio()
 
 
 class Bridge:
