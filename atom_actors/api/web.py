@@ -52,9 +52,8 @@ class Api:
     cors: CorsPolicy
     buckets: TokenBuckets
     clock: WallClock = field(default_factory=WallClock)
-    changes: int = 0       # swarm-changing commands this API carried out
-    _agents_cache: tuple[float, int, dict[tuple, bytes]] = field(
-        default_factory=lambda: (-math.inf, -1, {}))
+    settled_at: float = -math.inf   # this API's last command has reached the swarm by then
+    _agents_cache: tuple[float, dict[tuple, bytes]] = field(default_factory=lambda: (-math.inf, {}))
 
     def subscribers(self) -> int:
         count = self.services.subscribers
@@ -63,7 +62,8 @@ class Api:
     async def command_done(self, kind: str, payload: dict[str, Any]) -> None:
         """A swarm-changing command was carried out: forget cached views of the swarm, and keep
         the command in the store (swarm facts only, nobody's data)."""
-        self.changes += 1
+        # The sphere actors apply a command within a tick: views made before then are stale.
+        self.settled_at = trio.current_time() + 1.0 / self.settings.tick_hz
         await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
 
     def agents_json(self, sphere: str | None, status: str | None) -> bytes:
@@ -71,10 +71,10 @@ class Api:
         after any command of this API: at 200 requests/s most requests would otherwise rebuild
         the same 57 kB. Positions over REST are a snapshot; the WebSocket is the live view."""
         now = trio.current_time()
-        built_at, changes, bodies = self._agents_cache
-        if now - built_at >= AGENTS_MAX_AGE_S or changes != self.changes:
+        built_at, bodies = self._agents_cache
+        if now - built_at >= AGENTS_MAX_AGE_S or built_at <= self.settled_at:
             bodies = {}
-            self._agents_cache = (now, self.changes, bodies)
+            self._agents_cache = (now, bodies)
         body = bodies.get((sphere, status))
         if body is None:
             agents = self.control.agents(sphere=sphere, status=status)
