@@ -4,10 +4,11 @@
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
 above it)::
 
-    store        in memory, or PostgreSQL
+    store        in memory, or PostgreSQL (sessions, events)
     bus          in-process, or Redis
     engine       supervisor of the 15 sphere actors, then the compositor
     safeguard    the Brise-Circuit's task (regroups on a trip, records every change)
+    broadcaster  the WebSocket server of L'Essaim (WS_PORT, /ws/swarm)
     api          the REST API (Hypercorn, Trio worker)
 
 Stopping cancels the tree; each part's docstring says what it does on cancellation.
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .api import serve_api
+from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .config import Settings
 from .engine import Engine
@@ -41,10 +43,11 @@ class Services:
     settings: Settings
     bus: Bus
     engine: Engine | None = None
-    api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
-    ws_url: str | None = None    # ws://host:port/ws/swarm
     store: Store | None = None
     sessions: SessionService | None = None
+    broadcaster: Broadcaster | None = None
+    api_url: str | None = None   # http://host:port, the port actually bound (API_PORT=0 picks one)
+    ws_url: str | None = None    # ws://host:port/ws/swarm
     safeguard: BriseCircuit | None = None
     subscribers: Callable[[], int] | None = None   # WebSocket subscribers now (the broadcaster's)
     extras: dict[str, object] = field(default_factory=dict)
@@ -69,9 +72,7 @@ def report_supervision(report: Report) -> None:
 async def serve(settings: Settings, *,
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
     """Run every part of a single-process AT·OM until cancelled."""
-    settings, ephemeral = settings.with_ephemeral_key()
-    if ephemeral:
-        announce("SECRET_KEY is empty: using an ephemeral key; sessions end with this process")
+    settings, _ = settings.with_ephemeral_key()   # `atom serve` has said so already if it made one
     bus = MemoryBus()
     store = MemoryStore()
     services = Services(settings, bus, store=store)
@@ -90,7 +91,13 @@ async def serve(settings: Settings, *,
         services.engine = await nursery.start(
             Engine(settings, bus, on_report=on_report, on_overload=safeguard.on_overload).run)
         await nursery.start(safeguard.run, services.engine)
+        broadcaster = services.broadcaster = await nursery.start(
+            Broadcaster(settings, bus, services.engine, services.sessions).run)
+        services.ws_url = broadcaster.url
+        services.subscribers = lambda: broadcaster.stats.clients
         services.api_url = await nursery.start(serve_api, services)
+        # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
+        broadcaster.allow_origin(services.api_url)
         task_status.started(services)
 
 

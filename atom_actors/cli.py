@@ -50,6 +50,7 @@ async def _serve_until_signal(settings: Settings) -> None:
     settings, ephemeral = settings.with_ephemeral_key()
     if ephemeral:
         app.announce("SECRET_KEY is empty: using an ephemeral key; sessions end with this process")
+    services = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as nursery:
@@ -69,6 +70,8 @@ async def _serve_until_signal(settings: Settings) -> None:
             if escalation is not None:
                 raise next(_leaves(escalation)) from None
             raise
+    if services is not None and services.broadcaster is not None:
+        app.announce(f"broadcaster: {services.broadcaster.stats.summary()}")
     app.announce("stopped")
 
 

@@ -20,6 +20,11 @@ The tree::
     │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
     │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
+    ├── StreamRefused            a WebSocket handshake on WS_PORT was refused with an HTTP status
+    │   ├── StreamNotFound       another path than /ws/swarm (404)
+    │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
+    │   ├── OriginForbidden      a browser ``Origin`` that is not allowed (403)
+    │   └── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
     └── SupervisorEscalation     a supervisor's children crashed more than its intensity allows
 
 Error messages say who and what (setting, sphere, agent, child), never anything that identifies a
@@ -209,6 +214,59 @@ class BackendUnavailable(AtomError):
     def __init__(self, backend: str, why: str) -> None:
         super().__init__(f"{backend} is unavailable: {why}")
         self.backend = backend
+
+
+class StreamRefused(AtomError):
+    """Base of the refusals of a WebSocket handshake; the subscriber gets ``status`` and the JSON
+    error body before any WebSocket traffic. (A missing or invalid session is refused with the
+    SessionError of the API, 401.)"""
+
+    code = "stream_refused"
+    status = 400
+
+
+class StreamNotFound(StreamRefused):
+    """Raised when a WebSocket handshake asks for another path than the stream's."""
+
+    code = "not_found"
+    status = 404
+
+    def __init__(self, path: str, expected: str) -> None:
+        super().__init__(f"no WebSocket stream at {path[:100]!r}; the swarm is at {expected}")
+        self.path = path
+
+
+class BadStreamParameter(StreamRefused):
+    """Raised when a query parameter of the stream (``encoding``, ``fps``) has a bad value."""
+
+    code = "bad_parameter"
+    status = 400
+
+    def __init__(self, parameter: str, problem: str) -> None:
+        super().__init__(f"{parameter}: {problem}")
+        self.parameter = parameter
+
+
+class OriginForbidden(StreamRefused):
+    """Raised when a browser's ``Origin`` is neither in CORS_ORIGINS nor the API's own origin."""
+
+    code = "origin_forbidden"
+    status = 403
+
+    def __init__(self, origin: str) -> None:
+        super().__init__(f"origin {origin[:200]!r} may not subscribe to this stream")
+        self.origin = origin
+
+
+class TooManySubscribers(StreamRefused):
+    """Raised when WS_MAX_CONNECTIONS subscribers are already open in this process."""
+
+    code = "too_many_subscribers"
+    status = 503
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"this server already streams to its {limit} subscribers; retry later")
+        self.limit = limit
 
 
 class SupervisorEscalation(AtomError):

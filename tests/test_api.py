@@ -174,7 +174,9 @@ async def test_atom_serve_makes_an_ephemeral_key_says_so_once_and_serves_the_api
 async def test_health_and_readiness(autojump_clock, api):
     services, c = api
     r = await c.get("/api/v1/health")
-    assert r.status_code == 200 and r.json() == {"status": "ok", "ticking": True}
+    ws_port = int(services.ws_url.rsplit(":", 1)[1].split("/")[0])
+    assert r.status_code == 200 and r.json() == {"status": "ok", "ticking": True,
+                                                 "ws_port": ws_port, "sceau_duration_ms": 2000}
     r = await c.get("/api/v1/health/ready")
     assert r.status_code == 200
     assert r.json() == {"status": "ready", "checks": {"engine": "ticking", "store": "ok", "bus": "ok"}}

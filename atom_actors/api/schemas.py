@@ -190,6 +190,8 @@ class Health(BaseModel):
 
     status: Literal["ok"]
     ticking: bool
+    ws_port: int | None = None       # where this deployment's WebSocket server listens, for the viewer
+    sceau_duration_ms: int           # how long the Sceau must be held
 
 
 class Ready(BaseModel):

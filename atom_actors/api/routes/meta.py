@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import trio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,7 +29,11 @@ READY_TIMEOUT_S = 2.0
 @document_response(Health)
 async def health() -> Any:
     """Liveness: 200 while the process answers."""
-    return jsonify({"status": "ok", "ticking": api().control.ticking})
+    a = api()
+    ws_url = a.services.ws_url
+    ws_port = urlsplit(ws_url).port if ws_url else None
+    return jsonify({"status": "ok", "ticking": a.control.ticking, "ws_port": ws_port,
+                    "sceau_duration_ms": a.services.settings.sceau_duration})
 
 
 @bp.get("/api/v1/health/ready")

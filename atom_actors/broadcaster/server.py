@@ -1,0 +1,295 @@
+"""The WebSocket server of L'Essaim (CONTRACT.md §4): listening, handshakes, and each subscriber's life.
+
+Tree of one broadcaster::
+
+    Broadcaster.run
+    ├── handlers (shielded nursery: outlives the listener so subscribers can be closed with 1001)
+    │   └── one task per TCP connection
+    │       ├── trio-websocket's reader
+    │       └── once admitted: the slow-path writer, the client reader, the keepalive
+    ├── the listener (trio.serve_listeners)
+    └── the fan-out loop
+
+A connection is refused with an HTTP status and a JSON error body before any WebSocket traffic:
+404 for another path, 400 for a bad ``encoding`` or ``fps``, 403 for a foreign ``Origin``, 503 at
+WS_MAX_CONNECTIONS, 401 for a missing or invalid Sceau session (when WS_REQUIRE_SESSION). Once
+admitted, a subscriber gets the hello, then frames and events from the fan-out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from functools import partial
+from typing import Final
+
+import trio
+import trio_websocket
+
+from ..bus import Bus
+from ..catalog import CATALOG, Catalog
+from ..config import Settings
+from ..engine import SwarmControl
+from ..errors import AtomError, SessionError, StreamRefused, TooManySubscribers
+from ..sessions import SessionService
+from . import handshake
+from .fanout import BroadcastStats, Fanout, Subscriber
+from .handshake import PATH, StreamRequest
+from .wsraw import RawStream, open_request
+
+log = logging.getLogger("atom_actors.broadcaster")
+
+MAX_CLIENT_MESSAGE_BYTES: Final = 4096   # a bigger message from a client closes it (1009)
+HANDSHAKE_TIMEOUT_S: Final = 5.0         # a handshake not read whole by then is dropped
+PING_INTERVAL_S: Final = 20.0            # keepalive; a pong missing for WS_STALL_TIMEOUT_S is a stall
+CLOSE_TIMEOUT_S: Final = 1.0             # for the closing handshake of one subscriber
+SHUTDOWN_GRACE_S: Final = 1.5            # for all of them, on shutdown
+JSON_HEADERS: Final = [(b"content-type", b"application/json")]
+
+
+class Broadcaster:
+    """L'Essaim's subscribers in one process. ``await nursery.start(broadcaster.run)``.
+
+    ``swarm`` gives the roster for the hello (only :class:`SwarmControl` is used, so a remote
+    engine may stand in); ``sessions`` checks Sceau tokens when WS_REQUIRE_SESSION is true.
+    """
+
+    def __init__(self, settings: Settings, bus: Bus, swarm: SwarmControl,
+                 sessions: SessionService | None, *, catalog: Catalog = CATALOG) -> None:
+        if settings.ws_require_session and sessions is None:
+            raise ValueError("WS_REQUIRE_SESSION needs a SessionService")
+        self.settings = settings
+        self.bus = bus
+        self.swarm = swarm
+        self.sessions = sessions
+        self.catalog = catalog
+        self.stats = BroadcastStats()
+        self.fanout = Fanout(bus, settings.tick_hz, self.stats)
+        self.origins = handshake.allowed_origins(settings.cors_origins, settings.api_host,
+                                                 settings.api_port)
+        self.port: int | None = None
+        self.closing = False
+        self._admitted = 0                       # subscribers streaming or being admitted
+        self._handshaking: set[trio.CancelScope] = set()
+        self._subscribers: set[Subscriber] = set()
+        self._stopping = trio.Event()
+        self._hello_heads: dict[tuple[int, str], str] = {}
+        self._roster: tuple[int | None, str] = (None, "")
+
+    @property
+    def url(self) -> str | None:
+        if self.port is None:
+            return None
+        host = self.settings.api_host
+        return f"ws://{f'[{host}]' if ':' in host else host}:{self.port}{PATH}"
+
+    def allow_origin(self, api_url: str) -> None:
+        """Also admit browsers from ``api_url`` (the API's bound URL, known once it listens)."""
+        self.origins |= handshake.own_origins(api_url)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Broadcaster] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on WS_PORT (0: any free port, then ``self.port``) and stream until cancelled.
+
+        Cancellation: stops listening and the fan-out at once, then closes every subscriber with
+        1001 and waits up to SHUTDOWN_GRACE_S for them to answer before dropping the rest.
+        Errors: a bind failure raises (OSError) before ``started``; a failing connection is
+        logged and counted (``stats.errors``) and never reaches the caller.
+        """
+        async with trio.open_nursery() as outer:
+            handlers: trio.Nursery = await outer.start(self._hold_handlers)
+            try:
+                async with trio.open_nursery() as front:
+                    listeners = await trio.open_tcp_listeners(self.settings.ws_port,
+                                                              host=self.settings.api_host)
+                    self.port = listeners[0].socket.getsockname()[1]
+                    await front.start(partial(trio.serve_listeners, self._connection, listeners,
+                                              handler_nursery=handlers))
+                    await front.start(self.fanout.run)
+                    task_status.started(self)
+            finally:
+                self._shut_down(handlers)
+
+    async def _hold_handlers(self, *, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+        # Connections live here, shielded from the cancellation that stops the listener, so that
+        # on shutdown each can still send its close frame and read the answer (bounded below).
+        async with trio.open_nursery() as handlers:
+            handlers.cancel_scope.shield = True
+            task_status.started(handlers)
+            await self._stopping.wait()
+
+    def _shut_down(self, handlers: trio.Nursery) -> None:
+        self.closing = True
+        for scope in self._handshaking:
+            scope.cancel()
+        for sub in self._subscribers:
+            sub.kick("shutdown", 1001)
+        handlers.cancel_scope.deadline = trio.current_time() + SHUTDOWN_GRACE_S
+        self._stopping.set()
+
+    @contextlib.contextmanager
+    def _handshake_scope(self, scope: trio.CancelScope) -> Iterator[None]:
+        self._handshaking.add(scope)
+        try:
+            yield
+        finally:
+            self._handshaking.discard(scope)
+
+    # -- one connection ---------------------------------------------------------------------------
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        """One TCP connection, from its handshake to its close.
+
+        The error boundary of the server: nothing a client does (or a bug it triggers) escapes
+        this function, so one connection can never take the others down.
+        """
+        self.stats.connections += 1
+        if len(self._handshaking) >= self.settings.ws_max_connections:
+            # A flood of connections that never finish their handshake: each would hold a socket
+            # and a task for HANDSHAKE_TIMEOUT_S. Beyond as many as there may be subscribers,
+            # drop new ones at once.
+            self.stats.handshakes_failed += 1
+            await stream.aclose()
+            return
+        raw = RawStream(stream, self.settings.ws_stall_timeout_s)
+        try:
+            async with trio.open_nursery() as nursery:   # trio-websocket's reader lives here
+                admitted = None
+                with self._handshake_scope(nursery.cancel_scope):
+                    request = await open_request(nursery, raw, timeout_s=HANDSHAKE_TIMEOUT_S,
+                                                 max_message_size=MAX_CLIENT_MESSAGE_BYTES)
+                    if request is None:
+                        self.stats.handshakes_failed += 1
+                    else:
+                        admitted = await self._admit(request)
+                if admitted is not None:
+                    try:
+                        await self._stream(*admitted, raw)
+                    finally:
+                        self._admitted -= 1
+                nursery.cancel_scope.cancel()
+        except Exception:
+            self.stats.errors += 1
+            log.exception("broadcaster: a connection failed")
+        finally:
+            with trio.CancelScope(shield=True):
+                await raw.aclose()
+
+    async def _admit(self, request: trio_websocket.WebSocketRequest
+                     ) -> tuple[trio_websocket.WebSocketConnection, StreamRequest] | None:
+        """Accept the handshake, or refuse it with its HTTP status (None).
+
+        An accepted subscriber holds one of the WS_MAX_CONNECTIONS slots; the caller frees it.
+        """
+        reserved = False
+        try:
+            wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz)
+            handshake.check_origin(wanted.origin, self.origins)
+            if self.closing or self._admitted >= self.settings.ws_max_connections:
+                raise TooManySubscribers(self.settings.ws_max_connections)
+            self._admitted += 1
+            reserved = True
+            if self.settings.ws_require_session:
+                assert self.sessions is not None
+                await self.sessions.verify(wanted.session)
+        except (StreamRefused, SessionError) as exc:
+            if reserved:
+                self._admitted -= 1
+            await self._refuse(request, exc)
+            return None
+        conn = None
+        try:
+            with trio.move_on_after(HANDSHAKE_TIMEOUT_S):
+                conn = await request.accept()
+        except trio_websocket.ConnectionClosed:
+            pass   # the client went away meanwhile
+        finally:
+            if conn is None:
+                self._admitted -= 1
+        if conn is None:
+            self.stats.handshakes_failed += 1
+            return None
+        return conn, wanted
+
+    async def _refuse(self, request: trio_websocket.WebSocketRequest, error: AtomError) -> None:
+        self.stats.refused[error.status] = self.stats.refused.get(error.status, 0) + 1
+        with trio.move_on_after(HANDSHAKE_TIMEOUT_S), \
+                contextlib.suppress(trio_websocket.ConnectionClosed):   # it went away: fine
+            await request.reject(error.status, extra_headers=list(JSON_HEADERS),
+                                 body=handshake.error_body(error))
+
+    async def _stream(self, conn: trio_websocket.WebSocketConnection, wanted: StreamRequest,
+                      raw: RawStream) -> None:
+        """Send the hello, then let the fan-out stream until the subscriber or the server ends it."""
+        sub = Subscriber(raw, self.fanout.group(wanted.encoding, wanted.fps), self.stats)
+        self._subscribers.add(sub)
+        if self.closing:
+            sub.kick("shutdown", 1001)
+        try:
+            with sub.scope:
+                try:
+                    await conn.send_message(self._hello(wanted))
+                except trio_websocket.ConnectionClosed:
+                    sub.kick("stall" if raw.stalled else "gone")
+                else:
+                    self.fanout.add(sub)
+                    async with trio.open_nursery() as tasks:
+                        tasks.start_soon(sub.write_behind)
+                        tasks.start_soon(self._read_client, conn, sub)
+                        tasks.start_soon(self._keepalive, conn, sub)
+        finally:
+            self.fanout.discard(sub)
+            self._subscribers.discard(sub)
+            self._count_end(sub)
+            if sub.close_code is not None and conn.closed is None and not raw.stalled:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
+                    await conn.aclose(sub.close_code, _CLOSE_REASONS.get(sub.close_code))
+
+    async def _read_client(self, conn: trio_websocket.WebSocketConnection, sub: Subscriber) -> None:
+        # Clients need not send anything; whatever they send is read and dropped, so that pongs
+        # and close frames keep flowing. trio-websocket closes with 1009 past the size limit.
+        try:
+            while True:
+                await conn.get_message()
+        except trio_websocket.ConnectionClosed as closed:
+            code = closed.reason.code if closed.reason is not None else None
+            sub.kick("oversize" if code == 1009 else "stall" if sub.raw.stalled else "gone")
+
+    async def _keepalive(self, conn: trio_websocket.WebSocketConnection, sub: Subscriber) -> None:
+        try:
+            while True:
+                await trio.sleep(PING_INTERVAL_S)
+                with trio.move_on_after(self.settings.ws_stall_timeout_s) as waited:
+                    await conn.ping()
+                if waited.cancelled_caught:
+                    sub.kick("stall")
+                    return
+        except trio_websocket.ConnectionClosed:
+            sub.kick("stall" if sub.raw.stalled else "gone")
+
+    def _count_end(self, sub: Subscriber) -> None:
+        if sub.end == "stall":
+            self.stats.closed_stall += 1
+        elif sub.end == "oversize":
+            self.stats.closed_oversize += 1
+        elif sub.end == "lagging":
+            self.stats.closed_lagging += 1
+
+    def _hello(self, wanted: StreamRequest) -> str:
+        key = (wanted.fps, wanted.encoding)
+        head = self._hello_heads.get(key)
+        if head is None:
+            head = self._hello_heads[key] = handshake.hello_head(
+                self.catalog, self.settings.tick_hz, wanted.fps, wanted.encoding)
+        # The roster is made at most once per tick, however many subscribers arrive in it.
+        latest = self.bus.latest_frame
+        seq = None if latest is None else latest.seq
+        if self._roster[0] != seq or seq is None:
+            self._roster = (seq, json.dumps(self.swarm.roster(), separators=(",", ":")))
+        return handshake.hello(head, self._roster[1])
+
+
+_CLOSE_REASONS: Final = {1001: "server shutting down", 1008: "too slow for the event stream"}

@@ -1,0 +1,748 @@
+// The AT·OM viewer: the Sceau by touch, L'Essaim live, the operators' controls.
+//
+// Plain JavaScript, no dependencies. It speaks CONTRACT.md §2 (the REST API, on this page's own
+// origin) and §4 (the WebSocket, usually on another port). Where the WebSocket is:
+//
+//   1. `?ws=<url>` in the page's address, if given, and nothing else (ws://, wss://, http(s)://
+//      or a path such as /ws/swarm on this origin);
+//   2. otherwise two candidates, tried in turn until one opens, and the one that opened is kept
+//      for every reconnect:
+//        - ws(s)://<this host>:<WS port>/ws/swarm, where the WS port is `ws_port` from
+//          GET /api/v1/health when the API gives it, else 8001;
+//        - ws(s)://<this host and port>/ws/swarm, the same origin (a reverse proxy such as nginx).
+//      A page served on the default port (80/443, so behind a proxy) tries the same origin first.
+//
+// A browser does not let a page see the HTTP status of a refused WebSocket handshake: a 401 looks
+// like any other failure (close code 1006). So when a socket closes before it ever opened, the
+// page asks the REST API whether its session still stands; a 401 there sends it back to the Sceau.
+(() => {
+  "use strict";
+
+  const DEFAULT_SCEAU_MS = 2000;     // SCEAU_DURATION, unless GET /api/v1/health says otherwise
+  const DEFAULT_WS_PORT = 8001;      // WS_PORT, likewise
+  const WS_PATH = "/ws/swarm";
+  const SESSION_KEY = "atom.sceau";
+  const RECONNECT_MIN_MS = 500;
+  const RECONNECT_MAX_MS = 10000;
+  const STATUS_CODES = { active: 0, dispersed: 1, regrouping: 2 };
+
+  // The view: the swarm sits on a shell of radius ~18 world units, orbits reach ~5 and a dispersed
+  // agent flies up to 20 further out. VIEW_RADIUS at the depth of the origin fills 90 % of the
+  // stage's half-size, so a total dispersal stays (mostly) in sight.
+  const VIEW_RADIUS = 40;
+  const CAMERA_DISTANCE = 140;
+  const PARTICLE_RADIUS = 0.55;      // world units
+  const YAW_RAD_S = 0.09;            // the slow turn of the whole swarm
+  const PITCH_RAD = 0.38;
+  const BACKGROUND = "#0b0d17";
+
+  const $ = (id) => document.getElementById(id);
+  const params = new URLSearchParams(location.search);
+  const config = { sceauMs: DEFAULT_SCEAU_MS, wsPort: DEFAULT_WS_PORT };
+  let session = loadSession();       // {token, expires_at} or null
+
+  // ---------------------------------------------------------------------------------------------
+  // The REST API
+
+  // Resolves to {ok, status, data, error, detail, retryAfterS}; never throws. A 401 on any call
+  // made with a session means that session is gone: back to the Sceau.
+  async function api(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const withSession = session !== null;
+    if (withSession) headers["X-Sceau-Session"] = session.token;
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    let response;
+    try {
+      response = await fetch(path, {
+        method, headers, cache: "no-store",
+        body: body === undefined ? undefined : JSON.stringify(body),
+      });
+    } catch (err) {
+      return { ok: false, status: 0, error: "unreachable", detail: "The API does not answer." };
+    }
+    let data = null;
+    try { data = await response.json(); } catch (err) { /* 204, or not JSON */ }
+    const result = { ok: response.ok, status: response.status, data, headers: response.headers };
+    if (!response.ok) {
+      result.error = (data && data.error) || `http_${response.status}`;
+      result.detail = (data && data.detail) || `The API answered ${response.status}.`;
+      result.retryAfterS = parseRetryAfter(response.headers.get("Retry-After"));
+      if (response.status === 401 && withSession) sessionEnded(result.detail);
+    }
+    return result;
+  }
+
+  function parseRetryAfter(value) {
+    if (!value) return null;
+    if (/^\s*\d+\s*$/.test(value)) return Number(value);
+    const when = Date.parse(value);     // the HTTP-date form
+    return Number.isNaN(when) ? null : Math.max(0, Math.ceil((when - Date.now()) / 1000));
+  }
+
+  async function loadServerHints() {
+    const health = await api("GET", "/api/v1/health");
+    const data = health.ok && health.data ? health.data : {};
+    if (Number.isInteger(data.sceau_duration_ms) && data.sceau_duration_ms >= 0) config.sceauMs = data.sceau_duration_ms;
+    if (Number.isInteger(data.ws_port) && data.ws_port > 0) config.wsPort = data.ws_port;
+    $("sceau-duration").textContent = seconds(config.sceauMs);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Session storage (per tab: sessionStorage)
+
+  function loadSession() {
+    try {
+      const stored = JSON.parse(sessionStorage.getItem(SESSION_KEY) || "null");
+      if (stored && typeof stored.token === "string" && stored.token) return stored;
+    } catch (err) { /* storage disabled or garbage: no session */ }
+    return null;
+  }
+
+  function saveSession(value) {
+    session = value;
+    try {
+      if (value) sessionStorage.setItem(SESSION_KEY, JSON.stringify(value));
+      else sessionStorage.removeItem(SESSION_KEY);
+    } catch (err) { /* storage disabled: the session lives as long as the page */ }
+  }
+
+  let expiryTimer = 0;
+
+  function sessionEnded(reason) {
+    if (session === null && document.body.dataset.screen === "sceau") return;
+    saveSession(null);
+    clearTimeout(expiryTimer);
+    leaveEssaim();
+    showSceau(`Your Sceau session has ended (${reason.replace(/\.$/, "")}). Hold again to reopen it.`);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The Sceau: press and hold anywhere
+
+  const sceauScreen = $("sceau");
+  const ring = $("sceau-progress");
+  const RING_LENGTH = 2 * Math.PI * 52;
+  const hold = { active: false, pointerId: null, start: 0, frame: 0, opening: false };
+
+  function showSceau(message, ok = false) {
+    document.body.dataset.screen = "sceau";
+    setRing(0);
+    sceauScreen.classList.remove("holding", "opened");
+    sceauMessage(message || "", ok);
+  }
+
+  function sceauMessage(text, ok = false) {
+    const el = $("sceau-message");
+    el.textContent = text;
+    el.classList.toggle("ok", ok);
+  }
+
+  function setRing(progress) {
+    ring.style.strokeDashoffset = String(RING_LENGTH * (1 - progress));
+    ring.style.opacity = progress > 0 ? "1" : "0";   // a round cap would leave a dot at zero
+    $("sceau-time").textContent = `${seconds(progress * config.sceauMs)} s`;
+  }
+
+  function beginHold(pointerId) {
+    if (hold.active || hold.opening) return;
+    hold.active = true;
+    hold.pointerId = pointerId;
+    hold.start = performance.now();
+    sceauScreen.classList.remove("released", "opened");
+    sceauScreen.classList.add("holding");
+    sceauMessage("");
+    hold.frame = requestAnimationFrame(tickHold);
+  }
+
+  function tickHold(now) {
+    if (!hold.active) return;
+    const held = now - hold.start;
+    setRing(Math.min(1, held / config.sceauMs));
+    if (held >= config.sceauMs) {
+      // The ring is full: open now, without waiting for the finger to lift.
+      endHold();
+      openSession(held);
+      return;
+    }
+    hold.frame = requestAnimationFrame(tickHold);
+  }
+
+  function endHold() {
+    hold.active = false;
+    hold.pointerId = null;
+    cancelAnimationFrame(hold.frame);
+    sceauScreen.classList.remove("holding");
+  }
+
+  function releaseHold(interrupted) {
+    if (!hold.active) return;
+    const held = performance.now() - hold.start;
+    endHold();
+    sceauScreen.classList.add("released");
+    setRing(0);
+    const why = interrupted ? "The touch was interrupted" : `Released after ${seconds(held)} s`;
+    sceauMessage(`${why}: hold for ${seconds(config.sceauMs)} s to open the Sceau. Nothing was sent.`);
+  }
+
+  async function openSession(held) {
+    hold.opening = true;
+    sceauMessage("Opening…", true);
+    const result = await api("POST", "/api/v1/sceau/activate", { duration_ms: Math.ceil(held) });
+    hold.opening = false;
+    if (!result.ok) {
+      setRing(0);
+      const wait = result.retryAfterS ? ` Try again in ${result.retryAfterS} s.` : "";
+      sceauMessage(`The Sceau did not open: ${result.detail}${wait}`);
+      return;
+    }
+    const token = (result.data && result.data.session) || result.headers.get("X-Sceau-Session");
+    saveSession({ token, expires_at: result.data ? result.data.expires_at : null });
+    sceauScreen.classList.add("opened");
+    enterEssaim();
+  }
+
+  sceauScreen.addEventListener("pointerdown", (e) => {
+    if (!e.isPrimary || (e.pointerType === "mouse" && e.button !== 0)) return;
+    e.preventDefault();
+    try { sceauScreen.setPointerCapture(e.pointerId); } catch (err) { /* pointer already gone */ }
+    beginHold(e.pointerId);
+  });
+  sceauScreen.addEventListener("pointerup", (e) => { if (e.pointerId === hold.pointerId) releaseHold(false); });
+  sceauScreen.addEventListener("pointercancel", (e) => { if (e.pointerId === hold.pointerId) releaseHold(true); });
+  sceauScreen.addEventListener("contextmenu", (e) => e.preventDefault());  // a long press is not a right click
+  // The ring is a button, so the Sceau can be held from the keyboard too (Space or Enter).
+  $("sceau-ring").addEventListener("keydown", (e) => {
+    if ((e.key === " " || e.key === "Enter") && !e.repeat) { e.preventDefault(); beginHold("key"); }
+  });
+  $("sceau-ring").addEventListener("keyup", (e) => {
+    if ((e.key === " " || e.key === "Enter") && hold.pointerId === "key") { e.preventDefault(); releaseHold(false); }
+  });
+  $("sceau-ring").addEventListener("click", (e) => e.preventDefault());
+
+  // ---------------------------------------------------------------------------------------------
+  // L'Essaim: the WebSocket
+
+  const swarm = {
+    n: 0,
+    spheres: [],          // [{name, count, first_agent, color}]
+    sphereOf: new Uint8Array(0),
+    status: new Uint8Array(0),
+    pos: new Float32Array(0),     // the newest positions drawn, x y z per agent
+    sx: new Float32Array(0), sy: new Float32Array(0), sr: new Float32Array(0),
+    hasFrame: false,
+    latest: null,         // the newest binary frame received and not yet drawn
+    seq: -1,
+    legendDirty: true,
+  };
+  const link = { ws: null, sticky: null, index: 0, attempt: 0, timer: 0, countdown: 0, connections: 0 };
+  const meter = { received: 0, receivedWindow: 0, rendered: 0, renderedWindow: 0, windowStart: 0,
+    streamFps: 0, renderFps: 0, latencyMs: null, drawMs: 0 };
+
+  function wsCandidates() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    const explicit = params.get("ws");
+    if (explicit) {
+      const url = new URL(explicit, location.href);
+      if (url.protocol === "http:") url.protocol = "ws:";
+      if (url.protocol === "https:") url.protocol = "wss:";
+      return [url.href];
+    }
+    const onPort = `${scheme}//${location.hostname}:${config.wsPort}${WS_PATH}`;
+    const sameOrigin = `${scheme}//${location.host}${WS_PATH}`;
+    return location.port === "" ? [sameOrigin, onPort] : [onPort, sameOrigin];
+  }
+
+  function connect() {
+    clearTimeout(link.timer);
+    if (session === null) return;
+    const candidates = wsCandidates();
+    const base = link.sticky || candidates[link.index % candidates.length];
+    const url = new URL(base);
+    url.searchParams.set("session", session.token);
+    url.searchParams.set("encoding", "f32");
+    let opened = false;
+    const ws = new WebSocket(url.href);
+    ws.binaryType = "arraybuffer";
+    link.ws = ws;
+    setConn(link.connections === 0 ? "connecting" : "reconnecting");
+    ws.onopen = () => {
+      opened = true;
+      link.sticky = base;
+      link.attempt = 0;
+      link.connections += 1;
+      setConn("open");
+      banner(null);
+    };
+    ws.onmessage = (e) => {
+      if (typeof e.data === "string") onText(e.data);
+      else onBinary(e.data);
+    };
+    ws.onclose = (e) => {
+      if (link.ws !== ws) return;     // we closed it on purpose
+      link.ws = null;
+      onDrop(e, opened);
+    };
+  }
+
+  async function onDrop(event, opened) {
+    if (session === null) return;
+    setConn("reconnecting");
+    if (!opened) {
+      // The handshake was refused or the server is not there. Which one? Ask the REST API.
+      const check = await api("GET", "/api/v1/safeguard");
+      if (session === null) return;            // 401: sessionEnded() has already run
+      if (check.ok) showSafeguard(check.data);
+      if (link.sticky === null) link.index += 1;  // try the other candidate next
+    }
+    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** link.attempt) * (0.8 + 0.4 * Math.random());
+    link.attempt += 1;
+    const code = event.code ? ` (code ${event.code}${event.reason ? `: ${event.reason}` : ""})` : "";
+    const lost = opened ? `Connection to L'Essaim lost${code}` : "L'Essaim does not answer";
+    const due = performance.now() + delay;
+    const show = () => {
+      const left = Math.max(0, due - performance.now());
+      banner(`${lost}: reconnecting in ${seconds(left)} s (attempt ${link.attempt})…`);
+    };
+    show();
+    clearInterval(link.countdown);
+    link.countdown = setInterval(show, 100);
+    link.timer = setTimeout(() => {
+      clearInterval(link.countdown);
+      banner(`${lost}: reconnecting (attempt ${link.attempt})…`);
+      connect();
+    }, delay);
+  }
+
+  function disconnect() {
+    clearTimeout(link.timer);
+    clearInterval(link.countdown);
+    const ws = link.ws;
+    link.ws = null;
+    if (ws) ws.close(1000, "leaving");
+  }
+
+  function setConn(state) {
+    const el = $("conn");
+    el.dataset.state = state;
+    el.textContent = state === "open" ? "live" : state;
+  }
+
+  function banner(text) {
+    const el = $("conn-banner");
+    el.hidden = text === null;
+    if (text !== null) el.textContent = text;
+  }
+
+  function onBinary(buffer) {
+    meter.received += 1;
+    if (buffer.byteLength >= 16) {
+      const t = new DataView(buffer, 8, 8).getFloat64(0, true);
+      const ms = Date.now() - t * 1000;
+      meter.latencyMs = meter.latencyMs === null ? ms : meter.latencyMs + 0.1 * (ms - meter.latencyMs);
+    }
+    // Only the newest frame is kept: a frame that arrives before the next paint replaces it.
+    swarm.latest = buffer;
+  }
+
+  function onText(text) {
+    let msg;
+    try { msg = JSON.parse(text); } catch (err) { return; }
+    if (msg.type === "hello") onHello(msg);
+    else if (msg.type === "event") onEvent(msg);
+  }
+
+  function onHello(hello) {
+    const n = hello.agents | 0;
+    if (n !== swarm.n) {
+      swarm.n = n;
+      swarm.sphereOf = new Uint8Array(n);
+      swarm.status = new Uint8Array(n);
+      swarm.pos = new Float32Array(n * 3);
+      swarm.sx = new Float32Array(n);
+      swarm.sy = new Float32Array(n);
+      swarm.sr = new Float32Array(n);
+      swarm.hasFrame = false;
+    }
+    swarm.spheres = hello.spheres || [];
+    swarm.spheres.forEach((s, k) => swarm.sphereOf.fill(k, s.first_agent, s.first_agent + s.count));
+    swarm.status.fill(0);
+    for (const agent of hello.roster || []) {
+      if (agent.id >= 0 && agent.id < n) swarm.status[agent.id] = STATUS_CODES[agent.status] || 0;
+    }
+    buildLegend();
+    $("stat-agents").textContent = String(n);
+    logEvent(`hello: ${n} agents, ${swarm.spheres.length} spheres, ${hello.fps} fps`);
+  }
+
+  function onEvent(msg) {
+    switch (msg.event) {
+      case "agent.status":
+        if (msg.agent >= 0 && msg.agent < swarm.n) {
+          swarm.status[msg.agent] = STATUS_CODES[msg.status] || 0;
+          swarm.legendDirty = true;
+        }
+        break;
+      case "swarm.dispersal":
+        logEvent(`${msg.level} dispersal${msg.sphere ? ` of ${msg.sphere}` : ""}: ${msg.count} agents`);
+        break;
+      case "swarm.regroup":
+        logEvent(`regroup: ${msg.count} agents called home`);
+        break;
+      case "safeguard":
+        logEvent(`Brise-Circuit ${msg.state}${msg.reason ? `: ${msg.reason}` : ""}`);
+        showSafeguard(msg);
+        break;
+      default:
+        break;
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // L'Essaim: drawing. One requestAnimationFrame loop; it parses only the newest frame, projects
+  // into arrays made once, and draws one path per sphere and status.
+
+  const canvas = $("swarm");
+  const ctx = canvas.getContext("2d", { alpha: false });
+  let loop = 0;
+
+  function resizeCanvas() {
+    const ratio = window.devicePixelRatio || 1;
+    const w = Math.max(1, Math.round(canvas.clientWidth * ratio));
+    const h = Math.max(1, Math.round(canvas.clientHeight * ratio));
+    if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
+  }
+
+  function takeLatestFrame() {
+    const buffer = swarm.latest;
+    if (buffer === null) return;
+    swarm.latest = null;
+    if (buffer.byteLength < 16) return;
+    const header = new DataView(buffer, 0, 16);
+    const version = header.getUint8(0), encoding = header.getUint8(1);
+    const n = Math.min(header.getUint16(2, true), swarm.n);
+    if (version !== 1 || buffer.byteLength < 16 + n * 3 * (encoding === 1 ? 4 : 2)) return;
+    if (encoding === 1) {
+      swarm.pos.set(new Float32Array(buffer, 16, n * 3));
+    } else if (encoding === 2) {
+      const q = new Int16Array(buffer, 16, n * 3);
+      const scale = 64 / 32767;
+      for (let i = 0; i < q.length; i++) swarm.pos[i] = q[i] * scale;
+    } else {
+      return;
+    }
+    swarm.seq = header.getUint32(4, true);
+    swarm.hasFrame = true;
+  }
+
+  function render(now) {
+    loop = requestAnimationFrame(render);
+    const started = performance.now();
+    resizeCanvas();
+    takeLatestFrame();
+    draw(now);
+    meter.drawMs += 0.05 * (performance.now() - started - meter.drawMs);
+    meter.rendered += 1;
+    if (now - meter.windowStart >= 500) updateStats(now);
+    if (swarm.legendDirty) updateLegend();
+  }
+
+  function draw(now) {
+    const w = canvas.width, h = canvas.height;
+    ctx.fillStyle = BACKGROUND;
+    ctx.fillRect(0, 0, w, h);
+    if (!swarm.hasFrame) {
+      ctx.fillStyle = "#8a90a8";
+      ctx.font = `${Math.round(14 * (window.devicePixelRatio || 1))}px system-ui, sans-serif`;
+      ctx.textAlign = "center";
+      ctx.fillText("waiting for L'Essaim…", w / 2, h / 2);
+      return;
+    }
+    const yaw = (now / 1000) * YAW_RAD_S;
+    const cy = Math.cos(yaw), sy = Math.sin(yaw), cp = Math.cos(PITCH_RAD), sp = Math.sin(PITCH_RAD);
+    const half = Math.min(w, h) / 2;
+    const focal = (0.9 * half * CAMERA_DISTANCE) / VIEW_RADIUS;
+    const minR = window.devicePixelRatio || 1;
+    const { pos, sx, sy: py, sr, n } = swarm;
+    for (let i = 0, j = 0; i < n; i++, j += 3) {
+      const x = pos[j], y = pos[j + 1], z = pos[j + 2];
+      const x1 = x * cy + z * sy;                  // turn around the vertical axis
+      const z1 = z * cy - x * sy;
+      const y2 = y * cp - z1 * sp;                 // then tilt towards the viewer
+      const z2 = y * sp + z1 * cp;
+      const depth = CAMERA_DISTANCE - z2;
+      if (depth < 1) { sr[i] = 0; continue; }      // behind the camera
+      const s = focal / depth;
+      sx[i] = w / 2 + x1 * s;
+      py[i] = h / 2 - y2 * s;
+      sr[i] = Math.max(minR, PARTICLE_RADIUS * s);
+    }
+    const line = Math.max(1, 1.3 * minR);
+    for (const sphere of swarm.spheres) {
+      const end = sphere.first_agent + sphere.count;
+      // Active agents: solid discs in their sphere's colour.
+      ctx.beginPath();
+      for (let i = sphere.first_agent; i < end; i++) {
+        if (swarm.status[i] !== 0 || sr[i] === 0) continue;
+        ctx.moveTo(sx[i] + sr[i], py[i]);
+        ctx.arc(sx[i], py[i], sr[i], 0, 2 * Math.PI);
+      }
+      ctx.fillStyle = sphere.color;
+      ctx.fill();
+      // Dispersed agents: hollow rings, a little larger; regrouping ones: the same, fainter.
+      for (let status = 1; status <= 2; status++) {
+        ctx.beginPath();
+        let any = false;
+        for (let i = sphere.first_agent; i < end; i++) {
+          if (swarm.status[i] !== status || sr[i] === 0) continue;
+          const r = sr[i] * 1.25;
+          ctx.moveTo(sx[i] + r, py[i]);
+          ctx.arc(sx[i], py[i], r, 0, 2 * Math.PI);
+          any = true;
+        }
+        if (any) {
+          ctx.globalAlpha = status === 1 ? 1 : 0.5;
+          ctx.strokeStyle = sphere.color;
+          ctx.lineWidth = line;
+          ctx.stroke();
+          ctx.globalAlpha = 1;
+        }
+      }
+    }
+  }
+
+  function updateStats(now) {
+    const span = (now - meter.windowStart) / 1000;
+    if (meter.windowStart > 0) {
+      meter.renderFps = (meter.rendered - meter.renderedWindow) / span;
+      meter.streamFps = (meter.received - meter.receivedWindow) / span;
+    }
+    meter.windowStart = now;
+    meter.renderedWindow = meter.rendered;
+    meter.receivedWindow = meter.received;
+    $("stat-fps").textContent = meter.renderFps.toFixed(0);
+    $("stat-stream").textContent = link.ws && link.ws.readyState === WebSocket.OPEN ? meter.streamFps.toFixed(0) : "0";
+    $("stat-latency").textContent = meter.latencyMs === null ? "–" : meter.latencyMs.toFixed(1);
+    $("stat-draw").textContent = meter.drawMs.toFixed(2);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // The legend, the sphere select and the event log
+
+  function buildLegend() {
+    const legend = $("legend");
+    const select = $("sphere-select");
+    const chosen = select.value;
+    legend.replaceChildren();
+    select.replaceChildren(new Option("whole swarm", ""));
+    for (const sphere of swarm.spheres) {
+      const item = document.createElement("li");
+      item.dataset.sphere = sphere.name;
+      item.title = `${sphere.name}: ${sphere.count} agents (click to aim the operators' controls at it)`;
+      const swatch = document.createElement("span");
+      swatch.className = "swatch";
+      swatch.style.background = sphere.color;
+      const name = document.createElement("span");
+      name.className = "name";
+      name.textContent = sphere.name.replace(/_/g, " ");
+      const count = document.createElement("span");
+      count.className = "count";
+      item.append(swatch, name, count);
+      item.addEventListener("click", () => {
+        select.value = select.value === sphere.name ? "" : sphere.name;
+        markSelected();
+      });
+      legend.append(item);
+      select.append(new Option(sphere.name.replace(/_/g, " "), sphere.name));
+    }
+    select.value = swarm.spheres.some((s) => s.name === chosen) ? chosen : "";
+    markSelected();
+    swarm.legendDirty = true;
+  }
+
+  function markSelected() {
+    const chosen = $("sphere-select").value;
+    for (const item of $("legend").children) item.classList.toggle("selected", item.dataset.sphere === chosen);
+  }
+  $("sphere-select").addEventListener("change", markSelected);
+
+  function updateLegend() {
+    swarm.legendDirty = false;
+    const items = $("legend").children;
+    let total = 0;
+    swarm.spheres.forEach((sphere, k) => {
+      let out = 0;
+      for (let i = sphere.first_agent; i < sphere.first_agent + sphere.count; i++) if (swarm.status[i] !== 0) out++;
+      total += out;
+      const count = items[k] && items[k].lastChild;
+      if (!count) return;
+      count.textContent = out ? `${out} out` : String(sphere.count);
+      count.classList.toggle("out", out > 0);
+    });
+    $("stat-dispersed").textContent = String(total);
+  }
+
+  function logEvent(text) {
+    const list = $("events");
+    const item = document.createElement("li");
+    item.textContent = `${new Date().toLocaleTimeString()} ${text}`;
+    list.prepend(item);
+    while (list.children.length > 5) list.lastChild.remove();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Operators' controls and the Brise-Circuit
+
+  const safeguard = { state: "unknown", reason: "", closesAt: 0, timer: 0 };
+  const notice = { closesAt: 0, detail: "", timer: 0 };
+
+  async function command(path, body, describe) {
+    const buttons = document.querySelectorAll("#side .buttons button");
+    buttons.forEach((b) => { b.disabled = true; });
+    const result = await api("POST", path, body);
+    buttons.forEach((b) => { b.disabled = false; });
+    const out = $("command-result");
+    if (result.ok) {
+      out.textContent = describe(result.data || {});
+      out.classList.remove("bad");
+      showNotice(null);
+    } else if (result.status === 423) {
+      out.textContent = "";
+      showNotice(result.detail, result.retryAfterS);
+      refreshSafeguard();
+    } else if (result.status !== 401) {
+      out.textContent = `Refused (${result.status || "no answer"}): ${result.detail}`;
+      out.classList.add("bad");
+    }
+  }
+
+  for (const button of document.querySelectorAll("[data-level]")) {
+    button.addEventListener("click", () => {
+      const sphere = $("sphere-select").value || undefined;
+      command("/api/v1/swarm/disperse", { level: button.dataset.level, sphere },
+        (d) => `${d.level} dispersal${d.sphere ? ` of ${d.sphere}` : ""}: ${d.dispersed} agents sent out`);
+    });
+  }
+  $("regroup").addEventListener("click", () => {
+    command("/api/v1/swarm/regroup", undefined, (d) => `regroup: ${d.regrouped} agents called home`);
+  });
+  $("leave").addEventListener("click", async () => {
+    if (session !== null) await api("DELETE", "/api/v1/sceau/session");
+    saveSession(null);
+    leaveEssaim();
+    showSceau("The Sceau is closed.", true);
+  });
+
+  // A 423: the API's reason, and the time until the Brise-Circuit lets a command through again.
+  function showNotice(detail, retryAfterS) {
+    const el = $("notice");
+    clearInterval(notice.timer);
+    if (detail === null) { el.hidden = true; return; }
+    notice.detail = detail;
+    notice.closesAt = retryAfterS === null || retryAfterS === undefined ? 0 : Date.now() + retryAfterS * 1000;
+    const paint = () => {
+      const text = document.createElement("span");
+      text.textContent = `Refused (423): ${notice.detail}`;
+      const countdown = document.createElement("span");
+      countdown.className = "countdown";
+      countdown.textContent = countdownText(notice.closesAt);
+      el.replaceChildren(text, countdown);
+      if (notice.closesAt && Date.now() >= notice.closesAt) clearInterval(notice.timer);
+    };
+    el.hidden = false;
+    paint();
+    if (notice.closesAt) notice.timer = setInterval(paint, 250);
+  }
+
+  function countdownText(closesAt) {
+    if (!closesAt) return "The Brise-Circuit is open.";
+    const left = Math.ceil((closesAt - Date.now()) / 1000);
+    return left > 0 ? `The Brise-Circuit closes in ${left} s.` : "The Brise-Circuit lets one command through now.";
+  }
+
+  async function refreshSafeguard() {
+    const result = await api("GET", "/api/v1/safeguard");
+    if (result.ok && result.data) showSafeguard(result.data);
+  }
+
+  // From GET /api/v1/safeguard or a `safeguard` event: {state, reason?, retry_after_s?}.
+  function showSafeguard(data) {
+    const el = $("safeguard");
+    safeguard.state = data.state || "unknown";
+    safeguard.reason = data.reason || "";
+    const retry = Number(data.retry_after_s);
+    if (safeguard.state !== "open") safeguard.closesAt = 0;
+    else if (Number.isFinite(retry) && retry >= 0) safeguard.closesAt = Date.now() + retry * 1000;
+    else if (notice.closesAt) safeguard.closesAt = notice.closesAt;
+    el.dataset.state = safeguard.state;
+    $("safeguard-state").textContent = safeguard.state.replace("_", "-");
+    clearInterval(safeguard.timer);
+    const paint = () => {
+      const parts = [];
+      if (safeguard.state === "closed") parts.push("Commands pass.");
+      if (safeguard.state === "half_open") parts.push("The next command is a test: it closes the circuit or opens it again.");
+      if (safeguard.state === "open") {
+        parts.push(safeguard.reason ? `${safeguard.reason.replace(/\.$/, "")}.` : "Swarm-changing commands are refused.");
+        parts.push(countdownText(safeguard.closesAt));
+      }
+      $("safeguard-text").textContent = parts.join(" ");
+      if (safeguard.state === "open" && safeguard.closesAt && Date.now() >= safeguard.closesAt) {
+        clearInterval(safeguard.timer);
+        refreshSafeguard();
+      }
+    };
+    paint();
+    if (safeguard.state === "open" && safeguard.closesAt) safeguard.timer = setInterval(paint, 250);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Screens
+
+  function enterEssaim() {
+    document.body.dataset.screen = "essaim";
+    banner(null);
+    link.attempt = 0;
+    link.connections = 0;
+    clearTimeout(expiryTimer);
+    if (session && Number.isFinite(session.expires_at)) {
+      const ms = session.expires_at * 1000 - Date.now();
+      // setTimeout takes at most 2^31 − 1 ms; a longer session is checked again by the API anyway.
+      if (ms < 2 ** 31) expiryTimer = setTimeout(() => sessionEnded("it expired"), Math.max(0, ms));
+    }
+    cancelAnimationFrame(loop);
+    meter.windowStart = 0;
+    loop = requestAnimationFrame(render);
+    connect();
+    refreshSafeguard();
+  }
+
+  function leaveEssaim() {
+    disconnect();
+    cancelAnimationFrame(loop);
+    clearInterval(safeguard.timer);
+    clearInterval(notice.timer);
+    showNotice(null);
+    swarm.hasFrame = false;
+    swarm.latest = null;
+  }
+
+  function seconds(ms) {
+    return (Math.max(0, ms) / 1000).toFixed(1);
+  }
+
+  // A handle for tests and for operators at the console: read-only figures and the live socket.
+  window.atomViewer = Object.freeze({
+    get socket() { return link.ws; },
+    stats: () => ({
+      screen: document.body.dataset.screen, connections: link.connections, wsUrl: link.sticky,
+      framesReceived: meter.received, framesRendered: meter.rendered, seq: swarm.seq,
+      renderFps: meter.renderFps, streamFps: meter.streamFps, latencyMs: meter.latencyMs, drawMs: meter.drawMs,
+      dispersed: swarm.status.reduce((a, s) => a + (s !== 0), 0),
+    }),
+  });
+
+  loadServerHints().then(() => {
+    if (session !== null) enterEssaim();
+    else showSceau("");
+  });
+  setRing(0);
+})();

@@ -1,0 +1,320 @@
+#!/usr/bin/env python3
+"""Load benchmark of L'Essaim's broadcaster: N subscribers, from separate load processes.
+
+Starts ``atom serve`` (or targets ``--url``), opens N subscribers with the fast Node load client
+(``loadclient.js`` of ../shared/peers, spread over ``--procs`` processes so the load side is not
+the bottleneck), runs S seconds and prints one table: clients, delivered fps per client (mean,
+min), frame gap p99, end-to-end latency p50/p99 (frame header time to receipt), server CPU in
+cores, server RSS at start and end, frames dropped. ``--peer`` runs the Python ``websockets``
+peer under the same load in the same run, for the ratio (absolute figures drift between runs).
+
+    cp -r ../shared/peers /tmp/peers && (cd /tmp/peers && npm install)        # once
+    python3 -m venv /tmp/peervenv && /tmp/peervenv/bin/pip install websockets numpy   # for --peer
+    .venv/bin/python scripts/bench_ws.py --clients 500 --seconds 12 --peer
+    .venv/bin/python scripts/bench_ws.py --soak 300            # RSS sampled every 10 s
+
+Sessions: with WS_REQUIRE_SESSION on, pass ``--session TOKEN``, or ``--session-url URL`` to POST
+``{"duration_ms": ...}`` there (``/api/v1/sceau/activate``) and use the token it returns;
+``--session-url api`` asks the started server's own API. Without either, the started server runs
+with WS_REQUIRE_SESSION=false.
+
+Targets (issue 3; 2-core machine, 500 clients, 60 fps, f32): fps mean >= 59.5, worst >= 58,
+gap p99 <= 25 ms, latency p99 <= 10 ms, server CPU <= 0.2 core, RSS flat within 5 % over a
+5-minute soak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEERS_SOURCE = ROOT.parent.parent / "shared" / "peers"   # /work/shared/peers from a worktree
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = {"fps_mean": 59.5, "fps_min": 58.0, "gap_p99_ms": 25.0, "lat_p99_ms": 10.0,
+           "cpu_cores": 0.2}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    """A server process we started (or only watch, with ``proc=None``)."""
+
+    name: str
+    pid: int
+    url: str
+    proc: subprocess.Popen | None = None
+    stderr: list[str] = field(default_factory=list)
+
+    def cpu_s(self) -> tuple[float, float]:
+        """(user, system) CPU seconds of the server so far."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def stop(self) -> str:
+        if self.proc is None:
+            return ""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        time.sleep(0.2)
+        return "".join(self.stderr)
+
+
+def _pump(stream, sink: list[str], on_line=None) -> None:
+    for line in iter(stream.readline, ""):
+        sink.append(line)
+        if on_line:
+            on_line(line)
+
+
+def start_atom(args: argparse.Namespace) -> tuple[Server, str | None]:
+    """``atom serve`` on a free WS port; returns the server and its API URL if it has one."""
+    env = dict(os.environ, WS_PORT=str(free_port()), API_PORT="0", PYTHONUNBUFFERED="1",
+               WS_MAX_CONNECTIONS=str(max(500, args.clients + 10)), TICK_HZ=str(args.tick_hz))
+    if not (args.session or args.session_url):
+        env["WS_REQUIRE_SESSION"] = "false"
+    proc = subprocess.Popen([sys.executable, "-m", "atom_actors", "serve"], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    server = Server("atom_actors", proc.pid, "", proc)
+    serving = threading.Event()
+    threading.Thread(target=_pump, args=(proc.stderr, server.stderr,
+                                         lambda line: "serving:" in line and serving.set()),
+                     daemon=True).start()
+    if not serving.wait(30):
+        server.stop()
+        sys.exit(f"bench: atom serve did not start:\n{''.join(server.stderr)}")
+    line = next(line for line in server.stderr if "serving:" in line)
+    server.url = re.search(r"ws (ws://\S+?)(,|$|\s)", line).group(1)
+    api = re.search(r"api (http://\S+?)(,|$|\s)", line)
+    return server, api.group(1) if api else None
+
+
+def start_peer(args: argparse.Namespace, peers: Path) -> Server:
+    port = free_port()
+    proc = subprocess.Popen([args.peer_python, str(peers / "peer_websockets.py"), "--port", str(port)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    server = Server("websockets (peer)", proc.pid, f"ws://127.0.0.1:{port}/ws/swarm", proc)
+    threading.Thread(target=_pump, args=(proc.stderr, server.stderr), daemon=True).start()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return server
+        except OSError:
+            time.sleep(0.1)
+    server.stop()
+    sys.exit(f"bench: the websockets peer did not start:\n{''.join(server.stderr)}")
+
+
+def open_session(session_url: str, duration_ms: int) -> str:
+    request = urllib.request.Request(session_url, method="POST",
+                                     data=json.dumps({"duration_ms": duration_ms}).encode(),
+                                     headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["session"]
+
+
+def prepare_peers(peers: Path) -> Path:
+    """The load client needs ``ws`` installed beside it: copy the peers and npm install once."""
+    if (peers / "node_modules" / "ws").is_dir():
+        return peers
+    if not peers.exists():
+        shutil.copytree(PEERS_SOURCE, peers)
+    subprocess.run(["npm", "install", "--silent"], cwd=peers, check=True)
+    return peers
+
+
+def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path) -> dict:
+    """Run the load processes against ``url``; measure the server over their common window."""
+    shares = [args.clients // args.procs + (i < args.clients % args.procs) for i in range(args.procs)]
+    procs, outputs = [], []
+    started, ended = threading.Semaphore(0), threading.Event()
+    for share in shares:
+        proc = subprocess.Popen(
+            ["node", str(peers / "loadclient.js"), "--url", url, "--clients", str(share),
+             "--seconds", str(args.seconds), "--ramp-ms", str(args.ramp_ms),
+             "--warmup-ms", "1000", "--deflate", "1" if args.deflate else "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines: list[str] = []
+
+        def on_line(line: str) -> None:
+            if line.startswith("# window start"):
+                started.release()
+            elif line.startswith("# window end"):
+                ended.set()
+
+        threading.Thread(target=_pump, args=(proc.stdout, lines, on_line), daemon=True).start()
+        procs.append(proc)
+        outputs.append(lines)
+    for _ in shares:
+        started.acquire(timeout=120)
+    t0, cpu0, rss0 = time.monotonic(), server.cpu_s(), server.rss_mb()
+    rss_samples = [rss0]
+    while not ended.wait(timeout=min(10.0, args.seconds)):
+        rss_samples.append(server.rss_mb())
+    t1, cpu1, rss1 = time.monotonic(), server.cpu_s(), server.rss_mb()
+    rss_samples.append(rss1)
+    for proc in procs:
+        proc.wait(timeout=60)
+    results = []
+    for lines in outputs:
+        found = [json.loads(line) for line in lines if line.startswith("{")]
+        if not found:
+            sys.exit("bench: a load process gave no result:\n" + "".join(lines))
+        results.append(found[-1])
+    connected = sum(r["connected"] for r in results)
+    return {
+        "clients": connected,
+        "fps_mean": sum(r["fps_mean"] * r["connected"] for r in results) / max(connected, 1),
+        "fps_min": min(r["fps_min"] for r in results),
+        # Percentiles of separate processes cannot be merged: the worst process's is shown.
+        "gap_p99_ms": max(r["gap_p99_ms"] or 0 for r in results),
+        "lat_p50_ms": max(r["lat_p50_ms"] or 0 for r in results),
+        "lat_p99_ms": max(r["lat_p99_ms"] or 0 for r in results),
+        "cpu_cores": (sum(cpu1) - sum(cpu0)) / (t1 - t0),
+        "cpu_sys_cores": (cpu1[1] - cpu0[1]) / (t1 - t0),
+        "rss_start_mb": rss0, "rss_end_mb": rss1,
+        "rss_min_mb": min(rss_samples), "rss_max_mb": max(rss_samples),
+        "skipped_frac": max(r["skipped_frac"] or 0 for r in results),
+        "errors": sum(r["errors"] + r["closes"] + r["bad_frames"] for r in results),
+        "extensions": results[0]["extensions"],
+        "load_cpu_cores": sum(r["client_cpu_cores"] for r in results),
+        "window_s": t1 - t0,
+    }
+
+
+def dropped_by_server(stderr: str) -> str:
+    match = re.search(r"frames sent (\d+), frames dropped (\d+)", stderr)
+    if not match:
+        return "?"
+    sent, dropped = int(match.group(1)), int(match.group(2))
+    return f"{dropped} ({100 * dropped / max(sent + dropped, 1):.2f} %)"
+
+
+def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, load: str) -> None:
+    print(f"\nL'Essaim broadcaster, {args.clients} subscribers over {args.procs} load processes, "
+          f"{args.seconds} s window, {args.encoding} at {args.fps or args.tick_hz} fps, "
+          f"permessage-deflate {'offered' if args.deflate else 'not offered'}")
+    print(f"machine: {os.cpu_count()} cores, shared with other work (load average at start {load});"
+          " figures are indicative, ratios hold better")
+    header = (f"{'server':<20}{'clients':>8}{'fps mean':>10}{'fps min':>9}{'gap p99':>9}"
+              f"{'lat p50':>9}{'lat p99':>9}{'cpu':>7}{'rss start':>11}{'rss end':>9}"
+              f"{'dropped (server)':>19}{'skipped (seen)':>16}")
+    print(header)
+    print(f"{'':<20}{'':>8}{'':>10}{'':>9}{'ms':>9}{'ms':>9}{'ms':>9}{'cores':>7}{'MB':>11}{'MB':>9}")
+    for name, r, dropped in rows:
+        print(f"{name:<20}{r['clients']:>8}{r['fps_mean']:>10.2f}{r['fps_min']:>9.2f}"
+              f"{r['gap_p99_ms']:>9.1f}{r['lat_p50_ms']:>9.1f}{r['lat_p99_ms']:>9.1f}"
+              f"{r['cpu_cores']:>7.3f}{r['rss_start_mb']:>11.1f}{r['rss_end_mb']:>9.1f}"
+              f"{dropped:>19}{100 * r['skipped_frac']:>15.2f}%")
+    if len(rows) == 2:
+        a, b = rows[0][1], rows[1][1]
+        print(f"{'ratio ours/peer':<20}{'':>8}{'':>10}{'':>9}"
+              f"{a['gap_p99_ms'] / max(b['gap_p99_ms'], 1e-9):>9.2f}"
+              f"{a['lat_p50_ms'] / max(b['lat_p50_ms'], 1e-9):>9.2f}"
+              f"{a['lat_p99_ms'] / max(b['lat_p99_ms'], 1e-9):>9.2f}"
+              f"{a['cpu_cores'] / max(b['cpu_cores'], 1e-9):>7.2f}")
+    t = TARGETS
+    print(f"{'targets (500, f32)':<20}{'500':>8}{'>=' + str(t['fps_mean']):>10}"
+          f"{'>=' + str(t['fps_min']):>9}{'<=' + str(t['gap_p99_ms']):>9}{'':>9}"
+          f"{'<=' + str(t['lat_p99_ms']):>9}{'<=' + str(t['cpu_cores']):>7}"
+          f"{'RSS flat within 5 % (soak)':>29}")
+    for name, r, _ in rows:
+        notes = [f"server CPU in the kernel {r['cpu_sys_cores']:.3f} cores",
+                 f"load side used {r['load_cpu_cores']:.2f} cores",
+                 f"extensions {r['extensions']}", f"client errors/closes {r['errors']}"]
+        if args.soak:
+            drift = 100 * (r["rss_max_mb"] - r["rss_min_mb"]) / max(r["rss_min_mb"], 1e-9)
+            notes.append(f"RSS over the soak {r['rss_min_mb']:.1f}..{r['rss_max_mb']:.1f} MB "
+                         f"({drift:.1f} %)")
+        print(f"  {name}: " + "; ".join(notes))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--seconds", type=int, default=12)
+    parser.add_argument("--soak", type=int, default=0, metavar="S",
+                        help="soak for S seconds (e.g. 300): RSS is sampled every 10 s")
+    parser.add_argument("--procs", type=int, default=2, help="load processes")
+    parser.add_argument("--ramp-ms", type=int, default=3000)
+    parser.add_argument("--encoding", choices=("f32", "q16", "json"), default="f32")
+    parser.add_argument("--fps", type=int, default=0, help="0: TICK_HZ")
+    parser.add_argument("--tick-hz", type=int, default=60)
+    parser.add_argument("--deflate", action="store_true",
+                        help="offer permessage-deflate, as browsers do (ours declines it)")
+    parser.add_argument("--url", help="target a running server instead of starting atom serve")
+    parser.add_argument("--server-pid", type=int, help="with --url: the server to measure")
+    parser.add_argument("--session", help="a Sceau session token to present")
+    parser.add_argument("--session-url", help="POST here to open a session ('api': ours)")
+    parser.add_argument("--session-ms", type=int, default=2000)
+    parser.add_argument("--peer", action="store_true", help="also run the websockets peer")
+    parser.add_argument("--peer-python", default="/tmp/peervenv/bin/python")
+    parser.add_argument("--peers", type=Path, default=Path("/tmp/peers"))
+    args = parser.parse_args()
+    if args.soak:
+        args.seconds = args.soak
+    peers = prepare_peers(args.peers)
+    load = f"{os.getloadavg()[0]:.1f}"
+
+    if args.url:
+        if not args.server_pid:
+            sys.exit("bench: --url needs --server-pid to measure the server's CPU and RSS")
+        server, api = Server("target", args.server_pid, args.url), None
+    else:
+        server, api = start_atom(args)
+    rows = []
+    try:
+        session = args.session
+        if args.session_url:
+            target = f"{api}/api/v1/sceau/activate" if args.session_url == "api" else args.session_url
+            if target.startswith("None"):
+                sys.exit("bench: the started server has no API to open a session with")
+            session = open_session(target, args.session_ms)
+        query = [f"encoding={args.encoding}"] + ([f"fps={args.fps}"] if args.fps else []) \
+            + ([f"session={session}"] if session else [])
+        time.sleep(1.0)   # let the engine settle
+        ours = run_load(server, f"{server.url}?{'&'.join(query)}", args, peers)
+    finally:
+        stderr = server.stop()
+    rows.append((server.name, ours, dropped_by_server(stderr)))
+    if args.peer:
+        peer = start_peer(args, peers)
+        try:
+            time.sleep(1.0)
+            theirs = run_load(peer, peer.url, args, peers)
+        finally:
+            peer.stop()
+        rows.append((peer.name, theirs, "n/a"))
+    print_table(rows, args, load)
+
+
+if __name__ == "__main__":
+    main()
