@@ -55,9 +55,8 @@ class Api:
     cors: CorsPolicy
     buckets: TokenBuckets
     clock: WallClock = field(default_factory=WallClock)
-    changes: int = 0       # swarm-changing commands this API carried out
-    _agents_cache: tuple[float, int, dict[tuple, bytes]] = field(
-        default_factory=lambda: (-math.inf, -1, {}))
+    settled_at: float = -math.inf   # this API's last command has reached the swarm by then
+    _agents_cache: tuple[float, dict[tuple, bytes]] = field(default_factory=lambda: (-math.inf, {}))
 
     def subscribers(self) -> int:
         count = self.services.subscribers
@@ -70,7 +69,8 @@ class Api:
         Best effort: the command is done whatever the store says, so a store outage must not turn
         it into a 503 (a client would retry it). The engine's own event log records it as well,
         retrying through the outage; the store keeps one record per command id."""
-        self.changes += 1
+        # The sphere actors apply a command within a tick: views made before then are stale.
+        self.settled_at = trio.current_time() + 1.0 / self.settings.tick_hz
         try:
             await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
         except BackendUnavailable as exc:
@@ -81,10 +81,10 @@ class Api:
         after any command of this API: at 200 requests/s most requests would otherwise rebuild
         the same 57 kB. Positions over REST are a snapshot; the WebSocket is the live view."""
         now = trio.current_time()
-        built_at, changes, bodies = self._agents_cache
-        if now - built_at >= AGENTS_MAX_AGE_S or changes != self.changes:
+        built_at, bodies = self._agents_cache
+        if now - built_at >= AGENTS_MAX_AGE_S or built_at <= self.settled_at:
             bodies = {}
-            self._agents_cache = (now, self.changes, bodies)
+            self._agents_cache = (now, bodies)
         body = bodies.get((sphere, status))
         if body is None:
             agents = self.control.agents(sphere=sphere, status=status)
