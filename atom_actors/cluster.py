@@ -236,8 +236,16 @@ def engine_alarms(bus: RedisBus, on_report: Callable[[Report], None] | None = No
 
 
 async def restore(engine: Engine, bus: RedisBus, store: Store) -> str:
-    """Put the newest saved state into ``engine`` (not running yet); say where it came from."""
-    data = await bus.load_checkpoint()
+    """Put the newest saved state into ``engine`` (not running yet); say where it came from.
+
+    Redis not answering: retried until it does (starting fresh would drop the swarm's state),
+    while the lease keeper, already running, steps down if the lease is lost meanwhile."""
+    while True:
+        try:
+            data = await bus.load_checkpoint()
+            break
+        except BackendUnavailable:
+            await trio.sleep(RETRY_S)
     if data is not None:
         try:
             checkpoint = decode_checkpoint(data)
