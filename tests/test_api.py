@@ -442,7 +442,8 @@ async def test_agents_list_and_filters(autojump_clock, api):
 
 
 async def test_the_agent_list_is_fresh_after_a_command(autojump_clock, api):
-    """The list is reused for up to 0.1 s, but never across a command of the API."""
+    """The list is reused for up to 0.1 s, but not across a command of the API (once the
+    command has had a tick to reach the swarm)."""
     services, c = api
     headers = await activate(c)
     active = "/api/v1/swarm/agents?status=active"

@@ -32,7 +32,7 @@ from ..bus import Bus
 from ..catalog import CATALOG, Catalog
 from ..config import Settings
 from ..engine import SwarmControl
-from ..errors import AtomError, SessionError, StreamRefused, TooManySubscribers
+from ..errors import AtomError, BackendUnavailable, SessionError, StreamRefused, TooManySubscribers
 from ..sessions import SessionService
 from . import handshake
 from .fanout import BroadcastStats, Fanout, Subscriber
@@ -195,7 +195,8 @@ class Broadcaster:
             if self.settings.ws_require_session:
                 assert self.sessions is not None
                 await self.sessions.verify(wanted.session)
-        except (StreamRefused, SessionError) as exc:
+        except (StreamRefused, SessionError, BackendUnavailable) as exc:
+            # BackendUnavailable: the store that knows the sessions is down (503, not a crash).
             if reserved:
                 self._admitted -= 1
             await self._refuse(request, exc)

@@ -95,6 +95,9 @@ class Bus(abc.ABC):
         task_status.started(self)
         await trio.sleep_forever()
 
+    async def ping(self) -> None:
+        """Return when the bus answers; raise BackendUnavailable otherwise (in-process: always)."""
+
     @property
     def latest_frame(self) -> Frame | None:
         return self._frames.value

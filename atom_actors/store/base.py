@@ -65,7 +65,9 @@ class Store(abc.ABC):
 
     # events (dispersals, regroups, retunes, safeguard trips)
     @abc.abstractmethod
-    async def record_event(self, record: EventRecord) -> None: ...
+    async def record_event(self, record: EventRecord) -> None:
+        """Append an event; one whose payload has a ``command_id`` is kept once per kind and
+        command, so that a command applied again after an engine failover is recorded once."""
 
     @abc.abstractmethod
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:

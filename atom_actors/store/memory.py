@@ -29,6 +29,10 @@ class MemoryStore(Store):
         return True
 
     async def record_event(self, record: EventRecord) -> None:
+        command = record.payload.get("command_id")
+        if command is not None and any(e.kind == record.kind and e.payload.get("command_id") == command
+                                       for e in self._events):
+            return
         self._events.append(record)
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
