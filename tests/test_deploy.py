@@ -33,6 +33,7 @@ from compose_spec import PyOptions
 from trio_websocket import open_websocket_url
 
 from atom_actors.config import load_settings
+from tests.servers import RedisServer, skip
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -98,7 +99,8 @@ def test_only_nginx_publishes_ports_and_the_rest_expose_theirs(compose: dict) ->
 
 
 def test_long_running_services_have_a_healthcheck(compose: dict) -> None:
-    for name in ("atom-postgres", "atom-redis", "atom-api", "atom-websocket", "atom-nginx"):
+    for name in ("atom-postgres", "atom-redis", "atom-engine", "atom-api", "atom-websocket",
+                 "atom-nginx"):
         check = compose["services"][name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
         assert not check.get("disable"), name
@@ -112,7 +114,7 @@ def test_start_order_is_enforced_by_depends_on_conditions(compose: dict) -> None
              "atom-migrate": "service_completed_successfully"}
     assert conditions["atom-migrate"] == {"atom-postgres": "service_healthy"}
     assert conditions["atom-engine"] == ready
-    assert conditions["atom-api"] == {**ready, "atom-engine": "service_started"}
+    assert conditions["atom-api"] == {**ready, "atom-engine": "service_healthy"}
     assert conditions["atom-websocket"] == ready
     assert conditions["atom-nginx"] == {"atom-api": "service_healthy",
                                         "atom-websocket": "service_healthy"}
@@ -243,7 +245,7 @@ def free_port() -> int:
 def nginx_binary() -> str:
     found = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
     if not found:
-        pytest.skip("nginx is not installed (.ci/run installs Debian's nginx)")
+        skip("nginx is not installed (.ci/run installs Debian's nginx)")
     return found
 
 
@@ -351,16 +353,28 @@ class Atom:
         return match.group(1)
 
 
-@asynccontextmanager
-async def atom_serve(nursery: trio.Nursery, tmp_path: Path, *args: str,
-                     **env: str) -> AsyncIterator[Atom]:
-    """``atom serve ARGS`` on loopback with free ports, until it announces what it serves."""
+def atom_command(command: list[str]) -> list[str]:
+    """A compose service's ``atom ...`` command, run with this interpreter's atom_actors."""
+    assert command[0] == "atom"
+    return [sys.executable, "-m", "atom_actors", *command[1:]]
+
+
+def atom_environ(**env: str) -> dict[str, str]:
+    """The environment of an AT·OM process of the test: loopback, free ports, ``env`` on top."""
     environ = {k: v for k, v in os.environ.items()
                if k not in ("DATABASE_URL", "REDIS_URL", "API_PORT", "WS_PORT", "API_HOST")}
     environ.update(API_HOST="127.0.0.1", API_PORT="0", WS_PORT="0", SECRET_KEY=TEST_SECRET,
                    ZERO_LOG="true", SWARM_SEED="7", **env)
+    return environ
+
+
+@asynccontextmanager
+async def atom_serve(nursery: trio.Nursery, tmp_path: Path, command: list[str],
+                     **env: str) -> AsyncIterator[Atom]:
+    """The compose ``command`` (``atom serve --role ...``) on loopback with free ports, until it
+    announces what it serves; stopped with SIGTERM as ``docker compose stop`` does."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "atom_actors", "serve", *args], cwd=tmp_path, env=environ,
+        atom_command(command), cwd=tmp_path, env=atom_environ(**env),
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     atom = Atom(process)
     announced = trio.Event()
@@ -414,15 +428,27 @@ def dockerfile_healthcheck() -> list[str]:
 
 async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
         nursery: trio.Nursery, tmp_path: Path, nginx_binary: str,
-        tls: tuple[trustme.CA, Path, Path], client_tls: ssl.SSLContext, compose: dict) -> None:
+        tls: tuple[trustme.CA, Path, Path], client_tls: ssl.SSLContext, compose: dict,
+        pg_url: str, redis_server: RedisServer) -> None:
+    """The compose stack on loopback: the services' own commands (migrate, then the engine, API
+    and WebSocket roles) against Redis and PostgreSQL, and nginx in front of them over TLS."""
+    services = compose["services"]
     nginx = Nginx(tmp_path / "nginx")
     # The viewer page is served through nginx, so its requests carry nginx's origin, which the
     # deployment lists in CORS_ORIGINS (.env.example).
     origin = nginx.https
-    with trio.fail_after(60):
-        async with atom_serve(nursery, tmp_path, CORS_ORIGINS=origin) as atom:
-            api, ws = atom.address("api"), atom.address("ws")
-            async with running_nginx(nginx_binary, nginx, tls, api, ws):
+    backends = {"DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "CORS_ORIGINS": origin}
+    with trio.fail_after(90):
+        migrated = await trio.run_process(
+            atom_command(services["atom-migrate"]["command"]), cwd=tmp_path,
+            env=atom_environ(**backends), capture_stderr=True, check=False)
+        assert migrated.returncode == 0, migrated.stderr.decode()
+        async with atom_serve(nursery, tmp_path, services["atom-engine"]["command"], **backends), \
+                atom_serve(nursery, tmp_path, services["atom-api"]["command"], **backends) as api, \
+                atom_serve(nursery, tmp_path, services["atom-websocket"]["command"],
+                           **backends) as ws:
+            api_address, ws_address = api.address("api"), ws.address("ws")
+            async with running_nginx(nginx_binary, nginx, tls, api_address, ws_address):
                 async with httpx.AsyncClient(base_url=nginx.https, verify=client_tls,
                                              headers={"Origin": origin}) as http:
                     health = await http.get("/api/v1/health")
@@ -443,7 +469,8 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                                              headers={"Origin": other}) as http:
                     assert (await http.get("/api/v1/health")).status_code == 200
 
-                # A browser's way: the token in the query string, which nginx must never log.
+                # A browser's way: the token in the query string, which nginx must never log. The
+                # WebSocket process checks the session the API process opened, in PostgreSQL.
                 url = f"wss://127.0.0.1:{nginx.https_port}/ws/swarm?session={token}&encoding=q16"
                 async with open_websocket_url(url, ssl_context=client_tls,
                                               extra_headers=[("Origin", origin)]) as subscriber:
@@ -461,16 +488,18 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                     assert seqs == sorted(seqs) and len(set(seqs)) == 10
 
             # The compose healthchecks and the image's, run against these very processes.
-            services = compose["services"]
-            api_port, ws_port = api.rsplit(":", 1)[1], ws.rsplit(":", 1)[1]
-            assert run_healthcheck(healthcheck_command(services["atom-api"]), API_PORT=api_port) == 0
+            api_port, ws_port = api_address.rsplit(":", 1)[1], ws_address.rsplit(":", 1)[1]
+            api_check = healthcheck_command(services["atom-api"])
+            ws_check = healthcheck_command(services["atom-websocket"])
+            engine_check = healthcheck_command(services["atom-engine"])
+            assert run_healthcheck(api_check, API_PORT=api_port) == 0
             assert run_healthcheck(dockerfile_healthcheck(), API_PORT=api_port) == 0
-            assert run_healthcheck(healthcheck_command(services["atom-websocket"]),
-                                   WS_PORT=ws_port) == 0
-            assert run_healthcheck(healthcheck_command(services["atom-api"]),
-                                   API_PORT=str(free_port())) != 0
-            assert run_healthcheck(healthcheck_command(services["atom-websocket"]),
-                                   WS_PORT=str(free_port())) != 0
+            assert run_healthcheck(ws_check, WS_PORT=ws_port) == 0
+            assert run_healthcheck(engine_check, REDIS_URL=redis_server.url) == 0
+            assert run_healthcheck(api_check, API_PORT=str(free_port())) != 0
+            assert run_healthcheck(ws_check, WS_PORT=str(free_port())) != 0
+        # The engine has stopped and given its lease back: no engine leads.
+        assert run_healthcheck(engine_check, REDIS_URL=redis_server.url) != 0
 
     logs = nginx.logs()
     assert "POST /api/v1/sceau/activate 201" in logs and "GET /ws/swarm 101" in logs
