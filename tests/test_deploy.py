@@ -209,6 +209,7 @@ def test_wheel_carries_the_catalog_and_runs_outside_the_repository(tmp_path: Pat
     names = zipfile.ZipFile(wheel).namelist()
     assert "atom_actors/_config/spheres.toml" in names
     assert "atom_actors/viewer/index.html" in names   # the page the API serves at /
+    assert any(re.fullmatch(r"atom_actors/store/migrations/\d+_\w+\.sql", n) for n in names)
     assert not [n for n in names if n.startswith(("tests/", "config/"))]
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                     str(tmp_path / "site"), str(wheel)], check=True, timeout=120)
