@@ -37,7 +37,7 @@ from ..sessions import SessionService
 from . import handshake
 from .fanout import BroadcastStats, Fanout, Subscriber
 from .handshake import PATH, StreamRequest
-from .wsraw import RawStream, open_request
+from .wsraw import RawStream, open_request, request_host
 
 log = logging.getLogger("atom_actors.broadcaster")
 
@@ -186,8 +186,9 @@ class Broadcaster:
         """
         reserved = False
         try:
-            wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz)
-            handshake.check_origin(wanted.origin, self.origins)
+            wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz,
+                                             request_host(request))
+            handshake.check_origin(wanted.origin, self.origins, wanted.host)
             if self.closing or self._admitted >= self.settings.ws_max_connections:
                 raise TooManySubscribers(self.settings.ws_max_connections)
             self._admitted += 1
