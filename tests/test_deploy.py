@@ -145,7 +145,8 @@ def test_atom_services_are_wired_to_redis_and_postgres_with_valid_settings(compo
         # As in the container: .env (here its example) under the service's own environment.
         settings = load_settings(rendered, env_file=ENV_EXAMPLE)
         assert (settings.api_port, settings.ws_port, settings.zero_log) == (8000, 8001, True)
-        assert "https://atom.example.org" in settings.cors_origins
+        assert settings.cors_origins == ("https://atom-interface.vercel.app",)
+        assert settings.trusted_proxy_hops == 1   # nginx in front: believe its X-Forwarded-For
         assert compose["services"][name]["env_file"] == ".env"
 
 
