@@ -1,13 +1,17 @@
 """The tree of the program, in one place.
 
-:func:`serve` starts, each through ``nursery.start`` so that the next one begins only when the
+:func:`serve` starts, each through ``stack.start`` so that the next one begins only when the
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
-above it)::
+above it); stopping goes the other way, one part at a time (:mod:`atom_actors.stack`)::
 
-    store        in memory, or PostgreSQL (sessions, events)
-    bus          in-process, or Redis
-    engine       supervisor of the 15 sphere actors, then the compositor
-    safeguard    the Brise-Circuit's task (regroups on a trip, records every change)
+    store        in memory, or PostgreSQL (DATABASE_URL): sessions, events, agents snapshot
+    bus          in-process, or Redis (REDIS_URL)
+    engine       without Redis: the engine itself (restored from the store) with its event log
+                 and snapshots; with Redis (role all or engine): an EngineRole, the leader or a hot
+                 standby among the engine processes
+    swarm        with Redis (role all, api or ws): a RemoteSwarm mirroring the engine
+    safeguard    the Brise-Circuit's task (regroups on a trip, records every change); with Redis,
+                 also following the other processes' circuits
     broadcaster  the WebSocket server of L'Essaim (WS_PORT, /ws/swarm)
     api          the REST API (Hypercorn, Trio worker)
     stats        once a second, the compositor's and broadcaster's figures in the trace log
@@ -16,29 +20,43 @@ above it)::
 Every process has one :class:`~atom_actors.metrics.Metrics` (its own Prometheus registry, served
 on ``/metrics``); the supervisor's reports go to the trace log, the metrics and the Brise-Circuit.
 
-Stopping cancels the tree; each part's docstring says what it does on cancellation.
+Roles (``atom serve --role``): ``all`` (default) runs everything in one process; ``engine``,
+``api`` and ``ws`` run their part only, and meet on Redis. Both backends are asyncio libraries:
+when either is configured, one trio-asyncio loop is opened here, at the root, for both.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 import trio
 
 from . import logs
+from .aio import open_bridge
 from .api import serve_api
 from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
+from .bus.redis import RedisBus
+from .cluster import EngineRole, engine_alarms
 from .config import Settings
-from .engine import Engine
+from .engine import Engine, SwarmControl
+from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
+from .persistence import EventLog, TappedBus, restore_from_store, snapshot_agents
+from .remote import RemoteSwarm, SubscriberTotal, report_subscribers, share_safeguard
 from .safeguard import BriseCircuit
 from .sessions import SessionService
+from .stack import open_service_stack
 from .store import MemoryStore, Store
+from .store.postgres import PostgresStore
 from .supervisor import Report
+
+ROLES = ("all", "engine", "api", "ws")
 
 
 @dataclass
@@ -47,7 +65,10 @@ class Services:
 
     settings: Settings
     bus: Bus
-    engine: Engine | None = None
+    role: str = "all"
+    engine: Engine | None = None           # the in-process engine (role all without Redis)
+    engine_role: EngineRole | None = None  # with Redis: this process's engine seat
+    swarm: SwarmControl | None = None      # what the API and the broadcaster use
     store: Store | None = None
     sessions: SessionService | None = None
     broadcaster: Broadcaster | None = None
@@ -59,50 +80,133 @@ class Services:
     extras: dict[str, object] = field(default_factory=dict)
 
     def describe(self) -> str:
-        parts = [f"engine {self.settings.tick_hz} fps" if self.engine else None,
+        engine = None
+        if self.engine:
+            engine = f"engine {self.settings.tick_hz} fps"
+        elif self.engine_role:
+            engine = f"engine {self.settings.tick_hz} fps (leader or hot standby)"
+        parts = [f"role {self.role}" if self.role != "all" else None, engine,
                  f"api {self.api_url}" if self.api_url else None,
-                 f"ws {self.ws_url}" if self.ws_url else None]
+                 f"ws {self.ws_url}" if self.ws_url else None,
+                 f"store {self.store.name}" if self.store and self.store.name != "memory" else None,
+                 f"bus {self.bus.name}" if self.bus.name != "memory" else None]
         return ", ".join(p for p in parts if p)
 
 
-async def serve(settings: Settings, *,
+def check_role(settings: Settings, role: str) -> None:
+    """Raise ConfigError when ``role`` cannot run with these settings (one line at start)."""
+    if role not in ROLES:
+        raise ConfigError("--role", f"{role!r} is not one of {', '.join(ROLES)}")
+    if role != "all" and not settings.redis_url:
+        raise ConfigError("REDIS_URL", f"--role {role} needs Redis: the processes meet there")
+    if role == "api" and not settings.database_url:
+        raise ConfigError("DATABASE_URL", "--role api needs PostgreSQL: sessions are shared there")
+    if role == "ws" and settings.ws_require_session and not settings.database_url:
+        raise ConfigError("DATABASE_URL", "--role ws needs PostgreSQL to check the sessions the "
+                                          "API processes open (or WS_REQUIRE_SESSION=false)")
+
+
+def make_store(settings: Settings) -> Store:
+    return PostgresStore(settings.database_url) if settings.database_url else MemoryStore()
+
+
+def make_bus(settings: Settings, parts: set[str]) -> Bus:
+    if not settings.redis_url:
+        return MemoryBus()
+    readers = bool(parts & {"api", "ws"})
+    return RedisBus(settings.redis_url, frames=readers, events=readers, summaries=readers)
+
+
+async def serve(settings: Settings, *, role: str = "all",
                 task_status: trio.TaskStatus[Services] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run every part of a single-process AT·OM until cancelled."""
+    """Run the parts of ``role`` until cancelled, then stop them in reverse order.
+
+    Errors: a role the settings cannot run raises ConfigError before anything starts; a
+    database unreachable at start raises BackendUnavailable; an engine crash loop raises
+    SupervisorEscalation once everything has stopped.
+    """
+    check_role(settings, role)
     settings, _ = settings.with_ephemeral_key()   # `atom serve` has said so already if it made one
-    bus = MemoryBus()
-    store = MemoryStore()
-    metrics = Metrics()
-    metrics.attach(store=store, bus=bus)
-    services = Services(settings, bus, store=store, metrics=metrics)
-    services.sessions = SessionService(store, settings.secret_key,
-                                       sceau_duration_ms=settings.sceau_duration,
-                                       ttl_s=settings.session_ttl_s, frequency=settings.frequency)
-    safeguard = services.safeguard = BriseCircuit(settings, bus, store)
-    metrics.attach(safeguard=safeguard)
-    trace_and_count = supervision_reporter(metrics)
+    parts = {"engine", "api", "ws"} if role == "all" else {role}
+    backends = open_bridge() if settings.database_url or settings.redis_url else nullcontext()
+    async with backends, open_service_stack() as stack:
+        store = await stack.start(make_store(settings).run, name="store")
+        bus = await stack.start(make_bus(settings, parts).run, name="bus")
+        metrics = Metrics()
+        metrics.attach(store=store, bus=bus)
+        services = Services(settings, bus, role=role, store=store, metrics=metrics)
+        services.sessions = SessionService(store, settings.secret_key,
+                                           sceau_duration_ms=settings.sceau_duration,
+                                           ttl_s=settings.session_ttl_s, frequency=settings.frequency)
+        if "api" in parts:
+            services.safeguard = BriseCircuit(settings, bus, store)
+            metrics.attach(safeguard=services.safeguard)
+        if isinstance(bus, RedisBus):
+            await _start_redis_parts(stack, services, parts)
+        else:
+            await _start_engine(stack, services)
+        if services.safeguard is not None:
+            await stack.start(services.safeguard.run, services.swarm, name="safeguard")
+            if isinstance(bus, RedisBus):
+                await stack.start(share_safeguard, services.safeguard, bus, name="safeguard-peers")
+        if "ws" in parts:
+            broadcaster = services.broadcaster = await stack.start(
+                logs.traced, "broadcaster",
+                Broadcaster(settings, bus, services.swarm, services.sessions).run,
+                name="broadcaster")
+            services.ws_url = broadcaster.url
+            metrics.attach(broadcaster=broadcaster)
+            services.subscribers = lambda: broadcaster.stats.clients
+            if isinstance(bus, RedisBus):
+                await stack.start(report_subscribers, bus, services.subscribers, name="subscribers-out")
+        if "api" in parts and isinstance(bus, RedisBus):
+            # Subscribers are counted over every ws process, this one's included.
+            services.subscribers = await stack.start(SubscriberTotal(bus).run, name="subscribers-in")
+        if "api" in parts:
+            services.api_url = await stack.start(logs.traced, "api", partial(serve_api, services),
+                                                 name="api")
+            if services.broadcaster is not None:
+                # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
+                services.broadcaster.allow_origin(services.api_url)
+        await stack.start(logs.report_stats, services, name="stats")
+        task_status.started(services)
+        await trio.sleep_forever()
+
+
+async def _start_engine(stack: Any, services: Services) -> None:
+    """The single-process engine: restored from the store, snapshotted to it once a second, its
+    commands recorded in the store."""
+    store, safeguard = services.store, services.safeguard
+    trace_and_count = supervision_reporter(services.metrics)
 
     def on_report(report: Report) -> None:
         trace_and_count(report)
-        safeguard.on_report(report)
+        if safeguard is not None:
+            safeguard.on_report(report)
 
-    async with trio.open_nursery() as nursery:
-        await nursery.start(store.run)
-        await nursery.start(bus.run)
-        services.engine = await nursery.start(
-            Engine(settings, bus, on_report=on_report, on_overload=safeguard.on_overload).run)
-        metrics.attach(engine=services.engine)
-        await nursery.start(safeguard.run, services.engine)
-        broadcaster = services.broadcaster = await nursery.start(
-            logs.traced, "broadcaster",
-            Broadcaster(settings, bus, services.engine, services.sessions).run)
-        services.ws_url = broadcaster.url
-        services.subscribers = lambda: broadcaster.stats.clients
-        metrics.attach(broadcaster=broadcaster)
-        services.api_url = await nursery.start(logs.traced, "api", partial(serve_api, services))
-        # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
-        broadcaster.allow_origin(services.api_url)
-        await nursery.start(logs.report_stats, services)
-        task_status.started(services)
+    event_log = await stack.start(EventLog(store).run, name="event-log")
+    engine = Engine(services.settings, TappedBus(services.bus, event_log.offer), on_report=on_report,
+                    on_overload=safeguard.on_overload if safeguard is not None else None)
+    if await restore_from_store(engine, store):
+        logs.logger("engine").warning("engine.restored", store=store.name)
+    services.engine = services.swarm = await stack.start(engine.run, name="engine")
+    if services.metrics is not None:
+        services.metrics.attach(engine=engine)
+    await stack.start(snapshot_agents, engine, store, name="snapshots")
+
+
+async def _start_redis_parts(stack: Any, services: Services, parts: set[str]) -> None:
+    if "engine" in parts:
+        trace_and_count = supervision_reporter(services.metrics)
+        on_report, on_overload = engine_alarms(services.bus, trace_and_count)
+        services.engine_role = await stack.start(
+            EngineRole(services.settings, services.bus, services.store, on_report=on_report,
+                       on_overload=on_overload, announce=announce).run, name="engine-role")
+        if services.metrics is not None:
+            services.metrics.attach(engine_role=services.engine_role)
+    if parts & {"api", "ws"}:
+        services.swarm = await stack.start(RemoteSwarm(services.settings, services.bus).run,
+                                           name="swarm")
 
 
 def announce(message: str) -> None:

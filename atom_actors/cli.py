@@ -1,11 +1,14 @@
 """``atom``: the command line.
 
-    atom serve      run everything in one process (engine, broadcaster, API)
-    atom watch      a live terminal view of a running swarm; --once: a health probe
+    atom serve [--role all|engine|api|ws]   run everything in one process (all, the default), or
+                                            one part of a Redis deployment
+    atom migrate                            apply the pending database migrations (DATABASE_URL)
+    atom watch [URL]                        a live terminal view of a running swarm; --once: a
+                                            health probe
 
-Exit codes: 0 after a clean stop (SIGINT, SIGTERM), 1 when the engine escalates a crash loop
-(``watch --once``: when the stream is below --min-fps or unreachable), 2 for a bad setting or
-bad arguments.
+Exit codes: 0 after a clean stop (SIGINT, SIGTERM), 1 when the engine escalates a crash loop or a
+backend cannot be reached at start (``watch --once``: when the stream is below --min-fps or
+unreachable), 2 for a bad setting or bad arguments.
 """
 
 from __future__ import annotations
@@ -13,19 +16,25 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from functools import partial
 
 import trio
 
 from . import app, logs
 from . import watch as watch_
 from .config import Settings, load_settings
-from .errors import ConfigError, SupervisorEscalation
+from .errors import BackendUnavailable, ConfigError, SupervisorEscalation
+from .store.postgres import migrate
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="atom", description="AT·OM real-time backend")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("serve", help="run the engine and its servers in one process")
+    serve = commands.add_parser("serve", help="run the engine and its servers")
+    serve.add_argument("--role", choices=app.ROLES, default="all",
+                       help="all (default): everything in one process; engine, api or ws: one "
+                            "part, the processes meeting on Redis")
+    commands.add_parser("migrate", help="apply the pending migrations to DATABASE_URL")
     watch = commands.add_parser(
         "watch", help="watch a running swarm live (fps, latency, agents, Brise-Circuit)",
         description="Subscribe like a frontend and show the stream live. URL is the API "
@@ -45,22 +54,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(settings)
     if args.command == "serve":
-        return _serve(settings)
+        return _serve(settings, args.role)
+    if args.command == "migrate":
+        return _migrate(settings)
     if args.command == "watch":
         return trio.run(_watch_until_signal, settings, args)
     return 2
 
 
-def _serve(settings: Settings) -> int:
+def _migrate(settings: Settings) -> int:
+    if not settings.database_url:
+        print("atom: bad setting DATABASE_URL: `atom migrate` needs a postgresql:// URL", file=sys.stderr)
+        return 2
     try:
-        trio.run(_serve_until_signal, settings)
+        applied = trio.run(migrate, settings.database_url)
+    except BackendUnavailable as exc:
+        app.announce(exc.detail)
+        return 1
+    app.announce(f"applied migrations {', '.join(map(str, applied))}" if applied
+                 else "the database is up to date")
+    return 0
+
+
+def _serve(settings: Settings, role: str = "all") -> int:
+    try:
+        app.check_role(settings, role)
+        trio.run(_serve_until_signal, settings, role)
+    except ConfigError as exc:
+        print(f"atom: bad setting {exc}", file=sys.stderr)
+        return 2
+    except BackendUnavailable as exc:
+        app.announce(exc.detail)
+        return 1
     except SupervisorEscalation as exc:
         app.announce(f"ENGINE STOPPED: {exc}")
         return 1
     return 0
 
 
-async def _serve_until_signal(settings: Settings) -> None:
+async def _serve_until_signal(settings: Settings, role: str = "all") -> None:
     settings, ephemeral = settings.with_ephemeral_key()
     if ephemeral:
         app.announce("SECRET_KEY is empty: using an ephemeral key; sessions end with this process")
@@ -68,7 +100,7 @@ async def _serve_until_signal(settings: Settings) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as nursery:
-                services = await nursery.start(app.serve, settings)
+                services = await nursery.start(partial(app.serve, settings, role=role))
                 app.announce(f"serving: {services.describe()}")
 
                 async def stop_on_signal() -> None:
@@ -79,10 +111,12 @@ async def _serve_until_signal(settings: Settings) -> None:
 
                 nursery.start_soon(stop_on_signal)
         except BaseExceptionGroup as group:
-            # Surface an escalation as itself, not wrapped: the caller prints one loud line.
-            escalation = group.split(SupervisorEscalation)[0]
-            if escalation is not None:
-                raise next(_leaves(escalation)) from None
+            # Surface an escalation or an unreachable backend as itself, not wrapped: the caller
+            # prints one line.
+            for kind in (SupervisorEscalation, BackendUnavailable):
+                found = group.split(kind)[0]
+                if found is not None:
+                    raise next(_leaves(found)) from None
             raise
     if services is not None and services.broadcaster is not None:
         app.announce(f"broadcaster: {services.broadcaster.stats.summary()}")

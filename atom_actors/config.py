@@ -59,6 +59,10 @@ class Settings(BaseModel):
     safeguard_window_s: float = Field(60.0, gt=0)
     safeguard_cooldown_s: float = Field(30.0, gt=0)
     log_level: str = "INFO"
+    # Behind a reverse proxy (nginx) every client has the proxy's address: with N > 0 the API takes
+    # the client's address from the N-th X-Forwarded-For entry from the right, which the proxies
+    # set. Only ever used to key the session rate limit, never written anywhere.
+    trusted_proxy_hops: int = Field(0, ge=0, le=8)
 
     @field_validator("swarm_seed", mode="before")
     @classmethod

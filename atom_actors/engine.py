@@ -16,7 +16,6 @@ by the supervisor; a crash loop beyond the intensity makes :meth:`Engine.run` ra
 
 from __future__ import annotations
 
-import math
 import uuid
 from collections.abc import Callable
 from functools import partial
@@ -32,12 +31,10 @@ from .catalog import CATALOG, Catalog
 from .clock import WallClock
 from .compositor import Compositor
 from .config import MIN_HZ, Settings
-from .errors import (FrequencyOutOfRange, SupervisorEscalation, UnknownAgent, UnknownLevel,
-                     UnknownSphere)
+from .errors import SupervisorEscalation
 from .supervisor import ChildSpec, Report, Supervisor
-from .swarm import ACTIVE, DISPERSED, STATUS_NAMES, SwarmState
-
-LEVELS = {"partial": 0.2, "sectoral": 0.5, "total": 1.0}
+from .swarm import ACTIVE, DISPERSED, SwarmState
+from .swarm_view import LEVELS, SwarmView, dispersal_size  # noqa: F401 - LEVELS: for importers
 
 
 class SwarmControl(Protocol):
@@ -75,14 +72,7 @@ def new_command_id() -> str:
     return uuid.uuid4().hex
 
 
-def dispersal_size(level: str, count: int) -> int:
-    try:
-        return int(count * LEVELS[level])
-    except (KeyError, TypeError):
-        raise UnknownLevel(level) from None
-
-
-class Engine:
+class Engine(SwarmView):
     """The running swarm. Create it inside ``trio.run`` (its clock reads Trio's) and ``run`` it."""
 
     def __init__(self, settings: Settings, bus: Bus, *, catalog: Catalog = CATALOG,
@@ -133,9 +123,8 @@ class Engine:
                        command_id: str | None = None) -> dict[str, Any]:
         """Disperse int(count × fraction) agents of the swarm, or of one sphere, chosen at random
         among the active ones first. Returns ``{"level", "sphere", "dispersed", "command_id"}``."""
-        if not isinstance(level, str) or level not in LEVELS:
-            raise UnknownLevel(level)
-        rows = self._sphere(sphere).agent_ids if sphere is not None else range(self.state.size)
+        level = self._check_level(level)
+        rows = self._rows(sphere)
         count = dispersal_size(level, len(rows))
         ids = np.asarray(rows)
         active = ids[self.state.status[ids] == ACTIVE]
@@ -168,11 +157,8 @@ class Engine:
     async def retune(self, agent_id: int, hz: float, command_id: str | None = None) -> dict[str, Any]:
         """Set one agent's frequency (in [432, FREQUENCY]); returns the agent once applied."""
         agent = self._agent_id(agent_id)
-        if isinstance(hz, bool) or not isinstance(hz, int | float) or not math.isfinite(hz) \
-                or not MIN_HZ <= hz <= self.settings.frequency:
-            raise FrequencyOutOfRange(hz, MIN_HZ, self.settings.frequency)
-        message = Retune(agent, float(hz), command_id or new_command_id())
-        self.log.info("command.received", command="retune", agent=agent, frequency=float(hz),
+        message = Retune(agent, self._check_hz(hz), command_id or new_command_id())
+        self.log.info("command.received", command="retune", agent=agent, frequency=message.hz,
                       command_id=message.command_id, size=1)
         await self.slots[int(self.state.sphere_index[agent])].mailbox.send(message)
         with trio.move_on_after(RETUNE_TIMEOUT_S):
@@ -182,43 +168,6 @@ class Engine:
     def inject_crash(self, sphere: str, reason: str = "injected crash") -> None:
         """Make a sphere actor raise, as a real bug would: for tests and drills."""
         self.slots[self._sphere(sphere).index].mailbox.send_nowait(Crash(reason))
-
-    # -- queries -----------------------------------------------------------------------------------
-
-    def agent(self, agent_id: int) -> dict[str, Any]:
-        return self.state.agent(self._agent_id(agent_id))
-
-    def agents(self, sphere: str | None = None, status: str | None = None) -> list[dict[str, Any]]:
-        rows = self._sphere(sphere).agent_ids if sphere is not None else range(self.state.size)
-        wanted = None if status is None else STATUS_NAMES.index(status)
-        return [self.state.agent(i) for i in rows if wanted is None or self.state.status[i] == wanted]
-
-    def counts(self) -> dict[str, Any]:
-        status = self.state.status
-        return {
-            "by_status": {name: int((status == code).sum()) for code, name in enumerate(STATUS_NAMES)},
-            "by_sphere": {s.name: s.count for s in self.catalog.spheres},
-        }
-
-    def frequency_stats(self) -> dict[str, float]:
-        f = self.state.frequency
-        return {"canon": self.settings.frequency, "min": round(float(f.min()), 3),
-                "max": round(float(f.max()), 3), "mean": round(float(f.mean()), 3)}
-
-    def roster(self) -> list[dict[str, Any]]:
-        return [self.state.agent(i, with_position=False) for i in range(self.state.size)]
-
-    def _sphere(self, name: str | None):
-        try:
-            return self.catalog.by_name[name]
-        except (KeyError, TypeError):
-            raise UnknownSphere(name) from None
-
-    def _agent_id(self, agent_id: Any) -> int:
-        if isinstance(agent_id, bool) or not isinstance(agent_id, int | np.integer) \
-                or not 0 <= agent_id < self.state.size:
-            raise UnknownAgent(agent_id, self.state.size)
-        return int(agent_id)
 
 
 def _find(group: BaseExceptionGroup, kind: type[BaseException]) -> Any:

@@ -183,8 +183,9 @@ def main() -> int:
                 if line.startswith("# window start"):
                     break
         else:
-            print("# no subscribers: " + ("this build serves no WebSocket" if not ws else
-                                           "node or ../shared/peers missing"), flush=True)
+            why = ("none asked (--clients 0)" if not args.clients else
+                   "this build serves no WebSocket" if not ws else "node or ../shared/peers missing")
+            print(f"# no subscribers: {why}", flush=True)
         runs = {
             "GET /api/v1/swarm/agents": run_wrk(f"{api}/api/v1/swarm/agents", "GET", None, token,
                                                 args.seconds, args.rate, args.connections, proc.pid),

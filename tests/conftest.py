@@ -10,6 +10,9 @@ from atom_actors.config import Settings, load_settings
 from atom_actors.engine import Engine
 
 
+pytest_plugins = ["tests.servers"]   # real PostgreSQL and Redis, shared and throwaway
+
+
 def make_settings(**overrides: object) -> Settings:
     """Settings as a fresh environment would give, plus ``overrides`` (lower-case names)."""
     env = {k.upper(): str(v) for k, v in overrides.items()}

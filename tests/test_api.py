@@ -405,6 +405,28 @@ async def test_session_creation_is_rate_limited_per_address_in_memory_only(autoj
     assert address not in caplog.text
 
 
+@pytest.mark.parametrize("hops", [0, 1])
+async def test_behind_a_trusted_proxy_the_rate_limit_keys_on_the_forwarded_address(
+        autojump_clock, nursery, hops):
+    services = await serve(nursery, trusted_proxy_hops=hops)
+    proxy = client(services, "10.0.0.5")               # every request comes from nginx
+
+    def forwarded(address: str) -> dict[str, str]:
+        # the first entry is what a client may forge; the proxy appends the address it saw
+        return {"X-Forwarded-For": f"198.51.100.1, {address}"}
+
+    async with proxy as c:
+        for _ in range(10):
+            r = await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000},
+                             headers=forwarded("203.0.113.1"))
+            assert r.status_code == 201
+        other = await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000},
+                             headers=forwarded("203.0.113.2"))
+    # trusted: another client behind the same proxy still gets its session; not trusted: the
+    # header is ignored and everyone behind the proxy shares one bucket
+    assert other.status_code == (201 if hops else 429)
+
+
 # -- the swarm --------------------------------------------------------------------------------------
 
 async def test_swarm_summary(autojump_clock, api):
@@ -442,7 +464,8 @@ async def test_agents_list_and_filters(autojump_clock, api):
 
 
 async def test_the_agent_list_is_fresh_after_a_command(autojump_clock, api):
-    """The list is reused for up to 0.1 s, but never across a command of the API."""
+    """The list is reused for up to 0.1 s, but not across a command of the API (once the
+    command has had a tick to reach the swarm)."""
     services, c = api
     headers = await activate(c)
     active = "/api/v1/swarm/agents?status=active"

@@ -88,7 +88,7 @@ async def next_frame(ws: trio_websocket.WebSocketConnection) -> bytes | dict:
 
 
 async def raw_subscribe(port: int, query: str = "", rcvbuf: int | None = None,
-                        headers: bytes = b"", path: str = "/ws/swarm",
+                        headers: bytes = b"", path: str = "/ws/swarm", host: str = "127.0.0.1",
                         ) -> tuple[trio.SocketStream, bytes, bytes]:
     """A hand-made WebSocket client: returns the stream, the HTTP response head and what followed.
 
@@ -100,7 +100,7 @@ async def raw_subscribe(port: int, query: str = "", rcvbuf: int | None = None,
     await sock.connect(("127.0.0.1", port))
     stream = trio.SocketStream(sock)
     await stream.send_all(
-        b"GET " + path.encode() + query.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"GET " + path.encode() + query.encode() + b" HTTP/1.1\r\nHost: " + host.encode() + b"\r\n"
         b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + headers + b"\r\n")
     buffer = b""
@@ -112,13 +112,13 @@ async def raw_subscribe(port: int, query: str = "", rcvbuf: int | None = None,
     return stream, head, rest
 
 
-async def refusal(port: int, target: str, headers: list[tuple[bytes, bytes]] = ()
-                  ) -> tuple[int, dict | None]:
+async def refusal(port: int, target: str, headers: list[tuple[bytes, bytes]] = (),
+                  host: str = "127.0.0.1") -> tuple[int, dict | None]:
     """Open a handshake; (HTTP status, JSON body) of a refusal, or (101, None) if accepted."""
     path, _, query = target.partition("?")
     extra = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
     stream, head, body = await raw_subscribe(port, "?" + query if query else "", headers=extra,
-                                             path=path)
+                                             path=path, host=host)
     async with stream:
         status = int(head.split(b" ", 2)[1])
         if status == 101:
@@ -245,6 +245,20 @@ async def test_origin_is_checked(autojump_clock, serve, origin, allowed):
         assert status == 101
     else:
         assert status == 403 and body["error"] == "origin_forbidden"
+
+
+@pytest.mark.parametrize("origin, allowed", [
+    ("https://atom.example", True),       # the site's own page, behind a proxy that keeps Host
+    ("https://atom.example:8443", False),
+    ("https://evil.example", False),
+])
+async def test_a_page_of_the_site_itself_is_allowed(autojump_clock, serve, origin, allowed):
+    services = await serve()
+    headers = [(b"Origin", origin.encode())]
+    with trio.fail_after(BOUND_S):
+        status, _ = await refusal(services.broadcaster.port, "/ws/swarm", headers,
+                                  host="atom.example")
+    assert status == (101 if allowed else 403)
 
 
 async def test_the_api_origin_bound_later_is_allowed(autojump_clock, serve):

@@ -10,6 +10,8 @@ import sys
 import pytest
 import trio
 
+from .servers import free_port
+
 ATOM = [sys.executable, "-m", "atom_actors"]
 
 
@@ -47,3 +49,30 @@ async def test_signal_stops_serve_cleanly(tmp_path, signum):
             buffer += chunk
     assert code == 0, buffer
     assert b"stopped" in buffer and b"Traceback" not in buffer
+
+
+def test_a_role_without_redis_stops_with_one_line(tmp_path):
+    done = subprocess.run([*ATOM, "serve", "--role", "engine"], env=env(), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "REDIS_URL" in lines[0], done.stderr
+
+
+async def test_migrate_applies_then_finds_the_database_up_to_date(tmp_path, pg_url):
+    for expected in ("applied migrations 1", "the database is up to date"):
+        done = await trio.run_process([*ATOM, "migrate"], env=env(DATABASE_URL=pg_url, SECRET_KEY="k" * 40),
+                                      cwd=tmp_path, capture_stderr=True, check=False)
+        assert done.returncode == 0, done.stderr
+        assert expected in done.stderr.decode()
+
+
+def test_migrate_without_a_database_url_or_server_says_why(tmp_path):
+    done = subprocess.run([*ATOM, "migrate"], env=env(), cwd=tmp_path, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 2 and "DATABASE_URL" in done.stderr
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    done = subprocess.run([*ATOM, "migrate"], env=env(DATABASE_URL=url, SECRET_KEY="k" * 40),
+                          cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "postgresql is unavailable" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -22,6 +22,7 @@ from atom_actors.sessions import token_hash
 from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, UA_MARK, Seen, client_address,
                                 running_atom, scenario)
 from tests.conftest import make_settings
+from tests.servers import sql
 
 TOKEN = "v1.Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg.c2lnbmF0dXJlc2lnbmE"
 HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -253,14 +254,26 @@ def forbidden(seen: Seen) -> dict[str, bytes]:
             "forwarded address": FORWARDED_FOR.encode()}
 
 
-async def test_zero_log_holds_through_a_whole_session(tmp_path):
-    """ZERO_LOG=true: after Sceau, subscribers, commands, malformed requests and a refused
-    handshake, the process wrote its start and stop lines and nothing else, and no output, error
-    body or metric label holds the client's address, token, token hash or user agent."""
+async def database_rows(url: str) -> dict[str, list[str]]:
+    """Every row of every table of the database, as JSON text, by table."""
+    tables = await sql(url, "SELECT table_name FROM information_schema.tables "
+                            "WHERE table_schema = 'public'")
+    return {t["table_name"]: [r["row"] for r in await sql(
+        url, f'SELECT row_to_json(t)::text AS row FROM "{t["table_name"]}" t')] for t in tables}
+
+
+async def test_zero_log_holds_through_a_whole_session(tmp_path, pg_url):
+    """ZERO_LOG=true, on PostgreSQL: after Sceau, subscribers, commands, malformed requests and a
+    refused handshake, the process wrote its start and stop lines and nothing else, and no output,
+    error body, metric label or database row holds the client's address, token or user agent; the
+    token's hash is in one place only, the session's id (CONTRACT §2.1)."""
+    # "localhost": the server's own connection to PostgreSQL must not put 127.0.0.1 in the output.
+    database = pg_url.replace("127.0.0.1", "localhost")
     with trio.fail_after(120):
-        async with running_atom(tmp_path) as atom:
+        async with running_atom(tmp_path, DATABASE_URL=database, SECRET_KEY="s" * 40) as atom:
             assert await client_address(atom.api_url) == CLIENT_HOST   # the check below is honest
             seen = await scenario(atom)
+        rows = await database_rows(pg_url)
     assert seen.statuses["activate"] == 201 and seen.statuses["disperse"] == 202
     assert seen.refused_handshake == 401 and seen.frames.count > 240
     assert max(seen.statuses.values()) < 500, seen.statuses
@@ -274,6 +287,15 @@ async def test_zero_log_holds_through_a_whole_session(tmp_path):
         assert secret not in atom.output, what
         assert not any(secret in body for body in seen.error_bodies), what
         assert secret.decode() not in seen.metrics_during, what
+    session_id = token_hash(seen.token)
+    assert [r for r in rows["sessions"] if session_id in r], "the session was not stored"
+    assert rows["events"] and rows["agents"], "the commands and the snapshot were not stored"
+    for table, texts in rows.items():
+        for what, secret in forbidden(seen).items():
+            if table == "sessions" and what == "token hash":
+                assert all(json.loads(r)["id"] == session_id for r in texts if session_id in r)
+                continue
+            assert not any(secret.decode() in r for r in texts), (table, what)
 
 
 async def test_the_actor_trace_of_the_same_session(tmp_path):

@@ -40,16 +40,17 @@ DESCRIPTION = ("The operators' REST API of AT·OM's swarm, L'Essaim: Sceau sessi
 
 
 def create_app(services: Services) -> QuartTrio:
-    """The API of a running AT·OM. ``services`` must have its engine, store, sessions and
-    safeguard; the rest is read from it at request time."""
-    if services.engine is None or services.sessions is None or services.safeguard is None \
+    """The API of a running AT·OM. ``services`` must have its swarm (the engine, or a remote
+    one), store, sessions and safeguard; the rest is read from it at request time."""
+    control = services.swarm if services.swarm is not None else services.engine
+    if control is None or services.sessions is None or services.safeguard is None \
             or services.store is None:
-        raise ValueError("create_app needs services with engine, store, sessions and safeguard")
+        raise ValueError("create_app needs services with swarm, store, sessions and safeguard")
     app = QuartTrio("atom_actors.api", static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, PROPAGATE_EXCEPTIONS=False)
     settings = services.settings
     app.extensions["atom"] = Api(
-        services=services, settings=settings, control=services.engine,
+        services=services, settings=settings, control=control,
         sessions=services.sessions, safeguard=services.safeguard, store=services.store,
         cors=CorsPolicy(settings.cors_origins), buckets=TokenBuckets())
     QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),

@@ -5,6 +5,7 @@ and the error documentation of each route.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Iterator
@@ -20,8 +21,8 @@ from quart_schema import document_querystring, document_request, document_respon
 
 from ..clock import WallClock
 from ..config import Settings
+from ..errors import BackendUnavailable, BodyNotJSON, RequestInvalid, UnknownAgent, UnknownSphere
 from ..metrics import Counted
-from ..errors import BodyNotJSON, RequestInvalid, UnknownAgent, UnknownSphere
 from ..safeguard import BriseCircuit
 from ..sessions import SessionService
 from ..store import EventRecord, Store
@@ -32,6 +33,8 @@ from .schemas import ErrorBody, ValidationErrorBody
 if TYPE_CHECKING:
     from ..app import Services
     from ..engine import SwarmControl
+
+log = logging.getLogger("atom_actors.api")
 
 SESSION_HEADER = "X-Sceau-Session"
 # The agent list over REST may be this old (and is never older than the last command).
@@ -53,9 +56,8 @@ class Api:
     cors: CorsPolicy
     buckets: TokenBuckets
     clock: WallClock = field(default_factory=WallClock)
-    changes: int = 0       # swarm-changing commands this API carried out
-    _agents_cache: tuple[float, int, dict[tuple, bytes]] = field(
-        default_factory=lambda: (-math.inf, -1, {}))
+    settled_at: float = -math.inf   # this API's last command has reached the swarm by then
+    _agents_cache: tuple[float, dict[tuple, bytes]] = field(default_factory=lambda: (-math.inf, {}))
 
     def subscribers(self) -> int:
         count = self.services.subscribers
@@ -69,19 +71,27 @@ class Api:
 
     async def command_done(self, kind: str, payload: dict[str, Any]) -> None:
         """A swarm-changing command was carried out: forget cached views of the swarm, and keep
-        the command in the store (swarm facts only, nobody's data)."""
-        self.changes += 1
-        await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
+        the command in the store (swarm facts only, nobody's data).
+
+        Best effort: the command is done whatever the store says, so a store outage must not turn
+        it into a 503 (a client would retry it). The engine's own event log records it as well,
+        retrying through the outage; the store keeps one record per command id."""
+        # The sphere actors apply a command within a tick: views made before then are stale.
+        self.settled_at = trio.current_time() + 1.0 / self.settings.tick_hz
+        try:
+            await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
+        except BackendUnavailable as exc:
+            log.warning("command %s not recorded by the API: %s", payload.get("command_id"), exc.detail)
 
     def agents_json(self, sphere: str | None, status: str | None) -> bytes:
         """The agent list as JSON, made at most once per AGENTS_MAX_AGE_S and filter, and again
         after any command of this API: at 200 requests/s most requests would otherwise rebuild
         the same 57 kB. Positions over REST are a snapshot; the WebSocket is the live view."""
         now = trio.current_time()
-        built_at, changes, bodies = self._agents_cache
-        if now - built_at >= AGENTS_MAX_AGE_S or changes != self.changes:
+        built_at, bodies = self._agents_cache
+        if now - built_at >= AGENTS_MAX_AGE_S or built_at <= self.settled_at:
             bodies = {}
-            self._agents_cache = (now, self.changes, bodies)
+            self._agents_cache = (now, bodies)
         body = bodies.get((sphere, status))
         if body is None:
             agents = self.control.agents(sphere=sphere, status=status)

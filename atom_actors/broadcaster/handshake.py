@@ -29,9 +29,11 @@ class StreamRequest:
     fps: int
     session: str | None   # the Sceau token, from ``?session=`` or X-Sceau-Session
     origin: str | None    # the browser's Origin header; None for a non-browser client
+    host: str = ""        # the Host header: behind a proxy, the site's public host
 
 
-def parse_request(target: str, headers: list[tuple[bytes, bytes]], tick_hz: int) -> StreamRequest:
+def parse_request(target: str, headers: list[tuple[bytes, bytes]], tick_hz: int,
+                  host: str = "") -> StreamRequest:
     """Read path, query and headers; raise StreamNotFound (404) or BadStreamParameter (400)."""
     parts = urlsplit(target)
     if parts.path != PATH:
@@ -61,7 +63,7 @@ def parse_request(target: str, headers: list[tuple[bytes, bytes]], tick_hz: int)
             origin = value.decode("latin-1")
     if session is not None and len(session) > MAX_PARAMETER_CHARS:
         session = session[:MAX_PARAMETER_CHARS]   # too long to be ours: it will not verify
-    return StreamRequest(encoding, int(fps_text), session or None, origin)
+    return StreamRequest(encoding, int(fps_text), session or None, origin, host.lower())
 
 
 def normalise_origin(origin: str) -> str:
@@ -87,10 +89,18 @@ def own_origins(api_url: str) -> set[str]:
             for name in names}
 
 
-def check_origin(origin: str | None, allowed: set[str]) -> None:
-    """No Origin (a non-browser client) passes; a browser's must be allowed, else OriginForbidden."""
-    if origin is not None and normalise_origin(origin) not in allowed:
-        raise OriginForbidden(origin)
+def check_origin(origin: str | None, allowed: set[str], host: str = "") -> None:
+    """No Origin (a non-browser client) passes; a browser's must be allowed, else OriginForbidden.
+
+    A page of the site itself passes too: its Origin names the host the request was sent to (the
+    same rule as the API's, and what makes the viewer work behind nginx without listing the site
+    in CORS_ORIGINS).
+    """
+    if origin is None or normalise_origin(origin) in allowed:
+        return
+    if host and urlsplit(normalise_origin(origin)).netloc == host.strip().lower():
+        return
+    raise OriginForbidden(origin)
 
 
 def error_body(error: AtomError) -> bytes:

@@ -32,12 +32,12 @@ from ..bus import Bus
 from ..catalog import CATALOG, Catalog
 from ..config import Settings
 from ..engine import SwarmControl
-from ..errors import AtomError, SessionError, StreamRefused, TooManySubscribers
+from ..errors import AtomError, BackendUnavailable, SessionError, StreamRefused, TooManySubscribers
 from ..sessions import SessionService
 from . import handshake
 from .fanout import BroadcastStats, Fanout, Subscriber
 from .handshake import PATH, StreamRequest
-from .wsraw import RawStream, open_request
+from .wsraw import RawStream, open_request, request_host
 
 log = logging.getLogger("atom_actors.broadcaster")
 
@@ -186,8 +186,9 @@ class Broadcaster:
         """
         reserved = False
         try:
-            wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz)
-            handshake.check_origin(wanted.origin, self.origins)
+            wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz,
+                                             request_host(request))
+            handshake.check_origin(wanted.origin, self.origins, wanted.host)
             if self.closing or self._admitted >= self.settings.ws_max_connections:
                 raise TooManySubscribers(self.settings.ws_max_connections)
             self._admitted += 1
@@ -195,7 +196,8 @@ class Broadcaster:
             if self.settings.ws_require_session:
                 assert self.sessions is not None
                 await self.sessions.verify(wanted.session)
-        except (StreamRefused, SessionError) as exc:
+        except (StreamRefused, SessionError, BackendUnavailable) as exc:
+            # BackendUnavailable: the store that knows the sessions is down (503, not a crash).
             if reserved:
                 self._admitted -= 1
             await self._refuse(request, exc)

@@ -46,6 +46,11 @@ OP_CLOSE: Final = 0x88                     # FIN + close
 SEND_BUFFER_BYTES: Final = 64 * 1024
 
 
+def request_host(request: trio_websocket.WebSocketRequest) -> str:
+    """The handshake's Host header, which wsproto keeps apart from the other headers."""
+    return request._event.host or ""
+
+
 def message_bytes(message: bytes | str) -> bytes:
     """One whole, unmasked server message on the wire: text for ``str``, binary for ``bytes``."""
     if isinstance(message, str):

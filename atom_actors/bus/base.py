@@ -85,6 +85,7 @@ class Bus(abc.ABC):
     """Where the engine publishes and the broadcasters and API read."""
 
     name = "bus"
+    failures = 0   # calls that ended in BackendUnavailable: atom_backend_errors_total reads it
 
     def __init__(self) -> None:
         self._frames = LatestValue()
@@ -94,6 +95,9 @@ class Bus(abc.ABC):
         """Run the bus's own tasks (connections, pumps) until cancelled."""
         task_status.started(self)
         await trio.sleep_forever()
+
+    async def ping(self) -> None:
+        """Return when the bus answers; raise BackendUnavailable otherwise (in-process: always)."""
 
     @property
     def latest_frame(self) -> Frame | None:

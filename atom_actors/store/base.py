@@ -43,6 +43,7 @@ class AgentRow:
 
 class Store(abc.ABC):
     name = "store"
+    failures = 0   # calls that ended in BackendUnavailable: atom_backend_errors_total reads it
 
     async def run(self, *, task_status: trio.TaskStatus[Store] = trio.TASK_STATUS_IGNORED) -> None:
         """Open connections (and apply migrations), then hold them until cancelled."""
@@ -65,7 +66,9 @@ class Store(abc.ABC):
 
     # events (dispersals, regroups, retunes, safeguard trips)
     @abc.abstractmethod
-    async def record_event(self, record: EventRecord) -> None: ...
+    async def record_event(self, record: EventRecord) -> None:
+        """Append an event; one whose payload has a ``command_id`` is kept once per kind and
+        command, so that a command applied again after an engine failover is recorded once."""
 
     @abc.abstractmethod
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:

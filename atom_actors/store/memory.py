@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from collections import deque
 
 from .base import AgentRow, EventRecord, SessionRecord, Store
+
+
+# A long-running single process must not grow without bound: the newest events are kept, and
+# expired sessions are swept every SESSION_SWEEP saves.
+MAX_EVENTS = 10_000
+SESSION_SWEEP = 1024
 
 
 class MemoryStore(Store):
@@ -12,10 +19,14 @@ class MemoryStore(Store):
 
     def __init__(self) -> None:
         self._sessions: dict[str, SessionRecord] = {}
-        self._events: list[EventRecord] = []
+        self._events: deque[EventRecord] = deque()
+        self._event_keys: set[tuple[str, str]] = set()   # (kind, command_id): one record a command
         self._agents: list[AgentRow] = []
 
     async def save_session(self, record: SessionRecord) -> None:
+        if len(self._sessions) % SESSION_SWEEP == SESSION_SWEEP - 1:
+            now = record.created_at
+            self._sessions = {k: v for k, v in self._sessions.items() if v.expires_at > now}
         self._sessions[record.id] = record
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
@@ -29,7 +40,14 @@ class MemoryStore(Store):
         return True
 
     async def record_event(self, record: EventRecord) -> None:
+        key = _event_key(record)
+        if key is not None:
+            if key in self._event_keys:
+                return
+            self._event_keys.add(key)
         self._events.append(record)
+        if len(self._events) > MAX_EVENTS:
+            self._event_keys.discard(_event_key(self._events.popleft()))
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
         found = [e for e in reversed(self._events) if kind is None or e.kind == kind]
@@ -40,3 +58,8 @@ class MemoryStore(Store):
 
     async def load_agents(self) -> list[AgentRow]:
         return list(self._agents)
+
+
+def _event_key(record: EventRecord) -> tuple[str, str] | None:
+    command = record.payload.get("command_id")
+    return None if command is None else (record.kind, command)

@@ -23,12 +23,27 @@ def rate_limited(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        wait = api().buckets.take(request.remote_addr or "-", trio.current_time())
+        wait = api().buckets.take(client_address(api().services.settings.trusted_proxy_hops),
+                                  trio.current_time())
         if wait > 0:
             raise RateLimited(wait)
         return await func(*args, **kwargs)
 
     return wrapper
+
+
+def client_address(trusted_hops: int) -> str:
+    """The client's address: the peer's, or behind ``trusted_hops`` proxies the one they forwarded.
+
+    A client can put anything in X-Forwarded-For, but each trusted proxy appends the address it
+    saw, so only the last ``trusted_hops`` entries are believed.
+    """
+    if trusted_hops:
+        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",")]
+        forwarded = [part for part in forwarded if part]
+        if len(forwarded) >= trusted_hops:
+            return forwarded[-trusted_hops]
+    return request.remote_addr or "-"
 
 
 @bp.post("/activate")

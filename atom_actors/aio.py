@@ -1,0 +1,84 @@
+"""The asyncio bridge: asyncpg and ``redis.asyncio`` are asyncio libraries; the rest is Trio.
+
+One trio-asyncio loop per process, opened near the root nursery (:func:`atom_actors.app.serve`),
+shared by both backends. Only ``store/postgres.py`` and ``bus/redis.py`` call into it, through
+:class:`Bridge`; everything else stays plain Trio and never sees an asyncio object.
+
+A backend run on its own (a test, ``atom migrate``) opens a loop of its own: :func:`open_bridge`
+reuses the loop of the calling task's context when there is one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import warnings
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import trio
+import trio_asyncio
+
+T = TypeVar("T")
+
+
+def _keep_plain_asyncio_outside_trio() -> None:
+    """Importing trio_asyncio makes ``asyncio.new_event_loop()`` outside Trio return its own
+    synchronous loop unless a policy is set. Asyncio code of other libraries in this process (a
+    browser driver in the tests, say) expects the standard loop: set the default policy, which
+    trio_asyncio then defers to outside Trio. Inside Trio nothing changes."""
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)   # the policy API, from 3.14
+            asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
+
+
+_keep_plain_asyncio_outside_trio()
+
+
+class Bridge:
+    """Runs asyncio coroutine functions on one loop, from any Trio task.
+
+    The loop is named explicitly, so a Trio task that did not inherit the loop's context (a test
+    fixture's sibling task, say) can still call in. Cancelling the Trio caller cancels the asyncio
+    task it waits on.
+    """
+
+    def __init__(self, loop: trio_asyncio.BaseTrioEventLoop) -> None:
+        self.loop = loop
+
+    async def call(self, fn: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        # The coroutine is created here but runs (and so first touches asyncio) inside the loop.
+        return await self.loop.run_aio_coroutine(fn(*args, **kwargs))
+
+    async def close(self, fn: Callable[..., Awaitable[Any]], *args: Any, timeout_s: float = 1.0) -> None:
+        """Run a closing coroutine even while the caller is being cancelled, for at most
+        ``timeout_s``; a failure to close is not worth a crash at shutdown."""
+        with trio.CancelScope(shield=True), trio.move_on_after(timeout_s):
+            try:
+                await self.call(fn, *args)
+            except Exception:  # noqa: BLE001 - the connection is going away either way
+                pass
+
+
+@asynccontextmanager
+async def open_bridge() -> AsyncIterator[Bridge]:
+    """Yield a :class:`Bridge` on the loop of this task's context, opening one if there is none."""
+    loop = trio_asyncio.current_loop.get()
+    if loop is not None:
+        yield Bridge(loop)
+        return
+    try:
+        async with trio_asyncio.open_loop() as loop:
+            yield Bridge(loop)
+    except BaseExceptionGroup as group:
+        # open_loop's own nurseries wrap whatever the body raised: hand it on as itself.
+        raise _sole(group) from None
+
+
+def _sole(group: BaseExceptionGroup) -> BaseException:
+    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
+        group = group.exceptions[0]
+    return group

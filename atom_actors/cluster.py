@@ -1,0 +1,324 @@
+"""The engine role of a Redis deployment: one leader among the engine processes, the rest hot
+standbys. Plain Trio over :class:`~atom_actors.bus.redis.RedisBus`.
+
+Tree of one engine process::
+
+    EngineRole.run                  forever: stand by until the lease is ours, lead until it is not
+    └── leading (one nursery; losing the lease cancels it)
+        ├── Lease.keep              renews every RENEW_S
+        ├── EventLog.run            command events → store
+        ├── Engine.run              restored from the Redis checkpoint, else the store's snapshot
+        ├── snapshot_agents         all agents → store, once a second
+        └── Commander.run           commands from the stream → engine; checkpoints
+
+**Exactly once.** A command is acknowledged in the stream only by a checkpoint, the atomic script
+that also stores the swarm state it produced (``RedisBus.checkpoint``). Between applying commands
+and checkpointing them the commander waits SETTLE_S, so that the agent tasks have acted on them,
+and applies nothing else: a checkpoint's state holds the effect of exactly the commands it
+acknowledges. A leader killed before its checkpoint leaves those commands pending; the next
+leader restores the last checkpoint (which has none of their effects), claims them and applies
+each once. Ids already recorded as applied are acknowledged without being applied again.
+
+**Leases.** ``SET NX PX`` with a TTL of LEASE_TTL_S, renewed every RENEW_S; a standby asks every
+STANDBY_POLL_S, so a dead leader is replaced within LEASE_TTL_S + STANDBY_POLL_S (+ restore).
+Through a Redis outage the leader keeps leading (nobody else can take the lease) and a standby,
+once Redis answers again, waits a whole TTL before it asks, so the incumbent takes its lease
+back first. A leader that finds the lease held by another stops at once (fencing: its
+checkpoints are refused by the script from that moment).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .bus.redis import RedisBus
+from .config import Settings
+from .engine import Engine
+from .errors import BackendUnavailable, CommandError
+from .persistence import (EventLog, TappedBus, apply_checkpoint, decode_checkpoint,
+                          encode_checkpoint, encode_summary, restore_from_store, snapshot_agents)
+from .store import Store
+from .supervisor import Report
+
+log = logging.getLogger("atom_actors.cluster")
+
+LEASE_TTL_S = 1.5
+RENEW_S = 0.25
+STANDBY_POLL_S = 0.25
+CHECKPOINT_S = 0.5        # a checkpoint (and a summary for the other processes) at least this often
+SETTLE_S = 0.05           # applied commands reach every agent task within a few scheduler passes
+RETRY_S = 0.2
+FINAL_CHECKPOINT_S = 1.0
+
+
+class Lease:
+    """The right to be the one engine."""
+
+    def __init__(self, bus: RedisBus, ttl_s: float = LEASE_TTL_S) -> None:
+        self.bus = bus
+        self.ttl_s = ttl_s
+        self.token = bus.instance
+
+    async def acquire(self) -> None:
+        """Return once this process holds the lease (hot standby until then)."""
+        quiet_until = trio.current_time()
+        while True:
+            try:
+                if trio.current_time() >= quiet_until:
+                    if await self.bus.lease_acquire(self.token, self.ttl_s):
+                        return
+                else:
+                    await self.bus.ping()
+            except BackendUnavailable:
+                # Once Redis is back, give the incumbent a whole TTL to renew before asking.
+                quiet_until = trio.current_time() + self.ttl_s
+            await trio.sleep(STANDBY_POLL_S)
+
+    async def keep(self, leading: trio.CancelScope, *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Renew until cancelled; cancel ``leading`` when another process holds the lease.
+
+        Errors: an outage is ridden out (renewal retried every RENEW_S)."""
+        task_status.started()
+        while True:
+            await trio.sleep(RENEW_S)
+            try:
+                result = await self.bus.lease_renew(self.token, self.ttl_s)
+            except BackendUnavailable:
+                continue
+            if result == 0:
+                log.error("engine lease held by another process: stepping down")
+                leading.cancel()
+                return
+            if result == 2:
+                log.warning("engine lease taken back after Redis came back")
+
+    async def release(self) -> None:
+        """Give the lease up (a clean stop), so that a standby takes over at once."""
+        with trio.CancelScope(shield=True), trio.move_on_after(1.0):
+            try:
+                await self.bus.lease_release(self.token)
+            except BackendUnavailable:
+                pass
+
+
+class Commander:
+    """Applies the stream's commands to the leading engine and checkpoints, in one task."""
+
+    def __init__(self, engine: Engine, bus: RedisBus, lease: Lease, leading: trio.CancelScope) -> None:
+        self.engine = engine
+        self.bus = bus
+        self.lease = lease
+        self.leading = leading
+        self.consumer = bus.instance
+        self.applied_count = 0
+        self.skipped_count = 0      # duplicates and unreadable entries, acknowledged only
+        self._acks: list[tuple[str, str]] = []
+        self._settled = True        # every applied command has had SETTLE_S to reach its agents
+
+    async def run(self, *, task_status: trio.TaskStatus[Commander] = trio.TASK_STATUS_IGNORED) -> None:
+        """Apply commands and checkpoint until cancelled.
+
+        First the commands that a previous leader received but never checkpointed, then new
+        ones. Errors: a Redis outage pauses reading and checkpointing (retried every RETRY_S);
+        the applied but unacknowledged commands stay pending here until a checkpoint succeeds.
+        Losing the lease (a refused checkpoint) cancels the leading scope. Cancellation: the
+        commands applied and settled are checkpointed (bounded), so that a clean handover
+        applies none of them again; unsettled ones are left to the next leader.
+        """
+        try:
+            await self._retry(self.bus.ensure_group)
+            claimed = await self._retry(self.bus.claim_commands, self.consumer)
+            if claimed:
+                log.warning("taking over %d unacknowledged commands", len(claimed))
+                await self._apply(claimed)
+            await self._checkpoint()
+            task_status.started(self)
+            due = trio.current_time() + CHECKPOINT_S
+            while True:
+                try:
+                    entries = await self.bus.read_commands(self.consumer)
+                except BackendUnavailable:
+                    await trio.sleep(RETRY_S)
+                    entries = []
+                if entries:
+                    await self._apply(entries)
+                if entries or self._acks or trio.current_time() >= due:
+                    await self._checkpoint()
+                    due = trio.current_time() + CHECKPOINT_S
+        finally:
+            if self._acks and self._settled:
+                with trio.CancelScope(shield=True), trio.move_on_after(FINAL_CHECKPOINT_S):
+                    await self._checkpoint()
+
+    async def _retry(self, fn: Callable[..., Any], *args: Any) -> Any:
+        while True:
+            try:
+                return await fn(*args)
+            except BackendUnavailable:
+                await trio.sleep(RETRY_S)
+
+    async def _apply(self, entries: list[tuple[str, dict | None]]) -> None:
+        ids = [c["command_id"] for _, c in entries if c and isinstance(c.get("command_id"), str)]
+        done = await self._retry(self.bus.applied, ids)
+        self._settled = False
+        pending = {c for _, c in self._acks}
+        for entry, command in entries:
+            command_id = command.get("command_id") if command else None
+            if not isinstance(command_id, str) or command_id in done or command_id in pending:
+                self._acks.append((entry, ""))
+                self.skipped_count += 1
+                continue
+            await self._apply_one(command, command_id)
+            self._acks.append((entry, command_id))
+            pending.add(command_id)
+            self.applied_count += 1
+        # Let the agent tasks act on what was sent to them before the state is checkpointed.
+        await trio.sleep(SETTLE_S)
+        self._settled = True
+
+    async def _apply_one(self, command: dict, command_id: str) -> None:
+        kind = command.get("kind")
+        try:
+            if kind == "disperse":
+                await self.engine.disperse(command.get("level"), command.get("sphere"), command_id)
+            elif kind == "regroup":
+                await self.engine.regroup(command_id)
+            elif kind == "retune":
+                await self.engine.retune(command.get("agent"), command.get("frequency"), command_id)
+            else:
+                log.error("command %s of unknown kind %r ignored", command_id, kind)
+        except CommandError as exc:
+            # The API validated it; a newer API speaking to an older engine can still get here.
+            log.error("command %s refused by the engine: %s", command_id, exc.detail)
+
+    async def _checkpoint(self) -> None:
+        acks = list(self._acks)
+        engine = self.engine
+        now = engine.clock.now()
+        seq = engine.compositor.seq - 1
+        state = encode_checkpoint(engine.state, seq, now)
+        summary = encode_summary(engine.state, seq, now)
+        try:
+            held = await self.bus.checkpoint(self.lease.token, state, summary, int(now * 1000), acks,
+                                             self.lease.ttl_s)
+        except BackendUnavailable:
+            return
+        if not held:
+            log.error("checkpoint refused: the engine lease is another's; stepping down")
+            self.leading.cancel()
+            return
+        del self._acks[:len(acks)]
+
+
+def engine_alarms(bus: RedisBus, on_report: Callable[[Report], None] | None = None):
+    """``(on_report, on_overload)`` for an engine process, which has no Brise-Circuit of its own:
+    an escalated crash loop or a lasting overload goes out as a ``safeguard`` event opening the
+    circuit, which every API process's circuit follows (``remote.share_safeguard``)."""
+
+    def alarm(reason: str) -> None:
+        bus.publish_event({"type": "event", "event": "safeguard", "state": "open", "reason": reason})
+
+    def report(report: Report) -> None:
+        if on_report is not None:
+            on_report(report)
+        if report.kind == "escalated":
+            alarm(f"the engine gave up on {report.child} after {report.restarts} restarts")
+
+    def overload(seconds: float) -> None:
+        alarm(f"the engine overran its tick budget for {seconds:.1f} s")
+
+    return report, overload
+
+
+async def restore(engine: Engine, bus: RedisBus, store: Store) -> str:
+    """Put the newest saved state into ``engine`` (not running yet); say where it came from.
+
+    Redis not answering: retried until it does (starting fresh would drop the swarm's state),
+    while the lease keeper, already running, steps down if the lease is lost meanwhile."""
+    while True:
+        try:
+            data = await bus.load_checkpoint()
+            break
+        except BackendUnavailable:
+            await trio.sleep(RETRY_S)
+    if data is not None:
+        try:
+            checkpoint = decode_checkpoint(data)
+        except ValueError as exc:
+            log.error("unreadable checkpoint ignored: %s", exc)
+        else:
+            if apply_checkpoint(engine.state, checkpoint):
+                elapsed = max(0.0, engine.clock.now() - checkpoint.t)
+                # Frame numbers go on increasing across the failover, as if no tick was missed.
+                engine.compositor.seq = checkpoint.seq + 1 + round(elapsed * engine.settings.tick_hz)
+                return "checkpoint"
+    try:
+        if await restore_from_store(engine, store):
+            return "store"
+    except BackendUnavailable as exc:
+        log.error("the store's snapshot could not be read (%s): starting from a fresh swarm", exc.detail)
+    return "fresh"
+
+
+class EngineRole:
+    """One engine process of a Redis deployment. ``engine`` is the running engine while this
+    process leads, else None; ``leading`` is set while it leads (a fresh Event each term)."""
+
+    def __init__(self, settings: Settings, bus: RedisBus, store: Store, *,
+                 on_report: Callable[[Report], None] | None = None,
+                 on_overload: Callable[[float], None] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.store = store
+        self.on_report = on_report
+        self.on_overload = on_overload
+        # Leading and standing by are said on stderr (operators and tests watch for them).
+        self.announce = announce or (lambda message: log.warning("%s", message))
+        self.lease = Lease(bus)
+        self.engine: Engine | None = None
+        self.commander: Commander | None = None
+        self.restored_from: str | None = None
+        self.terms = 0
+        self.leading = trio.Event()
+
+    async def run(self, *, task_status: trio.TaskStatus[EngineRole] = trio.TASK_STATUS_IGNORED) -> None:
+        """Stand by, lead, stand by again when the lease is lost; until cancelled.
+
+        Cancellation: a leader gives its lease up (bounded) so that a standby takes over at
+        once. Errors: a supervisor escalation ends the engine and this task with it (the
+        process exits; a standby takes over after the TTL).
+        """
+        task_status.started(self)
+        self.announce("engine standing by")
+        while True:
+            await self.lease.acquire()
+            self.terms += 1
+            try:
+                await self._lead()
+            finally:
+                self.engine = None
+                self.commander = None
+                self.leading = trio.Event()
+                await self.lease.release()
+            self.announce("engine standing by")
+
+    async def _lead(self) -> None:
+        async with trio.open_nursery() as nursery:
+            leading = nursery.cancel_scope
+            await nursery.start(self.lease.keep, leading)
+            engine_log = await nursery.start(EventLog(self.store).run)
+            engine = Engine(self.settings, TappedBus(self.bus, engine_log.offer),
+                            on_report=self.on_report, on_overload=self.on_overload)
+            self.restored_from = await restore(engine, self.bus, self.store)
+            await nursery.start(engine.run)
+            await nursery.start(snapshot_agents, engine, self.store)
+            self.commander = await nursery.start(Commander(engine, self.bus, self.lease, leading).run)
+            self.engine = engine
+            self.announce(f"engine leading (term {self.terms}, state from {self.restored_from})")
+            self.leading.set()

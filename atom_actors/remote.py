@@ -1,0 +1,220 @@
+"""The swarm as seen from a process without the engine (``--role api`` or ``ws`` over Redis).
+
+:class:`RemoteSwarm` is a :class:`~atom_actors.engine.SwarmControl`: the API and the broadcaster
+use it exactly as they use an in-process :class:`~atom_actors.engine.Engine`.
+
+* Queries read a mirror: statuses and frequencies from the engine's summaries (twice a second)
+  corrected by its ``agent.status`` / ``agent.frequency`` events in between; positions from the
+  latest frame on the bus. Names, functions and spheres come from the catalog, as in the engine.
+* Commands are checked here (so a bad one is refused at once with the engine's own errors), then
+  appended to the command stream. Once appended, a command will be applied exactly once, by
+  whichever engine leads. The answer waits up to REPLY_TIMEOUT_S for the engine's event (the
+  regroup count, the retuned agent); past that (a failover in progress) it is predicted from the
+  mirror. Redis down: :class:`~atom_actors.errors.BackendUnavailable` (503) at once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from .bus.redis import RedisBus
+from .catalog import CATALOG, Catalog
+from .config import MIN_HZ, Settings
+from .engine import new_command_id
+from .errors import BackendUnavailable
+from .persistence import decode_summary
+from .swarm import DISPERSED, STATUS_CODES, SwarmState
+from .swarm_view import SwarmView, dispersal_size
+
+REPLY_TIMEOUT_S = 1.0
+SUMMARY_STALE_S = 1.5     # three missed summaries: the engine is not ticking (or not there)
+REPLY_EVENTS = {"disperse": "swarm.dispersal", "regroup": "swarm.regroup", "retune": "agent.frequency"}
+
+
+class _Reply:
+    __slots__ = ("expected", "event", "value")
+
+    def __init__(self, expected: str) -> None:
+        self.expected = expected   # the name of the engine's event that answers the command
+        self.event = trio.Event()
+        self.value: dict | None = None
+
+
+class RemoteSwarm(SwarmView):
+    """A :class:`~atom_actors.engine.SwarmControl` over a :class:`RedisBus`; ``run`` it."""
+
+    def __init__(self, settings: Settings, bus: RedisBus, *, catalog: Catalog = CATALOG) -> None:
+        self.settings = settings
+        self.bus = bus
+        self.catalog = catalog
+        self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
+        self.summaries = 0
+        self._summary_t = -math.inf       # engine time of the newest summary applied
+        self._summary_seen = -math.inf    # trio time it arrived
+        self._positions_seq: int | None = None
+        self._replies: dict[str, _Reply] = {}
+
+    async def run(self, *, task_status: trio.TaskStatus[RemoteSwarm] = trio.TASK_STATUS_IGNORED) -> None:
+        """Mirror the engine until cancelled: the last stored summary first (bounded: Redis may
+        be down), then every summary and event. Errors: none expected; malformed summaries are
+        skipped."""
+        self.bus.summary_listeners.append(self._on_summary)
+        try:
+            with trio.move_on_after(self.bus.timeout_s):
+                try:
+                    data = await self.bus.load_summary()
+                except BackendUnavailable:
+                    data = None
+                if data is not None:
+                    self._on_summary(data, fresh=False)
+            with self.bus.subscribe_events() as events:
+                task_status.started(self)
+                async for event in events:
+                    self._on_event(event)
+        finally:
+            self.bus.summary_listeners.remove(self._on_summary)
+
+    def _on_summary(self, data: bytes, fresh: bool = True) -> None:
+        try:
+            summary = decode_summary(data)
+        except ValueError:
+            return
+        if len(summary.status) != self.state.size or summary.t < self._summary_t:
+            return
+        self._summary_t = summary.t
+        if fresh:
+            self._summary_seen = trio.current_time()
+        self.state.status[:] = summary.status
+        self.state.frequency[:] = summary.frequency
+        self.summaries += 1
+
+    def _on_event(self, event: dict) -> None:
+        name = event.get("event")
+        agent = event.get("agent")
+        if name == "agent.status" and isinstance(agent, int) and 0 <= agent < self.state.size:
+            self.state.status[agent] = STATUS_CODES.get(event.get("status"), self.state.status[agent])
+        elif name == "agent.frequency" and isinstance(agent, int) and 0 <= agent < self.state.size:
+            if isinstance(event.get("frequency"), int | float):
+                self.state.frequency[agent] = event["frequency"]
+        reply = self._replies.get(event.get("command_id"))  # type: ignore[arg-type]
+        if reply is not None and name == reply.expected:
+            reply.value = event
+            reply.event.set()
+
+    # -- SwarmControl: state (queries come from SwarmView) -------------------------------------
+
+    @property
+    def ticking(self) -> bool:
+        return trio.current_time() - self._summary_seen < SUMMARY_STALE_S
+
+    def _refresh(self) -> None:
+        frame = self.bus.latest_frame
+        if frame is not None and frame.seq != self._positions_seq and frame.agent_count == self.state.size:
+            self.state.positions[:] = frame.positions
+            self._positions_seq = frame.seq
+
+    # -- SwarmControl: commands ---------------------------------------------------------------------
+
+    async def disperse(self, level: str, sphere: str | None = None,
+                       command_id: str | None = None) -> dict[str, Any]:
+        level = self._check_level(level)
+        rows = self._rows(sphere)
+        command_id = command_id or new_command_id()
+        await self._send({"kind": "disperse", "level": level, "sphere": sphere,
+                          "command_id": command_id})
+        return {"level": level, "sphere": sphere, "dispersed": dispersal_size(level, len(rows)),
+                "command_id": command_id}
+
+    async def regroup(self, command_id: str | None = None) -> dict[str, Any]:
+        command_id = command_id or new_command_id()
+        predicted = int((self.state.status == DISPERSED).sum())
+        reply = await self._send({"kind": "regroup", "command_id": command_id})
+        count = reply.get("count", predicted) if reply else predicted
+        return {"regrouped": count, "command_id": command_id}
+
+    async def retune(self, agent_id: int, hz: float, command_id: str | None = None) -> dict[str, Any]:
+        agent = self._agent_id(agent_id)
+        hz = self._check_hz(hz)
+        command_id = command_id or new_command_id()
+        reply = await self._send({"kind": "retune", "agent": agent, "frequency": hz,
+                                  "command_id": command_id})
+        if reply is None:
+            self.state.frequency[agent] = hz   # predicted; the next summary confirms it
+        return self.agent(agent)
+
+    async def _send(self, command: dict) -> dict | None:
+        """Append ``command``; wait a little for the engine's answering event."""
+        command_id = command["command_id"]
+        reply = self._replies[command_id] = _Reply(REPLY_EVENTS[command["kind"]])
+        try:
+            await self.bus.add_command(command)
+            with trio.move_on_after(REPLY_TIMEOUT_S):
+                await reply.event.wait()
+            return reply.value
+        finally:
+            del self._replies[command_id]
+
+
+RESET_REASON = "reset by an operator"   # what the Brise-Circuit says when an operator closes it
+
+
+async def share_safeguard(circuit: Any, bus: RedisBus, *,
+                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Keep this process's Brise-Circuit in step with the other processes', until cancelled.
+
+    Every circuit publishes its changes as ``safeguard`` events, and engine processes publish one
+    when their engine escalates or overloads (``cluster.engine_alarms``). An opening elsewhere
+    opens ours (our own events come back too: already open, nothing happens); an operator's reset
+    elsewhere closes ours. The rate windows stay each process's own.
+    """
+    with bus.subscribe_events() as events:
+        task_status.started()
+        async for event in events:
+            if event.get("event") != "safeguard":
+                continue
+            if event.get("state") == "open" and circuit.state != "open":
+                circuit.trip("peer", str(event.get("reason") or "another process opened it"))
+            elif event.get("state") == "closed" and event.get("reason") == RESET_REASON \
+                    and circuit.state != "closed":
+                circuit.reset()
+
+
+SUBSCRIBERS_EVERY_S = 1.0
+
+
+async def report_subscribers(bus: RedisBus, count: Callable[[], int], *,
+                             task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """A ws process says, every second, how many subscribers it has (forgotten 3 s after it
+    stops saying so: a dead process does not count). Errors: an outage skips a beat."""
+    task_status.started()
+    while True:
+        try:
+            await bus.set_subscribers(count(), 3 * SUBSCRIBERS_EVERY_S)
+        except BackendUnavailable:
+            pass
+        await trio.sleep(SUBSCRIBERS_EVERY_S)
+
+
+class SubscriberTotal:
+    """The subscribers of every ws process, refreshed every second; call it for the number."""
+
+    def __init__(self, bus: RedisBus) -> None:
+        self.bus = bus
+        self.total = 0
+
+    def __call__(self) -> int:
+        return self.total
+
+    async def run(self, *, task_status: trio.TaskStatus[SubscriberTotal] = trio.TASK_STATUS_IGNORED) -> None:
+        """Refresh until cancelled; an outage keeps the last total."""
+        task_status.started(self)
+        while True:
+            try:
+                self.total = await self.bus.total_subscribers()
+            except BackendUnavailable:
+                pass
+            await trio.sleep(SUBSCRIBERS_EVERY_S)

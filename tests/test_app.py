@@ -1,0 +1,155 @@
+"""The tree of app.serve with real backends, in one trio.run: restart restores the swarm from
+PostgreSQL, a PostgreSQL outage leaves the stream alone, and role all over Redis."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import trio
+
+from atom_actors import app
+from atom_actors.errors import ConfigError
+from atom_actors.remote import RemoteSwarm
+from atom_actors.store import EventRecord
+
+from .conftest import make_settings
+from .test_broadcaster import refusal
+
+KEY = "s" * 40
+FREE_PORTS = {"api_port": 0, "ws_port": 0}
+
+
+async def serving(nursery: trio.Nursery, settings, role: str = "all") -> app.Services:
+    async def run(*, task_status) -> None:
+        with trio.CancelScope() as scope:
+            await app.serve(settings, role=role, task_status=_Started(task_status, scope))
+
+    return await nursery.start(run)
+
+
+class _Started:
+    """Hands the Services and a way to stop that one tree to the test."""
+
+    def __init__(self, task_status, scope: trio.CancelScope) -> None:
+        self._task_status, self._scope = task_status, scope
+
+    def started(self, services: app.Services) -> None:
+        services.extras["stop"] = self._scope.cancel
+        self._task_status.started(services)
+
+
+async def frames_in(bus, seconds: float) -> int:
+    count = 0
+    sub = bus.subscribe_frames()
+    with trio.move_on_after(seconds):
+        while True:
+            await sub.receive()
+            count += 1
+    return count
+
+
+def test_a_role_the_settings_cannot_run_is_refused_at_start():
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        app.check_role(make_settings(), "engine")
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        app.check_role(make_settings(redis_url="redis://127.0.0.1:6379", secret_key=KEY), "api")
+    with pytest.raises(ConfigError, match="DATABASE_URL"):
+        app.check_role(make_settings(redis_url="redis://127.0.0.1:6379", secret_key=KEY), "ws")
+    app.check_role(make_settings(redis_url="redis://127.0.0.1:6379", secret_key=KEY,
+                                 ws_require_session="false"), "ws")
+    with pytest.raises(ConfigError, match="--role"):
+        app.check_role(make_settings(), "everything")
+
+
+async def test_a_restart_restores_the_swarm_from_postgres(nursery, pg_url):
+    settings = make_settings(database_url=pg_url, secret_key=KEY, dispersal_dwell_s=600, **FREE_PORTS)
+    with trio.fail_after(30):
+        first = await serving(nursery, settings)
+        engine = first.engine
+        await engine.disperse("partial", command_id="d1")
+        await engine.retune(3, 512.5, command_id="t1")
+        await trio.sleep(0.3)
+        statuses = engine.state.status.copy()
+        first.extras["stop"]()
+        await trio.sleep(0.5)        # the tree stops; the last snapshot is written on the way out
+
+        second = await serving(nursery, settings)
+        restored = second.engine
+        assert restored is not engine
+        assert restored.state.status.tolist() == statuses.tolist()
+        assert restored.agent(3)["frequency"] == 512.5
+        assert len(restored.agents(status="dispersed")) == 70
+        events = await second.store.events()
+        assert [(e.kind, e.payload["command_id"]) for e in reversed(events)] == [
+            ("dispersal", "d1"), ("retune", "t1")]
+        second.extras["stop"]()
+
+
+async def test_postgres_down_leaves_the_stream_alone_and_snapshots_resume(nursery, pg_server):
+    settings = make_settings(database_url=pg_server.url, secret_key=KEY, **FREE_PORTS)
+    with trio.fail_after(60):
+        services = await serving(nursery, settings)
+        async with httpx.AsyncClient(base_url=services.api_url) as http:
+            r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+            token = r.json()["session"]
+            await pg_server.astop()
+            r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+            assert r.status_code == 503 and r.json()["error"] == "backend_unavailable"
+            # A subscriber's session cannot be checked either: refused with 503, not dropped.
+            port = urlsplit(services.ws_url).port
+            status, body = await refusal(port, f"/ws/swarm?session={token}")
+            assert status == 503 and body["error"] == "backend_unavailable"
+            await services.engine.retune(11, 654.5, command_id="during-outage")
+            assert await frames_in(services.bus, 1.5) >= 80   # 60 fps regardless
+            await pg_server.astart()
+            r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+            assert r.status_code == 201
+        with trio.fail_after(5):
+            while [r.frequency for r in await services.store.load_agents() if r.id == 11] != [654.5]:
+                await trio.sleep(0.2)                     # the next snapshot lands
+        # The event of the outage was held, not lost.
+        with trio.fail_after(5):
+            while not await services.store.events("retune"):
+                await trio.sleep(0.2)
+        assert (await services.store.events("retune"))[0] == EventRecord(
+            (await services.store.events("retune"))[0].t, "retune",
+            {"command_id": "during-outage", "agent": 11, "frequency": 654.5})
+        services.extras["stop"]()
+
+
+async def test_role_all_over_redis_runs_the_engine_behind_the_bus(nursery, redis_server, pg_url):
+    settings = make_settings(redis_url=redis_server.url, database_url=pg_url, secret_key=KEY, **FREE_PORTS)
+    with trio.fail_after(30):
+        services = await serving(nursery, settings)
+        assert isinstance(services.swarm, RemoteSwarm) and services.engine_role is not None
+        await services.engine_role.leading.wait()
+        while not services.swarm.ticking:
+            await trio.sleep(0.05)
+        assert await frames_in(services.bus, 0.5) >= 20     # frames come back through Redis
+        result = await services.swarm.disperse("partial", "transport")
+        assert result["dispersed"] == 10
+        while len(services.swarm.agents(status="dispersed")) != 10:
+            await trio.sleep(0.05)
+        services.extras["stop"]()
+
+
+async def test_api_processes_share_the_brise_circuit(nursery, redis_server, pg_url):
+    settings = make_settings(redis_url=redis_server.url, database_url=pg_url, secret_key=KEY,
+                             **FREE_PORTS)
+    with trio.fail_after(30):
+        await serving(nursery, settings, role="engine")
+        first = await serving(nursery, settings, role="api")
+        second = await serving(nursery, settings, role="api")
+        for services in (first, second):
+            if not services.bus.up:
+                await services.bus.subscribed.wait()
+        first.safeguard.trip("rate", "more than 30 commands in 60 s")
+        while second.safeguard.state != "open":
+            await trio.sleep(0.02)
+        assert second.safeguard.status()["reason"] == "more than 30 commands in 60 s"
+        first.safeguard.reset()
+        while second.safeguard.state != "closed":
+            await trio.sleep(0.02)
+        assert first.safeguard.state == "closed"

@@ -1,0 +1,181 @@
+"""Engine processes over real Redis, simulated in one trio.run: a leader, hot standbys, commands
+applied exactly once across a handover, fencing, and a Redis restart under a running leader.
+(kill -9 of a real leader process is in test_roles.)"""
+
+from __future__ import annotations
+
+import trio
+
+from atom_actors.bus.redis import RedisBus
+from atom_actors.cluster import LEASE_TTL_S, EngineRole, engine_alarms
+from atom_actors.errors import SupervisorEscalation
+from atom_actors.remote import RemoteSwarm
+from atom_actors.stack import open_service_stack
+from atom_actors.store import MemoryStore
+from atom_actors.swarm import DISPERSED
+
+from .conftest import make_settings
+from .servers import SHARED_REDIS
+
+SETTINGS = make_settings(dispersal_dwell_s=600)
+
+
+class EngineProcess:
+    """One engine process: its own bus connection and role, stopped on its own."""
+
+    def __init__(self, url: str, namespace: str, store: MemoryStore) -> None:
+        self.url, self.namespace, self.store = url, namespace, store
+        self.bus: RedisBus
+        self.role: EngineRole
+
+    async def start(self, nursery: trio.Nursery) -> EngineProcess:
+        self.scope = await nursery.start(self._run)
+        return self
+
+    async def _run(self, *, task_status) -> None:
+        with trio.CancelScope() as scope:
+            async with open_service_stack() as stack:   # the role stops before its bus
+                self.bus = await stack.start(
+                    RedisBus(self.url, namespace=self.namespace, frames=False, events=False).run)
+                self.role = await stack.start(EngineRole(SETTINGS, self.bus, self.store).run)
+                task_status.started(scope)
+                await trio.sleep_forever()
+
+    def stop(self) -> None:
+        self.scope.cancel()
+
+
+async def api_process(nursery: trio.Nursery, url: str, namespace: str) -> RemoteSwarm:
+    bus = await nursery.start(RedisBus(url, namespace=namespace, summaries=True).run)
+    if not bus.up:
+        await bus.subscribed.wait()
+    return await nursery.start(RemoteSwarm(SETTINGS, bus).run)
+
+
+async def wait_for(predicate, poll_s: float = 0.02) -> None:
+    while not predicate():
+        await trio.sleep(poll_s)
+
+
+async def committed(bus: RedisBus, expected: list[str]) -> None:
+    """Wait until the applied-commands log is ``expected``; it must never hold more."""
+    while (log := await bus.applied_log()) != expected:
+        assert len(log) < len(expected), log
+        await trio.sleep(0.02)
+
+
+async def test_a_standby_takes_over_with_the_state_and_every_command_applied_once(nursery, redis_namespace):
+    store = MemoryStore()
+    with trio.fail_after(30):
+        first = await EngineProcess(SHARED_REDIS, redis_namespace, store).start(nursery)
+        await first.role.leading.wait()
+        second = await EngineProcess(SHARED_REDIS, redis_namespace, store).start(nursery)
+        control = await api_process(nursery, SHARED_REDIS, redis_namespace)
+        await wait_for(lambda: control.ticking)
+
+        assert (await control.disperse("partial", command_id="d1"))["dispersed"] == 70
+        agent = await control.retune(5, 600.0, command_id="t1")
+        assert agent["frequency"] == 600.0
+        await wait_for(lambda: control.counts()["by_status"]["dispersed"] == 70)
+        assert second.role.engine is None          # a hot standby: connected, not running
+
+        first.stop()
+        start = trio.current_time()
+        await second.role.leading.wait()
+        assert trio.current_time() - start < 1.0   # a clean stop hands the lease over at once
+        assert second.role.restored_from == "checkpoint"
+        engine = second.role.engine
+        assert int((engine.state.status == DISPERSED).sum()) == 70
+        assert engine.state.frequency[5] == 600.0
+
+        result = await control.regroup(command_id="r1")
+        assert result == {"regrouped": 70, "command_id": "r1"}
+        await committed(second.bus, ["d1", "t1", "r1"])
+
+
+async def test_commands_accepted_while_no_engine_runs_are_applied_when_one_leads(nursery, redis_namespace):
+    with trio.fail_after(30):
+        control = await api_process(nursery, SHARED_REDIS, redis_namespace)
+        predicted = await control.disperse("sectoral", "transport", command_id="early")
+        assert predicted["dispersed"] == 25                    # answered without an engine
+        engine = await EngineProcess(SHARED_REDIS, redis_namespace, MemoryStore()).start(nursery)
+        await engine.role.leading.wait()
+        await wait_for(lambda: len(control.agents(sphere="transport", status="dispersed")) == 25)
+        await committed(engine.bus, ["early"])
+
+
+async def test_a_command_sent_twice_is_applied_once(nursery, redis_namespace):
+    with trio.fail_after(30):
+        engine = await EngineProcess(SHARED_REDIS, redis_namespace, MemoryStore()).start(nursery)
+        await engine.role.leading.wait()
+        for _ in range(2):
+            await engine.bus.add_command({"kind": "disperse", "level": "total", "sphere": "privacy",
+                                          "command_id": "same"})
+        await engine.bus.add_command({"kind": "regroup", "command_id": "after"})
+        await committed(engine.bus, ["same", "after"])
+        assert engine.role.commander.applied_count == 2
+        assert engine.role.commander.skipped_count == 1
+
+
+async def test_a_leader_whose_lease_is_taken_steps_down(nursery, redis_namespace):
+    with trio.fail_after(30):
+        engine = await EngineProcess(SHARED_REDIS, redis_namespace, MemoryStore()).start(nursery)
+        await engine.role.leading.wait()
+        token = engine.role.lease.token
+        await engine.bus.lease_release(token)
+        assert await engine.bus.lease_acquire("intruder", 60)
+        await wait_for(lambda: engine.role.engine is None)
+        assert await engine.bus.lease_holder() == "intruder"   # stepping down left it alone
+        await engine.bus.lease_release("intruder")
+        await engine.role.leading.wait()
+        assert engine.role.terms == 2
+
+
+async def test_the_leader_keeps_its_lease_through_a_redis_restart(nursery, redis_server):
+    with trio.fail_after(30):
+        store = MemoryStore()
+        leader = await EngineProcess(redis_server.url, "atom", store).start(nursery)
+        await leader.role.leading.wait()
+        standby = await EngineProcess(redis_server.url, "atom", store).start(nursery)
+        engine = leader.role.engine
+        await redis_server.astop()
+        await trio.sleep(0.5)
+        await redis_server.astart()
+        await trio.sleep(LEASE_TTL_S + 0.5)
+        assert leader.role.engine is engine and engine.ticking
+        assert standby.role.engine is None
+        assert await leader.bus.lease_holder() == leader.role.lease.token
+        control = await api_process(nursery, redis_server.url, "atom")
+        assert (await control.regroup(command_id="after-restart"))["command_id"] == "after-restart"
+        await committed(leader.bus, ["after-restart"])
+
+
+async def test_an_engine_crash_loop_raises_the_alarm_for_every_brise_circuit(nursery, redis_namespace):
+    escalated = trio.Event()
+
+    async def engine_process(*, task_status) -> None:
+        try:
+            async with open_service_stack() as stack:
+                bus = await stack.start(RedisBus(SHARED_REDIS, namespace=redis_namespace,
+                                                 frames=False, events=False).run)
+                on_report, on_overload = engine_alarms(bus)
+                role = await stack.start(EngineRole(SETTINGS, bus, MemoryStore(), on_report=on_report,
+                                                    on_overload=on_overload).run)
+                await role.leading.wait()
+                task_status.started(role)
+                await trio.sleep_forever()
+        except* SupervisorEscalation:
+            escalated.set()
+
+    with trio.fail_after(20):
+        reader = await nursery.start(RedisBus(SHARED_REDIS, namespace=redis_namespace).run)
+        await reader.subscribed.wait()
+        with reader.subscribe_events() as events:
+            engine = (await nursery.start(engine_process)).engine
+            while not escalated.is_set():
+                engine.inject_crash("transport")
+                await trio.sleep(0.02)
+            async for event in events:
+                if event.get("event") == "safeguard":
+                    break
+        assert event["state"] == "open" and "sphere/transport" in event["reason"]
