@@ -9,7 +9,6 @@ server's own address, which it may well print, is another one.
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -24,6 +23,7 @@ import httpx
 import trio
 
 from atom_actors.watch import subscribe
+from tests import servers
 
 ATOM = [sys.executable, "-m", "atom_actors"]
 SERVER_HOST = "127.0.0.2"
@@ -32,15 +32,14 @@ CLIENT_HOST = "127.0.0.1"
 USER_AGENT = "AtomProbe/9.99 (Quokka-7f3e; zero-log test)"
 UA_MARK = "Quokka-7f3e"
 FORWARDED_FOR = "203.0.113.77"   # TEST-NET-3, only ever a header value: no traffic goes there
-SERVING = re.compile(rb"atom: serving: .*api ([^\s,]+), ws ([^\s,]+)")
+SERVING = re.compile(rb"atom: serving: ([^\n]*)\n")
+API_URL = re.compile(r"\bapi (http[^\s,]+)")
+WS_URL = re.compile(r"\bws (ws[^\s,]+)")
 
 
 def atom_env(**extra: str) -> dict[str, str]:
-    """The environment of a fresh deployment (no inherited settings) plus ``extra``."""
-    base = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
-    base.update({"API_HOST": SERVER_HOST, "API_PORT": "0", "WS_PORT": "0",
-                 "PYTHONUNBUFFERED": "1", "SWARM_SEED": "11"}, **extra)
-    return base
+    """The environment of a fresh deployment (no inherited settings), bound to SERVER_HOST."""
+    return servers.atom_env(**{"API_HOST": SERVER_HOST, "SWARM_SEED": "11", **extra})
 
 
 @dataclass
@@ -57,10 +56,12 @@ class AtomProcess:
 
 
 @asynccontextmanager
-async def running_atom(cwd: Any, **env: str) -> AsyncIterator[AtomProcess]:
-    """``atom serve`` until the block ends, then SIGINT; its output is complete after the block."""
-    proc = await trio.lowlevel.open_process([*ATOM, "serve"], env=atom_env(**env), cwd=str(cwd),
-                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+async def running_atom(cwd: Any, *args: str, **env: str) -> AsyncIterator[AtomProcess]:
+    """``atom serve [args]`` until the block ends, then SIGINT; its output is complete after the
+    block. ``api_url`` and ``ws_url`` are those it serves (a role serves one of them, or none)."""
+    proc = await trio.lowlevel.open_process([*ATOM, "serve", *args], env=atom_env(**env),
+                                            cwd=str(cwd), stdout=subprocess.PIPE,
+                                            stderr=subprocess.PIPE)
     atom = AtomProcess(proc)
     serving = trio.Event()
 
@@ -68,7 +69,9 @@ async def running_atom(cwd: Any, **env: str) -> AsyncIterator[AtomProcess]:
         while chunk := await stream.receive_some():
             into += chunk
             if not serving.is_set() and (found := SERVING.search(atom.stderr)):
-                atom.api_url, atom.ws_url = found.group(1).decode(), found.group(2).decode()
+                described = found.group(1).decode()
+                atom.api_url = next(iter(API_URL.findall(described)), "")
+                atom.ws_url = next(iter(WS_URL.findall(described)), "")
                 serving.set()
 
     try:
@@ -151,13 +154,13 @@ class Seen:
     metrics_during: str = ""   # /metrics while two subscribers stream
 
 
-async def scenario(atom: AtomProcess) -> Seen:
+async def scenario(api_url: str, ws_url: str) -> Seen:
     """A person's session: Sceau, subscribers, dispersal, retune, malformed requests, a refused
     handshake, then the session revoked. Every request carries a distinctive user agent and a
     forwarded-for address. It waits on what the subscribers receive, never on a clock."""
     seen = Seen()
     headers = {"User-Agent": USER_AGENT, "X-Forwarded-For": FORWARDED_FOR}
-    async with httpx.AsyncClient(base_url=atom.api_url, headers=headers, timeout=10) as http:
+    async with httpx.AsyncClient(base_url=api_url, headers=headers, timeout=10) as http:
 
         async def call(name: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
             response = await http.request(method, path, **kwargs)
@@ -176,7 +179,7 @@ async def scenario(atom: AtomProcess) -> Seen:
                    headers={"X-Sceau-Session": token[:-4] + "AAAA"})
 
         async def subscriber(encoding: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
-            url = f"{atom.ws_url}?session={token}&encoding={encoding}"
+            url = f"{ws_url}?session={token}&encoding={encoding}"
             async with subscribe(url, [(k.encode(), v.encode()) for k, v in headers.items()]) as ws:
                 hello = json.loads(await ws.get_message())
                 assert hello["type"] == "hello" and hello["agents"] == 350
@@ -197,7 +200,7 @@ async def scenario(atom: AtomProcess) -> Seen:
                 await subscribers.start(subscriber, "f32")
                 await subscribers.start(subscriber, "q16")
                 seen.refused_handshake, body = await raw_handshake(
-                    atom.ws_url, f"session={token[:-4]}AAAA", headers)
+                    ws_url, f"session={token[:-4]}AAAA", headers)
                 seen.error_bodies.append(body)
                 partial = await call("disperse", "POST", "/api/v1/swarm/disperse", headers=session,
                                      json={"level": "partial"})

@@ -272,19 +272,25 @@ async def test_zero_log_holds_through_a_whole_session(tmp_path, pg_url):
     with trio.fail_after(120):
         async with running_atom(tmp_path, DATABASE_URL=database, SECRET_KEY="s" * 40) as atom:
             assert await client_address(atom.api_url) == CLIENT_HOST   # the check below is honest
-            seen = await scenario(atom)
+            seen = await scenario(atom.api_url, atom.ws_url)
         rows = await database_rows(pg_url)
+    assert_zero_log(seen, [atom.output], rows)
+
+
+def assert_zero_log(seen: Seen, outputs: list[bytes], rows: dict[str, list[str]]) -> None:
+    """The scenario went as planned, and what identifies its person is nowhere."""
     assert seen.statuses["activate"] == 201 and seen.statuses["disperse"] == 202
     assert seen.refused_handshake == 401 and seen.frames.count > 240
     assert max(seen.statuses.values()) < 500, seen.statuses
     assert seen.statuses["revoked"] == 401
     assert {seen.statuses[k] for k in ("bad_level", "retune_high")} == {422}
-    lines = atom.output.decode().splitlines()
-    assert lines and all(line.startswith("atom: ") for line in lines), lines
-    assert any(line.startswith("atom: serving:") for line in lines)
-    assert lines[-1] == "atom: stopped"
+    for output in outputs:
+        lines = output.decode().splitlines()
+        assert lines and all(line.startswith("atom: ") for line in lines), lines
+        assert lines[-1] == "atom: stopped"
+        for what, secret in forbidden(seen).items():
+            assert secret not in output, what
     for what, secret in forbidden(seen).items():
-        assert secret not in atom.output, what
         assert not any(secret in body for body in seen.error_bodies), what
         assert secret.decode() not in seen.metrics_during, what
     session_id = token_hash(seen.token)
@@ -298,12 +304,27 @@ async def test_zero_log_holds_through_a_whole_session(tmp_path, pg_url):
             assert not any(secret.decode() in r for r in texts), (table, what)
 
 
+async def test_zero_log_holds_across_roles_over_redis(tmp_path, pg_url, redis_server):
+    """The same, with an engine, an api and a ws process meeting on Redis and PostgreSQL: none of
+    the three writes more than its start and stop lines, nor anything about the person."""
+    env = {"DATABASE_URL": pg_url.replace("127.0.0.1", "localhost"),
+           "REDIS_URL": redis_server.url.replace("127.0.0.1", "localhost")}
+    with trio.fail_after(120):
+        async with running_atom(tmp_path, "--role", "engine", **env) as engine, \
+                running_atom(tmp_path, "--role", "ws", **env) as ws, \
+                running_atom(tmp_path, "--role", "api", **env) as api:
+            assert await client_address(api.api_url) == CLIENT_HOST
+            seen = await scenario(api.api_url, ws.ws_url)
+        rows = await database_rows(pg_url)
+    assert_zero_log(seen, [engine.output, ws.output, api.output], rows)
+
+
 async def test_the_actor_trace_of_the_same_session(tmp_path):
     """ZERO_LOG=false: the same scenario's lines are JSON, each with time, level, actor and event,
     and follow one command from the API through the engine and the spheres to its agents."""
     with trio.fail_after(120):
         async with running_atom(tmp_path, ZERO_LOG="false", LOG_LEVEL="INFO") as atom:
-            seen = await scenario(atom)
+            seen = await scenario(atom.api_url, atom.ws_url)
     trace = [json.loads(line) for line in atom.output.decode().splitlines()
              if not line.startswith("atom: ")]
     for line in trace:

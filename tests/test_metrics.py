@@ -129,7 +129,7 @@ async def test_metrics_move_as_a_session_runs(tmp_path):
                 response = await http.get("/metrics")
                 assert response.headers["content-type"].startswith("text/plain")
                 before = parse(response.text)
-                seen = await scenario(atom)
+                seen = await scenario(atom.api_url, atom.ws_url)
                 after = parse((await http.get("/metrics")).text)
     during = parse(seen.metrics_during)
     frames = [value(s, "atom_frames_composed_total") for s in (before, during, after)]

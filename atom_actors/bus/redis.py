@@ -194,8 +194,10 @@ class RedisBus(Bus):
         self.up = False
 
     def _up(self) -> None:
-        if not self.up:
-            log.warning("redis available")
+        # Said only after an outage was: at start, being reachable is no news (ZERO_LOG writes
+        # nothing but start, stop and operational errors).
+        if not self.up and self.failures:
+            log.warning("redis available again")
         self.up = True
 
     async def ping(self) -> None:
