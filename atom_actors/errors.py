@@ -25,6 +25,7 @@ The tree::
     │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
     │   ├── OriginForbidden      a browser ``Origin`` that is not allowed (403)
     │   └── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
+    ├── WatchUnreachable         ``atom watch`` cannot reach the API or the stream, or is refused
     └── SupervisorEscalation     a supervisor's children crashed more than its intensity allows
 
 Error messages say who and what (setting, sphere, agent, child), never anything that identifies a
@@ -267,6 +268,14 @@ class TooManySubscribers(StreamRefused):
     def __init__(self, limit: int) -> None:
         super().__init__(f"this server already streams to its {limit} subscribers; retry later")
         self.limit = limit
+
+
+class WatchUnreachable(AtomError):
+    """Raised by ``atom watch`` when the API or the WebSocket does not answer, or refuses it;
+    ``detail`` says which URL and why (it ends up as the probe's one line)."""
+
+    code = "watch_unreachable"
+    status = 503
 
 
 class SupervisorEscalation(AtomError):

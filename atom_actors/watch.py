@@ -47,6 +47,7 @@ from rich.text import Text
 from trio_websocket import (ConnectionClosed, ConnectionRejected, HandshakeError,
                             WebSocketConnection, wrap_client_stream)
 
+from .errors import WatchUnreachable
 from .protocol import HEADER
 
 FPS_WINDOW_S = 2.0            # live fps: frames received over the last two seconds
@@ -240,10 +241,6 @@ def summary_line(state: WatchState, min_fps: float) -> tuple[str, bool]:
 
 # -- the I/O shell --------------------------------------------------------------------------------
 
-class Unreachable(Exception):
-    """Raised when the API or the WebSocket cannot be reached, or refuses us; says which and why."""
-
-
 def _http(method: str, url: str, body: dict | None = None,
           headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
     """One blocking request (run in a thread): status, headers (lower-case), parsed JSON body."""
@@ -270,7 +267,7 @@ async def _request(method: str, url: str, **kwargs: Any) -> tuple[int, dict[str,
                                              abandon_on_cancel=True)
     except (OSError, ValueError) as exc:  # refused, reset, DNS, TLS, timeout, bad URL
         reason = getattr(exc, "reason", None) or exc
-        raise Unreachable(f"{method} {url}: {reason}") from None
+        raise WatchUnreachable(f"{method} {url}: {reason}") from None
 
 
 async def open_session(api: str, duration_ms: int) -> str:
@@ -279,7 +276,7 @@ async def open_session(api: str, duration_ms: int) -> str:
     token = headers.get("x-sceau-session") or (body or {}).get("session")
     if status != 201 or not token:
         code = (body or {}).get("error", "no session") if isinstance(body, dict) else "no session"
-        raise Unreachable(f"the API refused a Sceau session: HTTP {status} {code}")
+        raise WatchUnreachable(f"the API refused a Sceau session: HTTP {status} {code}")
     return token
 
 
@@ -362,7 +359,7 @@ async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
                 try:
                     await _request("DELETE", f"{where.api}/api/v1/sceau/session",
                                    headers={"X-Sceau-Session": token})
-                except Unreachable:
+                except WatchUnreachable:
                     pass  # the session expires by itself; nothing to report on the way out
     return 1
 
@@ -375,7 +372,7 @@ def _report(where: Endpoints, exc: BaseException) -> bool:
         why = f"{where.ws} closed the stream: {exc.reason}"
     elif isinstance(exc, HandshakeError | OSError):
         why = f"{where.ws}: {exc or type(exc).__name__}"
-    elif isinstance(exc, Unreachable):
+    elif isinstance(exc, WatchUnreachable):
         why = str(exc)
     elif isinstance(exc, trio.TooSlowError):
         why = f"no answer within {CONNECT_TIMEOUT_S:g} s"
@@ -428,7 +425,7 @@ async def _live(ws: Any, state: WatchState, where: Endpoints, token: str, consol
                     await trio.sleep(SAFEGUARD_POLL_S)
                     try:
                         state.set_safeguard(*await read_safeguard(where.api, token))
-                    except Unreachable:
+                    except WatchUnreachable:
                         state.set_safeguard("unknown", "API unreachable")
 
             nursery.start_soon(refresh)
