@@ -111,11 +111,11 @@ async def sphere_actor(engine: Engine, slot: SphereSlot, *,
 
 
 async def _integrate(engine: Engine, slot: SphereSlot) -> None:
-    state = engine.state
+    rows = engine.state.view(slot.rows)
     while True:
         await slot.wake.wait()
         slot.wake = trio.Event()
-        state.integrate(slot.rows, slot.tick_t)
+        rows.integrate(slot.tick_t)
         slot.reported = slot.tick
 
 
