@@ -67,13 +67,14 @@ class BroadcastStats:
 class Group:
     """Subscribers that share an encoding and a decimation: one message per tick for all."""
 
-    __slots__ = ("encoding", "every", "last_seq", "message", "members")
+    __slots__ = ("encoding", "every", "last_seq", "message", "with_events", "members")
 
     def __init__(self, encoding: str, every: int) -> None:
         self.encoding = encoding
         self.every = every
         self.last_seq: int | None = None
-        self.message: bytes | None = None
+        self.message: bytes | None = None       # this tick's frame for the group, if it is due
+        self.with_events = b""                   # this tick's events, then that frame: one write
         self.members = 0
 
 
@@ -215,6 +216,8 @@ class Fanout:
             group.message = self._message(frame, group.encoding) if due else None
             if due:
                 group.last_seq = frame.seq
+            if blob:   # joined once per group, not once per subscriber
+                group.with_events = blob if group.message is None else blob + group.message
         sent = 0
         # The hot loop: one attribute check and one write per subscriber. A subscriber with
         # something queued keeps its order by queueing this too.
@@ -233,13 +236,12 @@ class Fanout:
                     sub.queue(b"", message)
         else:
             for sub in self._subs:
-                message = sub.group.message
-                data = blob if message is None else blob + message
-                done = BUSY if sub.waiting else sub.raw.try_write(data)
+                group = sub.group
+                done = BUSY if sub.waiting else sub.raw.try_write(group.with_events)
                 if done == BUSY:
-                    sub.queue(blob, message)
+                    sub.queue(blob, group.message)
                     continue
-                sent += message is not None
+                sent += group.message is not None
                 if done == STARTED:
                     sub.wake.set()
             stats.events_sent += len(batch) * len(self._subs)
