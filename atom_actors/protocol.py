@@ -78,11 +78,11 @@ class Frame:
 
     __slots__ = ("seq", "t", "f32", "_positions", "_encoded", "cache")
 
-    def __init__(self, seq: int, t: float, f32: bytes, positions: np.ndarray | None = None) -> None:
+    def __init__(self, seq: int, t: float, f32: bytes) -> None:
         self.seq = seq % SEQ_MOD
         self.t = t
         self.f32 = f32
-        self._positions = positions
+        self._positions: np.ndarray | None = None   # decoded from f32 on first use
         self._encoded: dict[str, bytes | str] = {"f32": f32}
         self.cache: dict[object, object] = {}
 

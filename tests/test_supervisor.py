@@ -61,21 +61,17 @@ async def test_one_for_one_restarts_only_the_crashed_child(nursery, autojump_clo
     assert [r.child for r in reports if r.kind == "restarted"] == ["c1"]
 
 
-async def test_one_for_all_restarts_every_child(nursery, autojump_clock):
-    sup, (a, b, c), _ = make(ONE_FOR_ALL)
+@pytest.mark.parametrize("strategy, starts, stopped", [
+    (ONE_FOR_ALL, (2, 2, 2), (1, 1)),     # every child is stopped and restarted
+    (REST_FOR_ONE, (1, 2, 2), (0, 1)),    # only the children started after the crashed one
+])
+async def test_strategies_restart_their_set(nursery, autojump_clock, strategy, starts, stopped):
+    sup, (a, b, c), _ = make(strategy)
     await nursery.start(sup.run)
     kill(b)
     await trio.sleep(0.01)
-    assert (a.starts, b.starts, c.starts) == (2, 2, 2)
-    assert (a.stopped, c.stopped) == (1, 1)
-
-
-async def test_rest_for_one_restarts_the_children_after_it(nursery, autojump_clock):
-    sup, (a, b, c), _ = make(REST_FOR_ONE)
-    await nursery.start(sup.run)
-    kill(b)
-    await trio.sleep(0.01)
-    assert (a.starts, b.starts, c.starts) == (1, 2, 2)
+    assert (a.starts, b.starts, c.starts) == starts
+    assert (a.stopped, c.stopped) == stopped
 
 
 async def test_intensity_exceeded_escalates_after_stopping_everyone(autojump_clock):
