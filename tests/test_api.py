@@ -269,8 +269,9 @@ async def test_root_points_to_the_api_while_no_viewer_is_installed(autojump_cloc
     assert_error(await c.get("/viewer/app.js"), 404, "not_found")
 
 
-async def test_root_serves_the_viewer_page_and_its_files(autojump_clock, api, monkeypatch,
-                                                         tmp_path):
+async def test_root_serves_the_viewer_page_and_its_files(api, monkeypatch, tmp_path):
+    """On real time: Quart reads a file in a worker thread, and an autojumping MockClock sees the
+    waiting task as idle and jumps past Quart's response timeout (the body then never comes)."""
     services, c = api
     (tmp_path / "index.html").write_text("<!doctype html><title>L'Essaim</title>")
     (tmp_path / "app.js").write_text("console.log('essaim')")
