@@ -115,7 +115,7 @@ async def snapshot_agents(engine: Engine, store: Store, *, interval_s: float = S
                 await store.save_agents(agent_rows(engine.state))
             except BackendUnavailable as exc:
                 if not failing:
-                    log.warning("agent snapshot failed, retrying every %g s: %s", interval_s, exc.detail)
+                    log.warning("agent snapshot failed, retrying every %g s: %s", interval_s, exc)
                 failing = True
             else:
                 if failing:
@@ -163,7 +163,7 @@ class EventLog:
                     break
                 except BackendUnavailable as exc:
                     if not failing:
-                        log.warning("event log paused: %s", exc.detail)
+                        log.warning("event log paused: %s", exc)
                     failing = True
                     await trio.sleep(EVENT_RETRY_S)
 

@@ -96,11 +96,20 @@ async def test_postgres_down_leaves_the_stream_alone_and_snapshots_resume(nurser
             token = r.json()["session"]
             await pg_server.astop()
             r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
-            assert r.status_code == 503 and r.json()["error"] == "backend_unavailable"
+            # Issue 13 finding 6: the answer says what; where (the database's address) and why
+            # stay in the log.
+            assert r.status_code == 503 and r.json() == {
+                "error": "backend_unavailable", "detail": "the database is unavailable"}
+            pg_port = str(urlsplit(pg_server.url).port)
+            assert pg_port not in r.text and "127.0.0.1" not in r.text
+            r = await http.get("/api/v1/health/ready")
+            assert r.status_code == 503 and "the database is unavailable" in r.text
+            assert pg_port not in r.text and "127.0.0.1" not in r.text
             # A subscriber's session cannot be checked either: refused with 503, not dropped.
             port = urlsplit(services.ws_url).port
             status, body = await refusal(port, f"/ws/swarm?session={token}")
-            assert status == 503 and body["error"] == "backend_unavailable"
+            assert status == 503 and body == {
+                "error": "backend_unavailable", "detail": "the database is unavailable"}
             await services.engine.retune(11, 654.5, command_id="during-outage")
             assert await frames_in(services.bus, 1.5) >= 80   # 60 fps regardless
             await pg_server.astart()

@@ -115,7 +115,7 @@ class PostgresStore(Store):
                     try:
                         await self._guard(_aio_purge, self._pool)
                     except BackendUnavailable as exc:
-                        log.warning("session purge skipped: %s", exc.detail)
+                        log.warning("session purge skipped: %s", exc)
             finally:
                 if self._pool is not None:
                     await bridge.close(_aio_close_pool, self._pool)
