@@ -277,6 +277,7 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
     if (link.client !== client) return;
     if (state === "live") {
       link.sticky = url;
+      clearInterval(link.countdown);
       setConn("open");
       banner(null);
     } else if (state === "unauthorized") {
@@ -292,6 +293,7 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
         link.timer = setTimeout(connect, retryInMs);
       }
       const lost = opened ? `Connection to L'Essaim lost (${reason})` : "L'Essaim does not answer";
+      if (attempt === 1) logEvent(`${lost}: reconnecting`);   // the banner may last a blink
       const due = performance.now() + retryInMs;
       const show = () => {
         const left = Math.max(0, due - performance.now());
