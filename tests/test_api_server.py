@@ -170,7 +170,7 @@ async def test_hypercorns_own_errors_are_json_431_included(autojump_clock, nurse
 async def test_connections_beyond_the_cap_get_503_json_and_the_held_ones_time_out(autojump_clock,
                                                                                    nursery):
     services = await serve(nursery)
-    app = create_app(services)
+    app = create_app(services.api_input)
     config = server.hypercorn_config("127.0.0.1", 0)
     binds, connections = await nursery.start(partial(hyperworker.serve, app, config, max_connections=3))
     with trio.fail_after(BOUND_S):
@@ -194,7 +194,7 @@ async def test_a_connection_silent_both_ways_is_closed_whatever_its_state(autoju
     """The backstop: a request whose answer never comes (here, a route that hangs) and whose
     client says nothing more is answered 500 and closed after SILENCE_S."""
     services = await serve(nursery)
-    app = create_app(services)
+    app = create_app(services.api_input)
 
     async def hang() -> None:
         await trio.sleep_forever()
@@ -255,12 +255,12 @@ async def test_held_connections_under_a_low_descriptor_limit_leave_new_clients_s
                         status = int(head.split(b" ", 2)[1])
                         answers[status] = answers.get(status, 0) + 1
                 assert set(answers) == {200, 503} and answers[200] < NOFILE // 2, answers
-                with trio.fail_after(5):   # a REST client is answered, not left hanging
+                with trio.fail_after(10):   # a REST client is answered, not left hanging
                     async with httpx.AsyncClient(base_url=api_url) as c:
                         r = await c.get("/api/v1/health")
                     assert r.status_code in (200, 503) and r.headers["content-type"] == \
                         "application/json"
-                with trio.fail_after(5):   # a WebSocket client is served
+                with trio.fail_after(10):   # a WebSocket client is served
                     async with open_websocket_url(ws_url) as ws:
                         assert json.loads(await ws.get_message())["type"] == "hello"
                 with trio.fail_after(server.KEEP_ALIVE_S + 5):   # the held ones time out...

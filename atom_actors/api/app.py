@@ -15,7 +15,7 @@ import logging
 import math
 import re
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from quart import Response, jsonify, request
 from quart_schema import Info, OpenAPIProvider, QuartSchema
@@ -30,10 +30,7 @@ from .cors import CorsPolicy
 from .ratelimit import TokenBuckets
 from .routes import BLUEPRINTS
 from .routes.swarm import retune_blueprint
-from .web import SESSION_HEADER, Api, api, no_content
-
-if TYPE_CHECKING:
-    from ..app import Services
+from .web import SESSION_HEADER, Api, ApiInput, api, no_content
 
 log = logging.getLogger("atom_actors.api")
 
@@ -42,24 +39,17 @@ DESCRIPTION = ("The operators' REST API of AT·OM's swarm, L'Essaim: Sceau sessi
                "its spheres, dispersal behind the Brise-Circuit.")
 
 
-def create_app(services: Services) -> QuartTrio:
-    """The API of a running AT·OM. ``services`` must have its swarm (the engine, or a remote
-    one), store, sessions and safeguard; the rest is read from it at request time."""
-    control = services.swarm if services.swarm is not None else services.engine
-    if control is None or services.sessions is None or services.safeguard is None \
-            or services.store is None:
-        raise ValueError("create_app needs services with swarm, store, sessions and safeguard")
+def create_app(parts: ApiInput) -> QuartTrio:
+    """The API of a running AT·OM over ``parts``: the swarm, sessions, the Brise-Circuit, ..."""
     app = QuartTrio("atom_actors.api", static_folder=None)
     # Werkzeug's routing answers "//" and a missing trailing slash with a redirect built from the
     # Host header: never (issue 13). Such a path is a 404 like any unknown one.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, PROPAGATE_EXCEPTIONS=False)
-    settings = services.settings
+    settings = parts.settings
     app.extensions["atom"] = Api(
-        services=services, settings=settings, control=control,
-        sessions=services.sessions, safeguard=services.safeguard, store=services.store,
-        cors=CorsPolicy(OriginPolicy(settings.cors_origins, settings.allowed_hosts)),
+        parts, cors=CorsPolicy(OriginPolicy(settings.cors_origins, settings.allowed_hosts)),
         buckets=TokenBuckets())
     QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),
                                description=DESCRIPTION),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import trio
 from hypercorn.config import Config
@@ -20,9 +20,7 @@ from hypercorn.config import Config
 from ..netlimits import connection_budget
 from . import hyperworker
 from .app import create_app
-
-if TYPE_CHECKING:
-    from ..app import Services
+from .web import ApiInput
 
 # Hypercorn finishes requests in flight this long after the server is stopped.
 GRACEFUL_TIMEOUT_S: Final = 1.0
@@ -45,7 +43,7 @@ def hypercorn_config(host: str, port: int) -> Config:
     return config
 
 
-async def serve_api(services: Services, *,
+async def serve_api(parts: ApiInput, *,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the REST API on API_HOST:API_PORT until cancelled; ``started`` with the bound URL
     (API_PORT=0 binds a free port).
@@ -54,9 +52,9 @@ async def serve_api(services: Services, *,
     port that cannot be bound raises OSError before ``started``; a failing request is answered
     500 by the app's error boundary and never stops the server.
     """
-    app = create_app(services)
+    app = create_app(parts)
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
-    config = hypercorn_config(services.settings.api_host, services.settings.api_port)
+    config = hypercorn_config(parts.settings.api_host, parts.settings.api_port)
     async with trio.open_nursery() as nursery:
         binds, _ = await nursery.start(partial(
             hyperworker.serve, app, config, max_connections=connection_budget(MAX_CONNECTIONS)))

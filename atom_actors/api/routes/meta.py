@@ -1,5 +1,6 @@
 """Everything around the API proper: liveness and readiness, /metrics, the docs page, and the
-viewer page at ``/`` (when ``atom_actors/viewer/index.html`` exists)."""
+viewer page at ``/`` (when ``atom_actors/viewer/index.html`` exists), with the JavaScript client
+SDK it imports under ``/viewer/sdk/``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ from ..web import api
 bp = Blueprint("meta", __name__)
 
 VIEWER_DIR = Path(__file__).resolve().parent.parent.parent / "viewer"
+# The SDK's modules (clients/js/src): the wheel carries them as atom_actors/_sdk/, a source
+# checkout has them where they live. One copy of the decoder for the SDK and the page alike.
+SDK_DIRS = (VIEWER_DIR.parent / "_sdk", VIEWER_DIR.parent.parent / "clients" / "js" / "src")
 READY_TIMEOUT_S = 2.0
 
 
@@ -31,10 +35,10 @@ READY_TIMEOUT_S = 2.0
 async def health() -> Any:
     """Liveness: 200 while the process answers."""
     a = api()
-    ws_url = a.services.ws_url
+    ws_url = a.input.ws_url
     ws_port = urlsplit(ws_url).port if ws_url else None
     return jsonify({"status": "ok", "ticking": a.control.ticking, "ws_port": ws_port,
-                    "sceau_duration_ms": a.services.settings.sceau_duration})
+                    "sceau_duration_ms": a.settings.sceau_duration})
 
 
 @bp.get("/api/v1/health/ready")
@@ -45,7 +49,7 @@ async def ready() -> Any:
     """Readiness: 200 only when the engine ticks and every configured backend answers, else 503."""
     a = api()
     checks = {"engine": "ticking" if a.control.ticking else "not ticking"}
-    for name, part in (("store", a.store), ("bus", a.services.bus)):
+    for name, part in (("store", a.store), ("bus", a.input.bus)):
         checks[name] = await _ping(part)
     if all(v in ("ok", "ticking") for v in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
@@ -70,7 +74,7 @@ async def _ping(part: Any) -> str:
 @tag(["health"])
 async def metrics() -> Any:
     """Prometheus metrics, in the text exposition format."""
-    metrics = api().services.metrics
+    metrics = api().input.metrics
     body = metrics.render() if metrics is not None else b""
     return current_app.response_class(body, content_type=CONTENT_TYPE_LATEST)
 
@@ -89,6 +93,15 @@ async def index() -> Any:
         return await send_from_directory(VIEWER_DIR, "index.html")
     return jsonify({"name": "atom_actors", "api": "/api/v1", "docs": "/docs",
                     "openapi": "/openapi.json", "viewer": "not installed"})
+
+
+@bp.get("/viewer/sdk/<path:path>")
+@hide
+async def viewer_sdk(path: str) -> Any:
+    for directory in SDK_DIRS:
+        if directory.is_dir():
+            return await send_from_directory(directory, path)
+    raise NotFound()
 
 
 @bp.get("/viewer/<path:path>")
