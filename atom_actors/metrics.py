@@ -17,8 +17,12 @@ about a client.
     atom_late_sphere_ticks_total            sphere-ticks that reused a previous slice
     atom_tick_lateness_seconds              histogram: how late each tick's frame went out
     atom_engine_ticking                     1 while the compositor runs
+    atom_engine_leading                     1 while this process runs the engine (the leader, or
+                                            the one engine of a single process); 0 on a standby
+    atom_tick_interval_seconds              one tick (1 / TICK_HZ): the lateness alert's bound
     atom_agents{status}                     agents by status
     atom_subscribers                        WebSocket clients connected
+    atom_ws_max_connections                 WS_MAX_CONNECTIONS: the most atom_subscribers can be
     atom_frames_sent_total                  frame messages written to subscribers
     atom_frames_dropped_total               frames a slow client never received (newest won)
     atom_ws_handshakes_refused_total{status}    handshakes refused (400, 401, 403, 404, 503)
@@ -201,9 +205,15 @@ class _PartsCollector:
         engine = metrics.engine or getattr(metrics.engine_role, "engine", None)
         if engine is not None:
             yield from _engine_metrics(engine)
+        if metrics.engine is not None or metrics.engine_role is not None:
+            yield GaugeMetricFamily("atom_engine_leading",
+                                    "1 while this process runs the engine, 0 while it stands by",
+                                    value=1.0 if engine is not None else 0.0)
         broadcaster = self.metrics.broadcaster
         if broadcaster is not None:
-            yield from _broadcaster_metrics(getattr(broadcaster, "stats", broadcaster))
+            settings = getattr(broadcaster, "settings", None)
+            yield from _broadcaster_metrics(getattr(broadcaster, "stats", broadcaster),
+                                            getattr(settings, "ws_max_connections", None))
         safeguard = self.metrics.safeguard
         if safeguard is not None:
             status = safeguard.status() if callable(getattr(safeguard, "status", None)) else {}
@@ -227,9 +237,13 @@ class _PartsCollector:
         yield backend_errors
 
 
-def _broadcaster_metrics(stats: Any) -> Iterator[Metric]:
+def _broadcaster_metrics(stats: Any, max_connections: int | None) -> Iterator[Metric]:
     yield GaugeMetricFamily("atom_subscribers", "WebSocket clients connected",
                             value=_number(stats, "clients"))
+    if max_connections is not None:
+        yield GaugeMetricFamily("atom_ws_max_connections",
+                                "WS_MAX_CONNECTIONS: subscribers this process admits at most",
+                                value=max_connections)
     yield CounterMetricFamily("atom_frames_dropped",
                               "Frames a slow client never received (the newest won)",
                               value=_number(stats, "frames_dropped"))
@@ -265,6 +279,8 @@ def _engine_metrics(engine: Engine) -> Iterator[Metric]:
                                 buckets=buckets, sum_value=stats.lateness_sum)
     yield GaugeMetricFamily("atom_engine_ticking", "1 while the compositor runs",
                             value=1.0 if engine.ticking else 0.0)
+    yield GaugeMetricFamily("atom_tick_interval_seconds", "One tick: 1 / TICK_HZ",
+                            value=engine.settings.frame_interval_s)
     agents = GaugeMetricFamily("atom_agents", "Agents by status", labels=["status"])
     for status, count in engine.counts()["by_status"].items():
         agents.add_metric([status], count)
