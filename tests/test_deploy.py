@@ -324,10 +324,11 @@ async def wait_until_listening(port: int, process: trio.Process, what: str) -> N
             return
 
 
-@asynccontextmanager
-async def running_nginx(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, Path, Path],
-                        api: str, ws: str) -> AsyncIterator[Nginx]:
-    """A throwaway nginx with config/nginx.conf, its pid, temp and logs under its prefix."""
+def nginx_command(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, Path, Path],
+                  api: str, ws: str) -> list[str]:
+    """The command of a throwaway nginx with config/nginx.conf rendered for ``api`` and ``ws``
+    (host:port), its pid, temp and logs under its prefix; the configuration is written and
+    checked (``nginx -t``) here."""
     prefix = nginx.prefix
     nginx.log_dir.mkdir(parents=True)
     (prefix / "temp").mkdir()
@@ -346,9 +347,16 @@ async def running_nginx(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, 
     main = f"daemon off; pid {prefix / 'nginx.pid'};" + (" user root;" if os.geteuid() == 0 else "")
     command = [nginx_binary, "-p", str(prefix), "-c", str(conf), "-e",
                str(nginx.log_dir / "error.log"), "-g", main]
-    checked = await trio.run_process([*command, "-t"], capture_stdout=True, capture_stderr=True,
-                                     check=False)
-    assert checked.returncode == 0, checked.stderr.decode()
+    checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    return command
+
+
+@asynccontextmanager
+async def running_nginx(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, Path, Path],
+                        api: str, ws: str) -> AsyncIterator[Nginx]:
+    """A throwaway nginx (:func:`nginx_command`) until the block ends."""
+    command = nginx_command(nginx_binary, nginx, tls, api, ws)
     process = await trio.lowlevel.open_process(command, stdin=subprocess.DEVNULL)
     try:
         await wait_until_listening(nginx.https_port, process, "nginx")
