@@ -20,6 +20,11 @@ above it); stopping goes the other way, one part at a time (:mod:`atom_actors.st
 Every process has one :class:`~atom_actors.metrics.Metrics` (its own Prometheus registry, served
 on ``/metrics``); the supervisor's reports go to the trace log, the metrics and the Brise-Circuit.
 
+Each part is handed the handles it uses, named, here and nowhere else: the API an
+:class:`~atom_actors.api.ApiInput`, the stats task and the metrics the figures they read. The
+:class:`Services` that :func:`serve` passes to ``task_status.started`` is for its caller (the CLI,
+tests) to look at the running parts; no part reads it.
+
 Roles (``atom serve --role``): ``all`` (default) runs everything in one process; ``engine``,
 ``api`` and ``ws`` run their part only, and meet on Redis. Both backends are asyncio libraries:
 when either is configured, one trio-asyncio loop is opened here, at the root, for both.
@@ -38,16 +43,18 @@ import trio
 
 from . import logs
 from .aio import open_bridge
-from .api import serve_api
+from .api import ApiInput, serve_api
 from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
 from .cluster import EngineRole, engine_alarms
+from .catalog import CATALOG
+from .compositor import TickStats
 from .config import Settings
 from .engine import Engine, SwarmControl
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
-from .persistence import EventLog, TappedBus, restore_from_store, snapshot_agents
+from .persistence import EventLog, restore_from_store, snapshot_agents
 from .remote import RemoteSwarm, SubscriberTotal, report_subscribers, share_safeguard
 from .safeguard import BriseCircuit
 from .sessions import SessionService
@@ -61,7 +68,8 @@ ROLES = ("all", "engine", "api", "ws")
 
 @dataclass
 class Services:
-    """Handles on the running parts, for tests and for the parts that need each other."""
+    """Handles on the running parts, for :func:`serve`'s caller to look at (the CLI's start and
+    stop lines, tests). Never handed to a part: each part is given what it uses."""
 
     settings: Settings
     bus: Bus
@@ -77,7 +85,18 @@ class Services:
     safeguard: BriseCircuit | None = None
     subscribers: Callable[[], int] | None = None   # WebSocket subscribers now (the broadcaster's)
     metrics: Metrics | None = None
+    api_input: ApiInput | None = None   # what the API was given
     extras: dict[str, object] = field(default_factory=dict)
+
+    def running_engine(self) -> Engine | None:
+        """The engine running in this process now, if any (with Redis, only while it leads)."""
+        if self.engine is not None:
+            return self.engine
+        return self.engine_role.engine if self.engine_role is not None else None
+
+    def tick_stats(self) -> TickStats | None:
+        engine = self.running_engine()
+        return engine.stats if engine is not None else None
 
     def describe(self) -> str:
         engine = None
@@ -133,18 +152,22 @@ async def serve(settings: Settings, *, role: str = "all",
         store = await stack.start(make_store(settings).run, name="store")
         bus = await stack.start(make_bus(settings, parts).run, name="bus")
         metrics = Metrics()
-        metrics.attach(store=store, bus=bus)
+        metrics.read_backends(store, bus)
         services = Services(settings, bus, role=role, store=store, metrics=metrics)
         services.sessions = SessionService(store, settings.secret_key,
                                            sceau_duration_ms=settings.sceau_duration,
                                            ttl_s=settings.session_ttl_s, frequency=settings.frequency)
         if "api" in parts:
             services.safeguard = BriseCircuit(settings, bus, store)
-            metrics.attach(safeguard=services.safeguard)
+            metrics.read_safeguard(services.safeguard.status)
         if isinstance(bus, RedisBus):
             await _start_redis_parts(stack, services, parts)
         else:
             await _start_engine(stack, services)
+        if services.engine is not None or services.engine_role is not None:
+            actors = (services.engine.actor_ids if services.engine is not None
+                      else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
+            metrics.read_engine(services.running_engine, actors, tick_s=settings.frame_interval_s)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")
             if isinstance(bus, RedisBus):
@@ -155,7 +178,7 @@ async def serve(settings: Settings, *, role: str = "all",
                 Broadcaster(settings, bus, services.swarm, services.sessions).run,
                 name="broadcaster")
             services.ws_url = broadcaster.url
-            metrics.attach(broadcaster=broadcaster)
+            metrics.read_broadcaster(broadcaster.stats, settings.ws_max_connections)
             services.subscribers = lambda: broadcaster.stats.clients
             if isinstance(bus, RedisBus):
                 await stack.start(report_subscribers, bus, services.subscribers, name="subscribers-out")
@@ -163,12 +186,17 @@ async def serve(settings: Settings, *, role: str = "all",
             # Subscribers are counted over every ws process, this one's included.
             services.subscribers = await stack.start(SubscriberTotal(bus).run, name="subscribers-in")
         if "api" in parts:
-            services.api_url = await stack.start(logs.traced, "api", partial(serve_api, services),
-                                                 name="api")
+            assert services.swarm is not None and services.safeguard is not None
+            services.api_input = ApiInput(
+                settings, services.swarm, services.sessions, services.safeguard, store, bus,
+                metrics=metrics, subscribers=services.subscribers, ws_url=services.ws_url)
+            services.api_url = await stack.start(logs.traced, "api",
+                                                 partial(serve_api, services.api_input), name="api")
             if services.broadcaster is not None:
                 # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
                 services.broadcaster.allow_origin(services.api_url)
-        await stack.start(logs.report_stats, services, name="stats")
+        sends = services.broadcaster.stats if services.broadcaster is not None else None
+        await stack.start(logs.report_stats, services.tick_stats, sends, name="stats")
         task_status.started(services)
         await trio.sleep_forever()
 
@@ -185,13 +213,11 @@ async def _start_engine(stack: Any, services: Services) -> None:
             safeguard.on_report(report)
 
     event_log = await stack.start(EventLog(store).run, name="event-log")
-    engine = Engine(services.settings, TappedBus(services.bus, event_log.offer), on_report=on_report,
+    engine = Engine(services.settings, services.bus, on_event=event_log.offer, on_report=on_report,
                     on_overload=safeguard.on_overload if safeguard is not None else None)
     if await restore_from_store(engine, store):
         logs.logger("engine").warning("engine.restored", store=store.name)
     services.engine = services.swarm = await stack.start(engine.run, name="engine")
-    if services.metrics is not None:
-        services.metrics.attach(engine=engine)
     await stack.start(snapshot_agents, engine, store, name="snapshots")
 
 
@@ -202,8 +228,6 @@ async def _start_redis_parts(stack: Any, services: Services, parts: set[str]) ->
         services.engine_role = await stack.start(
             EngineRole(services.settings, services.bus, services.store, on_report=on_report,
                        on_overload=on_overload, announce=announce).run, name="engine-role")
-        if services.metrics is not None:
-            services.metrics.attach(engine_role=services.engine_role)
     if parts & {"api", "ws"}:
         services.swarm = await stack.start(RemoteSwarm(services.settings, services.bus).run,
                                            name="swarm")

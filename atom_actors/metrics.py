@@ -43,9 +43,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
@@ -53,21 +53,49 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import logs
-from .catalog import CATALOG
-from .compositor import LATENESS_BUCKETS_S
-from .engine import LEVELS
+from .compositor import LATENESS_BUCKETS_S, TickStats
 from .errors import BackendUnavailable, CommandError, SafeguardOpen
 from .supervisor import Report
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .swarm_view import LEVELS
 
 SAFEGUARD_STATES = ("closed", "open", "half_open")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class EngineFigures(Protocol):
+    """What the metrics read of a running engine (an :class:`~atom_actors.engine.Engine`)."""
+
+    @property
+    def stats(self) -> TickStats: ...
+
+    @property
+    def ticking(self) -> bool: ...
+
+    def counts(self) -> dict[str, Any]: ...
+
+
+class BroadcastFigures(Protocol):
+    """What the metrics read of a broadcaster (its :class:`~atom_actors.broadcaster.BroadcastStats`)."""
+
+    clients: int
+    frames_sent: int
+    frames_dropped: int
+    closed_stall: int
+    closed_oversize: int
+    closed_lagging: int
+    refused: dict[int, int]
+
+
+class Backend(Protocol):
+    """A store or a bus: its name and the calls that found it unavailable."""
+
+    name: str
+    failures: int
+
+
 class Metrics:
-    """The metrics of one running process. ``attach`` the parts as they start."""
+    """The metrics of one running process. Each ``read_*`` registers a part's figures, read at
+    scrape time from then on (each may be registered later, or never)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -80,33 +108,45 @@ class Metrics:
                                    ["supervisor"], registry=self.registry)
         self.commands = Counter("atom_commands", "Swarm commands by command, level and result",
                                 ["command", "level", "result"], registry=self.registry)
-        self.engine: Engine | None = None
-        self.engine_role: Any = None     # with Redis: its ``engine`` is set while this one leads
-        self.backends: list[Any] = []    # the store and the bus: their ``failures`` counts
-        self.broadcaster: Any = None
-        self.safeguard: Any = None
-        self.registry.register(_PartsCollector(self))
         ProcessCollector(registry=self.registry)
 
     # -- wiring -----------------------------------------------------------------------------------
 
-    def attach(self, *, engine: Engine | None = None, engine_role: Any = None,
-               broadcaster: Any = None, safeguard: Any = None, store: Any = None,
-               bus: Any = None) -> None:
-        """Read these parts at scrape time from now on (each may be attached later, or never)."""
-        if engine is not None or engine_role is not None:
-            self.engine, self.engine_role = engine, engine_role
-            # Every actor shows, at 0, from the start.
-            ids = ([spec.id for spec in engine.supervisor.children] if engine is not None
-                   else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
-            for actor in ids:
-                self.restarts.labels(actor=actor)
-                self.crashes.labels(actor=actor)
-        self.backends += [part for part in (store, bus) if part is not None]
-        if broadcaster is not None:
-            self.broadcaster = broadcaster
-        if safeguard is not None:
-            self.safeguard = safeguard
+    def _collect(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self.registry.register(_Collector(families))
+
+    def read_engine(self, engine: Callable[[], EngineFigures | None], actors: Iterable[str], *,
+                    tick_s: float) -> None:
+        """The engine's figures: ``engine()`` is the running engine, or None while there is none
+        here (a standby engine process). ``actors``: the sphere actors, shown at 0 from the start.
+        ``tick_s``: one tick (1 / TICK_HZ), what the lateness alert compares with."""
+        for actor in actors:
+            self.restarts.labels(actor=actor)
+            self.crashes.labels(actor=actor)
+
+        def families() -> Iterator[Metric]:
+            current = engine()
+            yield GaugeMetricFamily("atom_engine_leading",
+                                    "1 while this process runs the engine, 0 while it stands by",
+                                    value=0.0 if current is None else 1.0)
+            yield GaugeMetricFamily("atom_tick_interval_seconds", "One tick: 1 / TICK_HZ",
+                                    value=tick_s)
+            if current is not None:
+                yield from _engine_metrics(current)
+
+        self._collect(families)
+
+    def read_broadcaster(self, stats: BroadcastFigures, max_connections: int) -> None:
+        """The broadcaster's figures; ``max_connections``: WS_MAX_CONNECTIONS."""
+        self._collect(lambda: _broadcaster_metrics(stats, max_connections))
+
+    def read_safeguard(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        """The Brise-Circuit's state and trips, from its ``status()``."""
+        self._collect(lambda: _safeguard_metrics(status()))
+
+    def read_backends(self, *parts: Backend) -> None:
+        """The failures the store and the bus counted (the in-process ones are both "memory")."""
+        self._collect(lambda: _backend_metrics(parts))
 
     def on_report(self, report: Report) -> None:
         """A supervisor's ``on_report``: counts restarts, crashes and escalations."""
@@ -190,79 +230,66 @@ class Counted:
         self.size: int | None = None
 
 
-class _PartsCollector:
-    """Reads the parts' own counters at scrape time."""
+class _Collector:
+    """One part's families, made at scrape time."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self.collect = families
 
     def describe(self) -> list[Metric]:
-        # No up-front description: the families depend on which parts are attached.
+        # No up-front description: the families are read from the part when scraped.
         return []
 
-    def collect(self) -> Iterator[Metric]:
-        metrics = self.metrics
-        engine = metrics.engine or getattr(metrics.engine_role, "engine", None)
-        if engine is not None:
-            yield from _engine_metrics(engine)
-        if metrics.engine is not None or metrics.engine_role is not None:
-            yield GaugeMetricFamily("atom_engine_leading",
-                                    "1 while this process runs the engine, 0 while it stands by",
-                                    value=1.0 if engine is not None else 0.0)
-        broadcaster = self.metrics.broadcaster
-        if broadcaster is not None:
-            settings = getattr(broadcaster, "settings", None)
-            yield from _broadcaster_metrics(getattr(broadcaster, "stats", broadcaster),
-                                            getattr(settings, "ws_max_connections", None))
-        safeguard = self.metrics.safeguard
-        if safeguard is not None:
-            status = safeguard.status() if callable(getattr(safeguard, "status", None)) else {}
-            state = str(status.get("state", getattr(safeguard, "state", "closed")))
-            family = GaugeMetricFamily("atom_safeguard_state",
-                                       "The Brise-Circuit's state: 1 for the current one",
-                                       labels=["state"])
-            for name in SAFEGUARD_STATES:
-                family.add_metric([name], 1.0 if name == state else 0.0)
-            yield family
-            yield CounterMetricFamily("atom_safeguard_trips", "Times the Brise-Circuit opened",
-                                      value=float(status.get("trips", 0) or 0))
-        backend_errors = CounterMetricFamily("atom_backend_errors",
-                                             "Calls to a backend that found it unavailable",
-                                             labels=["backend"])
-        failures: dict[str, float] = {}
-        for part in metrics.backends:   # the in-process store and bus are both "memory"
-            failures[part.name] = failures.get(part.name, 0.0) + _number(part, "failures")
-        for name, count in failures.items():
-            backend_errors.add_metric([name], count)
-        yield backend_errors
+
+def _safeguard_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
+    state = str(status.get("state", "closed"))
+    family = GaugeMetricFamily("atom_safeguard_state",
+                               "The Brise-Circuit's state: 1 for the current one", labels=["state"])
+    for name in SAFEGUARD_STATES:
+        family.add_metric([name], 1.0 if name == state else 0.0)
+    yield family
+    yield CounterMetricFamily("atom_safeguard_trips", "Times the Brise-Circuit opened",
+                              value=float(status.get("trips", 0) or 0))
 
 
-def _broadcaster_metrics(stats: Any, max_connections: int | None) -> Iterator[Metric]:
+def _backend_metrics(parts: Iterable[Backend]) -> Iterator[Metric]:
+    backend_errors = CounterMetricFamily("atom_backend_errors",
+                                         "Calls to a backend that found it unavailable",
+                                         labels=["backend"])
+    failures: dict[str, float] = {}
+    for part in parts:
+        failures[part.name] = failures.get(part.name, 0.0) + float(part.failures or 0)
+    for name, count in failures.items():
+        backend_errors.add_metric([name], count)
+    yield backend_errors
+
+
+def _broadcaster_metrics(stats: BroadcastFigures, max_connections: int) -> Iterator[Metric]:
     yield GaugeMetricFamily("atom_subscribers", "WebSocket clients connected",
-                            value=_number(stats, "clients"))
-    if max_connections is not None:
-        yield GaugeMetricFamily("atom_ws_max_connections",
-                                "WS_MAX_CONNECTIONS: subscribers this process admits at most",
-                                value=max_connections)
+                            value=float(stats.clients))
+    yield GaugeMetricFamily("atom_ws_max_connections",
+                            "WS_MAX_CONNECTIONS: subscribers this process admits at most",
+                            value=float(max_connections))
     yield CounterMetricFamily("atom_frames_dropped",
                               "Frames a slow client never received (the newest won)",
-                              value=_number(stats, "frames_dropped"))
+                              value=float(stats.frames_dropped))
     yield CounterMetricFamily("atom_frames_sent", "Frame messages written to subscribers",
-                              value=_number(stats, "frames_sent"))
+                              value=float(stats.frames_sent))
     refused = CounterMetricFamily("atom_ws_handshakes_refused",
                                   "WebSocket handshakes refused, by HTTP status", labels=["status"])
-    for status, count in sorted(dict(getattr(stats, "refused", {}) or {}).items()):
+    for status, count in sorted(dict(stats.refused).items()):
         refused.add_metric([str(status)], count)
     yield refused
     closed = CounterMetricFamily("atom_ws_closed", "Subscribers the server closed, by cause",
                                  labels=["cause"])
-    for cause in ("stall", "oversize", "lagging"):
-        closed.add_metric([cause], _number(stats, f"closed_{cause}"))
+    for cause, count in (("stall", stats.closed_stall), ("oversize", stats.closed_oversize),
+                         ("lagging", stats.closed_lagging)):
+        closed.add_metric([cause], float(count))
     yield closed
 
 
-def _engine_metrics(engine: Engine) -> Iterator[Metric]:
-    stats = engine.compositor.stats
+def _engine_metrics(engine: EngineFigures) -> Iterator[Metric]:
+    stats = engine.stats
     yield CounterMetricFamily("atom_frames_composed", "Frames composed by the compositor",
                               value=stats.frames)
     yield CounterMetricFamily("atom_ticks_missed", "Ticks skipped after falling too far behind",
@@ -279,15 +306,7 @@ def _engine_metrics(engine: Engine) -> Iterator[Metric]:
                                 buckets=buckets, sum_value=stats.lateness_sum)
     yield GaugeMetricFamily("atom_engine_ticking", "1 while the compositor runs",
                             value=1.0 if engine.ticking else 0.0)
-    yield GaugeMetricFamily("atom_tick_interval_seconds", "One tick: 1 / TICK_HZ",
-                            value=engine.settings.frame_interval_s)
     agents = GaugeMetricFamily("atom_agents", "Agents by status", labels=["status"])
     for status, count in engine.counts()["by_status"].items():
         agents.add_metric([status], count)
     yield agents
-
-
-def _number(part: Any, name: str) -> float:
-    value = getattr(part, name, 0)
-    value = value() if callable(value) else value
-    return float(value or 0)

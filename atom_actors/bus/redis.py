@@ -40,7 +40,7 @@ import trio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..aio import Bridge, open_bridge
+from ..aio import GuardedCalls, open_bridge, outage_detail
 from ..errors import BackendUnavailable
 from ..protocol import Frame
 from .base import EVENT_BUFFER, Bus
@@ -133,7 +133,9 @@ class RedisBus(Bus):
         self.summary_listeners: list[Callable[[bytes], None]] = []
         self._channels = [k for k, on in ((self.keys.frames, frames), (self.keys.events, events),
                                           (self.keys.summary, summaries)) if on]
-        self._bridge: Bridge | None = None
+        # Every call to Redis goes through this guard: bounded, an outage made BackendUnavailable.
+        self._guard = GuardedCalls(self.name, "bus", _OUTAGES, timeout_s,
+                                   on_failure=self._failed, on_success=self._up)
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self._pending_frame: Frame | None = None
@@ -156,7 +158,7 @@ class RedisBus(Bus):
         stopping engine: an escalation's alarm), then closes the connections, both bounded.
         """
         async with open_bridge() as bridge:
-            self._bridge = bridge
+            self._guard.bridge = bridge
             self._client, self._scripts = await bridge.call(_aio_client, self.url, self.timeout_s)
             try:
                 async with trio.open_nursery() as nursery:
@@ -169,24 +171,15 @@ class RedisBus(Bus):
                 with trio.CancelScope(shield=True), trio.move_on_after(FLUSH_S):
                     await self._flush_events()
                 await bridge.close(_aio_close, self._client)
-                self._bridge = None
+                self._guard.bridge = None
 
     async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self._bridge is None:
-            raise BackendUnavailable(self.name, "the bus is not running")
-        try:
-            with trio.fail_after(self.timeout_s * 2):  # the socket timeouts should fire first
-                result = await self._bridge.call(fn, self._client, *args)
-        except trio.TooSlowError:
-            self.failures += 1
-            self._down(f"no answer within {self.timeout_s * 2:g} s")
-            raise BackendUnavailable(self.name, f"no answer within {self.timeout_s * 2:g} s") from None
-        except _OUTAGES as exc:
-            self.failures += 1
-            self._down(_describe(exc))
-            raise BackendUnavailable(self.name, _describe(exc)) from None
-        self._up()
-        return result
+        """``fn(client, *args)`` on the asyncio loop, through the guard."""
+        return await self._guard(fn, self._client, *args)
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        self._down(why)
 
     def _down(self, why: str) -> None:
         if self.up:
@@ -256,10 +249,13 @@ class RedisBus(Bus):
                     self.keys.summary.encode(): self._on_summary}
         channels = {c.encode(): handlers[c.encode()] for c in self._channels}
         while True:
+            bridge = self._guard.bridge
+            if bridge is None:
+                raise self._guard.not_running()
             try:
-                await self._bridge.call(_aio_listen, self._client, channels, self._subscribed)
+                await bridge.call(_aio_listen, self._client, channels, self._subscribed)
             except _OUTAGES as exc:
-                self._down(_describe(exc))
+                self._down(outage_detail(exc))
             await trio.sleep(RETRY_S)
 
     def _subscribed(self) -> None:
@@ -364,11 +360,6 @@ class RedisBus(Bus):
 
     async def load_checkpoint(self) -> bytes | None:
         return await self._call(_aio_get, self.keys.checkpoint)
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _decode_entry(fields: dict) -> dict | None:
