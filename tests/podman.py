@@ -27,9 +27,9 @@ IMAGE_REPO = "localhost/atom-actors-test"
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 GLOBAL = ["--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs"]
 ULIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
-# What the Dockerfile copies (with .dockerignore, the build context).
-CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "README.md", "atom_actors",
-           "config/spheres.toml")
+# What the Dockerfile copies (with .dockerignore, the build context) — less README.md, which the
+# wheel carries as its description only: everyone edits it, and it changes nothing that runs.
+CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "atom_actors", "config/spheres.toml")
 
 
 def missing_tools() -> list[str]:
