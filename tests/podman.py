@@ -29,7 +29,8 @@ GLOBAL = ["--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "c
 ULIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 # What the Dockerfile copies (with .dockerignore, the build context) — less README.md, which the
 # wheel carries as its description only: everyone edits it, and it changes nothing that runs.
-CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "atom_actors", "config/spheres.toml")
+CONTEXT = ("Dockerfile", ".dockerignore", "pyproject.toml", "atom_actors", "config/spheres.toml",
+           "clients/js/src")
 
 
 def missing_tools() -> list[str]:
