@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import trio
 import trio_asyncio
 
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, sole
 
 T = TypeVar("T")
 
@@ -134,10 +134,4 @@ async def open_bridge() -> AsyncIterator[Bridge]:
             yield Bridge(loop)
     except BaseExceptionGroup as group:
         # open_loop's own nurseries wrap whatever the body raised: hand it on as itself.
-        raise _sole(group) from None
-
-
-def _sole(group: BaseExceptionGroup) -> BaseException:
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]
-    return group
+        raise sole(group) from None

@@ -120,14 +120,6 @@ class Settings(BaseModel):
             raise _SettingError("ws_port", f"{self.ws_port} is also API_PORT")
         return self
 
-    @property
-    def frame_interval_s(self) -> float:
-        return 1.0 / self.tick_hz
-
-    @property
-    def single_process(self) -> bool:
-        return not (self.database_url or self.redis_url)
-
     def with_ephemeral_key(self) -> tuple[Settings, bool]:
         """Return settings with a SECRET_KEY, making a random one if empty, and whether it was made."""
         if self.secret_key:

@@ -31,7 +31,7 @@ from .catalog import CATALOG, Catalog
 from .clock import WallClock
 from .compositor import Compositor, TickStats
 from .config import MIN_HZ, Settings
-from .errors import SupervisorEscalation
+from .errors import SupervisorEscalation, find
 from .supervisor import ChildSpec, Report, Supervisor
 from .swarm import ACTIVE, DISPERSED, Checkpoint, SwarmState
 from .swarm_view import LEVELS, SwarmView, dispersal_size  # noqa: F401 - LEVELS: for importers
@@ -116,7 +116,7 @@ class Engine(SwarmView):
                 await nursery.start(logs.traced, "compositor", self.compositor.run)
                 task_status.started(self)
         except BaseExceptionGroup as group:
-            escalation = _find(group, SupervisorEscalation)
+            escalation = find(group, SupervisorEscalation)
             if escalation is None:
                 raise
             raise escalation from None
@@ -212,12 +212,3 @@ class Engine(SwarmView):
     def inject_crash(self, sphere: str, reason: str = "injected crash") -> None:
         """Make a sphere actor raise, as a real bug would: for tests and drills."""
         self.slots[self._sphere(sphere).index].mailbox.send_nowait(Crash(reason))
-
-
-def _find(group: BaseExceptionGroup, kind: type[BaseException]) -> Any:
-    for exc in group.exceptions:
-        if isinstance(exc, kind):
-            return exc
-        if isinstance(exc, BaseExceptionGroup) and (found := _find(exc, kind)) is not None:
-            return found
-    return None

@@ -27,6 +27,7 @@ from .config import MIN_HZ, Settings
 from .engine import new_command_id
 from .errors import BackendUnavailable
 from .persistence import decode_summary
+from .safeguard import CLOSED, OPEN, RESET_REASON, BriseCircuit
 from .swarm import DISPERSED, STATUS_CODES, SwarmState
 from .swarm_view import SwarmView, dispersal_size
 
@@ -159,10 +160,7 @@ class RemoteSwarm(SwarmView):
             del self._replies[command_id]
 
 
-RESET_REASON = "reset by an operator"   # what the Brise-Circuit says when an operator closes it
-
-
-async def share_safeguard(circuit: Any, bus: RedisBus, *,
+async def share_safeguard(circuit: BriseCircuit, bus: RedisBus, *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Keep this process's Brise-Circuit in step with the other processes', until cancelled.
 
@@ -176,10 +174,10 @@ async def share_safeguard(circuit: Any, bus: RedisBus, *,
         async for event in events:
             if event.get("event") != "safeguard":
                 continue
-            if event.get("state") == "open" and circuit.state != "open":
+            if event.get("state") == OPEN and circuit.state != OPEN:
                 circuit.trip("peer", str(event.get("reason") or "another process opened it"))
-            elif event.get("state") == "closed" and event.get("reason") == RESET_REASON \
-                    and circuit.state != "closed":
+            elif event.get("state") == CLOSED and event.get("reason") == RESET_REASON \
+                    and circuit.state != CLOSED:
                 circuit.reset()
 
 

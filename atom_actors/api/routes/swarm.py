@@ -13,6 +13,7 @@ from quart_schema import document_response, tag
 
 from ...catalog import CATALOG
 from ...engine import new_command_id
+from ...persistence import dispersal_record, regroup_record, retune_record
 from ..schemas import (Agent, AgentFilter, Dispersal, DisperseBody, FrequencyStats, Regroup,
                        Sphere, SphereDetail, SwarmSummary, retune_body)
 from ..web import agent_id, api, document_errors, json_body, path_segment, query, requires_session
@@ -81,8 +82,8 @@ async def disperse(body: DisperseBody) -> Any:
         async with a.safeguard.command(total=body.level == "total"):
             result = await a.control.disperse(body.level, body.sphere, command_id=command_id)
         counted.size = result["dispersed"]
-    await a.command_done("dispersal", {"command_id": result["command_id"], "level": result["level"],
-                                 "sphere": result["sphere"], "dispersed": result["dispersed"]})
+    await a.command_done(dispersal_record(result["command_id"], result["level"], result["sphere"],
+                                          result["dispersed"]))
     return jsonify(result), 202
 
 
@@ -99,8 +100,7 @@ async def regroup() -> Any:
         async with a.safeguard.command():
             result = await a.control.regroup(command_id=command_id)
         counted.size = result["regrouped"]
-    await a.command_done("regroup", {"command_id": result["command_id"],
-                               "regrouped": result["regrouped"]})
+    await a.command_done(regroup_record(result["command_id"], result["regrouped"]))
     return jsonify(result), 202
 
 
@@ -158,8 +158,7 @@ def retune_blueprint(max_hz: float) -> Blueprint:
             async with a.safeguard.command():
                 result = await a.control.retune(ident, body.frequency, command_id=command_id)
             counted.size = 1
-        await a.command_done("retune", {"command_id": command_id, "agent": ident,
-                                  "frequency": result["frequency"]})
+        await a.command_done(retune_record(command_id, ident, result["frequency"]))
         return jsonify(result)
 
     return retune_bp
