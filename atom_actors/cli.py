@@ -20,7 +20,7 @@ from functools import partial
 
 import trio
 
-from . import app, logs
+from . import aio, app, logs
 from . import watch as watch_
 from .config import Settings, load_settings
 from .errors import BackendUnavailable, ConfigError, SupervisorEscalation, find
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atom: bad setting {exc}", file=sys.stderr)
         return 2
     logs.configure(settings)
+    aio.configure()
     if args.command == "serve":
         return _serve(settings, args.role)
     if args.command == "migrate":

@@ -27,7 +27,6 @@ import trio
 from . import logs
 from .actors import Crash, Disperse, Regroup, Retune, SphereContext, SphereSlot, sphere_actor
 from .bus import Bus
-from .catalog import CATALOG, Catalog
 from .clock import WallClock
 from .compositor import Compositor, TickStats
 from .config import MIN_HZ, Settings
@@ -82,13 +81,13 @@ class Engine(SwarmView):
     :meth:`checkpoint` and (before it runs) :meth:`restore`.
     """
 
-    def __init__(self, settings: Settings, bus: Bus, *, catalog: Catalog = CATALOG,
+    def __init__(self, settings: Settings, bus: Bus, *,
                  on_event: Callable[[dict], None] | None = None,
                  on_report: Callable[[Report], None] | None = None,
                  on_overload: Callable[[float], None] | None = None) -> None:
         self.settings = settings
         self.bus = bus
-        self.catalog = catalog
+        self.catalog = catalog = settings.catalog
         self.clock = WallClock()
         self.log = logs.logger("engine")
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)

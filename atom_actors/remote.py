@@ -22,7 +22,6 @@ from typing import Any
 import trio
 
 from .bus.redis import RedisBus
-from .catalog import CATALOG, Catalog
 from .config import MIN_HZ, Settings
 from .engine import new_command_id
 from .errors import BackendUnavailable
@@ -48,10 +47,10 @@ class _Reply:
 class RemoteSwarm(SwarmView):
     """A :class:`~atom_actors.engine.SwarmControl` over a :class:`RedisBus`; ``run`` it."""
 
-    def __init__(self, settings: Settings, bus: RedisBus, *, catalog: Catalog = CATALOG) -> None:
+    def __init__(self, settings: Settings, bus: RedisBus) -> None:
         self.settings = settings
         self.bus = bus
-        self.catalog = catalog
+        self.catalog = catalog = settings.catalog
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self.summaries = 0
         self._summary_t = -math.inf       # engine time of the newest summary applied
