@@ -166,7 +166,7 @@ async def serve(settings: Settings, *, role: str = "all",
         if services.engine is not None or services.engine_role is not None:
             actors = (services.engine.actor_ids if services.engine is not None
                       else [f"sphere/{sphere.name}" for sphere in settings.catalog.spheres])
-            metrics.read_engine(services.running_engine, actors, tick_s=settings.frame_interval_s)
+            metrics.read_engine(services.running_engine, actors, tick_s=1.0 / settings.tick_hz)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")
             if isinstance(bus, RedisBus):

@@ -73,7 +73,7 @@ async def test_a_standby_takes_over_with_the_state_and_every_command_applied_onc
         await first.role.leading.wait()
         second = await EngineProcess(SHARED_REDIS, redis_namespace, store).start(nursery)
         metrics = Metrics()   # the second process's, read at scrape time as /metrics is
-        metrics.read_engine(lambda: second.role.engine, [], tick_s=SETTINGS.frame_interval_s)
+        metrics.read_engine(lambda: second.role.engine, [], tick_s=1.0 / SETTINGS.tick_hz)
         control = await api_process(nursery, SHARED_REDIS, redis_namespace)
         await wait_for(lambda: control.ticking)
 

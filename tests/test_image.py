@@ -133,11 +133,11 @@ def image(request: pytest.FixtureRequest) -> str:
         skip(f"{', '.join(missing)} not installed (.ci/run installs podman, runc, debootstrap)")
     base_s = podman.ensure_base_image()
     name, build_s = podman.ensure_image()
-    # Said in the run's output: how big the image is and what making it cost this time.
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n{name}: {podman.image_size(name) / 1e6:.0f} MB; made in "
-                            f"{base_s:.0f} s (base) + {build_s:.0f} s (image), 0 when kept")
+    # Said in the run's output (past pytest's capture): the image's size, what making it cost.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{name}: {podman.image_size(name) / 1e6:.0f} MB; made in {base_s:.0f} s (base)"
+              f" + {build_s:.0f} s (image), 0 when kept", flush=True)
     return name
 
 
@@ -205,8 +205,12 @@ def stack(image: str, tmp_path_factory: pytest.TempPathFactory, nginx_binary: st
             nginx_process.wait(timeout=10)
         names = podman.podman("ps", "-a", "--filter", f"label=atom-test={run}", "--format",
                               "{{.Names}}", check=False).stdout.split()
-        if names:
-            podman.podman("rm", "--force", "--time", "0", *names, check=False, timeout=300)
+        # Side by side: removing one deletes a whole copy of the image (vfs), mostly disk time.
+        removing = [subprocess.Popen(["podman", *podman.GLOBAL, "rm", "--force", "--time", "0",
+                                      name], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    for name in names]
+        for process in removing:
+            process.wait(timeout=300)
         redis.kill()
         postgres.destroy()
 
