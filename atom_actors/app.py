@@ -50,7 +50,8 @@ from .bus.redis import RedisBus
 from .cluster import EngineRole, engine_alarms
 from .compositor import TickStats
 from .config import Settings
-from .engine import Engine, SwarmControl
+from .engine import Engine
+from .swarm_view import SwarmControl
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
 from .persistence import EventLog, restore_from_store, snapshot_agents
