@@ -48,10 +48,10 @@ from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
 from .cluster import EngineRole, engine_alarms
-from .catalog import CATALOG
 from .compositor import TickStats
 from .config import Settings
-from .engine import Engine, SwarmControl
+from .engine import Engine
+from .swarm_view import SwarmControl
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
 from .persistence import EventLog, restore_from_store, snapshot_agents
@@ -166,8 +166,8 @@ async def serve(settings: Settings, *, role: str = "all",
             await _start_engine(stack, services)
         if services.engine is not None or services.engine_role is not None:
             actors = (services.engine.actor_ids if services.engine is not None
-                      else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
-            metrics.read_engine(services.running_engine, actors)
+                      else [f"sphere/{sphere.name}" for sphere in settings.catalog.spheres])
+            metrics.read_engine(services.running_engine, actors, tick_s=1.0 / settings.tick_hz)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")
             if isinstance(bus, RedisBus):
@@ -178,7 +178,7 @@ async def serve(settings: Settings, *, role: str = "all",
                 Broadcaster(settings, bus, services.swarm, services.sessions).run,
                 name="broadcaster")
             services.ws_url = broadcaster.url
-            metrics.read_broadcaster(broadcaster.stats)
+            metrics.read_broadcaster(broadcaster.stats, settings.ws_max_connections)
             services.subscribers = lambda: broadcaster.stats.clients
             if isinstance(bus, RedisBus):
                 await stack.start(report_subscribers, bus, services.subscribers, name="subscribers-out")

@@ -16,16 +16,17 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from functools import partial
 
 import trio
 
-from . import app, logs, netlimits
+from . import aio, app, logs, netlimits
 from . import watch as watch_
 from .config import Settings, load_settings
-from .errors import BackendUnavailable, ConfigError, SupervisorEscalation
+from .errors import BackendUnavailable, ConfigError, SupervisorEscalation, find
 from .protocol import ENCODINGS
-from .store.postgres import migrate
+from .store.postgres import CONNECT_DEADLINE_S, migrate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atom: bad setting {exc}", file=sys.stderr)
         return 2
     logs.configure(settings)
+    aio.configure()
     if args.command == "serve":
         return _serve(settings, args.role)
     if args.command == "migrate":
@@ -84,6 +86,8 @@ def _serve(settings: Settings, role: str = "all") -> int:
         app.check_role(settings, role)
         # Each connection holds a descriptor: the soft limit (often 1024) is a relic of select().
         netlimits.raise_file_limit()
+        if settings.redis_url:
+            _reach_redis(settings.redis_url, CONNECT_DEADLINE_S)
         trio.run(_serve_until_signal, settings, role)
     except ConfigError as exc:
         print(f"atom: bad setting {exc}", file=sys.stderr)
@@ -95,6 +99,32 @@ def _serve(settings: Settings, role: str = "all") -> int:
         app.announce(f"ENGINE STOPPED: {exc}")
         return 1
     return 0
+
+
+def _reach_redis(url: str, deadline_s: float) -> None:
+    """Raise BackendUnavailable unless Redis answers a PING within ``deadline_s``.
+
+    At start only, as PostgreSQL is given CONNECT_DEADLINE_S: a REDIS_URL that points nowhere (a
+    wrong host, port or password) is a deployment error, said in one line with exit code 1, not a
+    process that stands by forever. An outage once running is retried instead (the bus's own).
+    """
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    deadline = time.monotonic() + deadline_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    raise BackendUnavailable("redis", f"{type(exc).__name__}: {exc}") from None
+            except redis.exceptions.ResponseError as exc:   # AUTH refused, and the like
+                raise BackendUnavailable("redis", str(exc)) from None
+            time.sleep(0.2)
+    finally:
+        client.close()
 
 
 async def _serve_until_signal(settings: Settings, role: str = "all") -> None:
@@ -119,9 +149,9 @@ async def _serve_until_signal(settings: Settings, role: str = "all") -> None:
             # Surface an escalation or an unreachable backend as itself, not wrapped: the caller
             # prints one line.
             for kind in (SupervisorEscalation, BackendUnavailable):
-                found = group.split(kind)[0]
+                found = find(group, kind)
                 if found is not None:
-                    raise next(_leaves(found)) from None
+                    raise found from None
             raise
     if services is not None and services.broadcaster is not None:
         app.announce(f"broadcaster: {services.broadcaster.stats.summary()}")
@@ -149,14 +179,6 @@ async def _watch_until_signal(settings: Settings, args: argparse.Namespace) -> i
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(run)
     return code
-
-
-def _leaves(group: BaseException):
-    if isinstance(group, BaseExceptionGroup):
-        for exc in group.exceptions:
-            yield from _leaves(exc)
-    else:
-        yield group
 
 
 if __name__ == "__main__":
