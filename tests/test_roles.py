@@ -13,6 +13,7 @@ import trio
 
 from atom_actors.bus.redis import RedisBus
 from atom_actors.catalog import CATALOG
+from atom_actors.coordinator.redis import RedisCoordinator
 from atom_actors.errors import BackendUnavailable
 from atom_actors.protocol import decode_binary
 from atom_actors.remote import RemoteSwarm
@@ -27,8 +28,9 @@ TAKEOVER_S = 3.0
 
 async def api_side(nursery: trio.Nursery, url: str) -> RemoteSwarm:
     """What an api process runs to reach the engine, in the test's own trio.run."""
-    bus = await nursery.start(RedisBus(url, summaries=True).run)
-    control = await nursery.start(RemoteSwarm(SETTINGS, bus).run)
+    bus = await nursery.start(RedisBus(url).run)
+    coordinator = await nursery.start(RedisCoordinator(url).run)
+    control = await nursery.start(RemoteSwarm(SETTINGS, bus, coordinator).run)
     while not control.ticking:
         await trio.sleep(0.05)
     return control
@@ -88,11 +90,11 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_and_applies_every_com
         await all_sent.wait()
         assert len(accepted) == 60                      # Redis was up: every command accepted
 
-        log = await control.bus.applied_log()
+        log = await control.coordinator.applied_log()
         while Counter(log) != Counter(accepted):
             assert not set(log) - set(accepted) and max(Counter(log).values(), default=1) == 1, log
             await trio.sleep(0.1)
-            log = await control.bus.applied_log()
+            log = await control.coordinator.applied_log()
         while any(control.state.frequency[a] != hz for a, hz in retuned.items()):
             await trio.sleep(0.1)
         # The event log holds each command once, whichever leader applied it.
@@ -113,7 +115,7 @@ async def test_a_clean_stop_hands_the_lease_over_at_once(nursery, atom_processes
         assert trio.current_time() - stopping < 1.5
         while control.state.frequency[7] != 888.0 or not control.ticking:
             await trio.sleep(0.05)
-        assert await control.bus.applied_log() == ["before"]   # not applied again
+        assert await control.coordinator.applied_log() == ["before"]   # not applied again
         assert await second.stop() == 0
 
 
