@@ -22,7 +22,7 @@ about a client.
     atom_frames_sent_total                  frame messages written to subscribers
     atom_frames_dropped_total               frames a slow client never received (newest won)
     atom_ws_handshakes_refused_total{status}    handshakes refused (400, 401, 403, 404, 503)
-    atom_ws_closed_total{cause}             subscribers closed: stall, oversize, lagging
+    atom_ws_closed_total{cause}             subscribers closed: stall, oversize, lagging, session
     atom_actor_restarts_total{actor}        supervisor restarts of each actor
     atom_actor_crashes_total{actor}         crashes of each actor
     atom_supervisor_escalations_total{supervisor}
@@ -78,7 +78,7 @@ class Metrics:
                                 ["command", "level", "result"], registry=self.registry)
         self.engine: Engine | None = None
         self.engine_role: Any = None     # with Redis: its ``engine`` is set while this one leads
-        self.backends: list[Any] = []    # the store and the bus: their ``failures`` counts
+        self.backends: list[Any] = []    # store, bus, coordinator: their ``failures`` counts
         self.broadcaster: Any = None
         self.safeguard: Any = None
         self.registry.register(_PartsCollector(self))
@@ -88,7 +88,7 @@ class Metrics:
 
     def attach(self, *, engine: Engine | None = None, engine_role: Any = None,
                broadcaster: Any = None, safeguard: Any = None, store: Any = None,
-               bus: Any = None) -> None:
+               bus: Any = None, coordinator: Any = None) -> None:
         """Read these parts at scrape time from now on (each may be attached later, or never)."""
         if engine is not None or engine_role is not None:
             self.engine, self.engine_role = engine, engine_role
@@ -98,7 +98,7 @@ class Metrics:
             for actor in ids:
                 self.restarts.labels(actor=actor)
                 self.crashes.labels(actor=actor)
-        self.backends += [part for part in (store, bus) if part is not None]
+        self.backends += [part for part in (store, bus, coordinator) if part is not None]
         if broadcaster is not None:
             self.broadcaster = broadcaster
         if safeguard is not None:
@@ -242,7 +242,7 @@ def _broadcaster_metrics(stats: Any) -> Iterator[Metric]:
     yield refused
     closed = CounterMetricFamily("atom_ws_closed", "Subscribers the server closed, by cause",
                                  labels=["cause"])
-    for cause in ("stall", "oversize", "lagging"):
+    for cause in ("stall", "oversize", "lagging", "session"):
         closed.add_metric([cause], _number(stats, f"closed_{cause}"))
     yield closed
 

@@ -33,9 +33,10 @@ from ..catalog import CATALOG, Catalog
 from ..config import Settings
 from ..engine import SwarmControl
 from ..errors import AtomError, BackendUnavailable, SessionError, StreamRefused, TooManySubscribers
-from ..sessions import SessionService
+from ..sessions import Session, SessionService
 from . import handshake
 from .fanout import BroadcastStats, Fanout, Subscriber
+from .guard import SESSION_ENDED, SessionGuard
 from .handshake import PATH, StreamRequest
 from .wsraw import RawStream, open_request, request_host
 
@@ -67,6 +68,8 @@ class Broadcaster:
         self.catalog = catalog
         self.stats = BroadcastStats()
         self.fanout = Fanout(bus, settings.tick_hz, self.stats)
+        # Streams end with their session (4401), when sessions are checked at all.
+        self.guard = SessionGuard(sessions) if settings.ws_require_session and sessions else None
         self.origins = handshake.allowed_origins(settings.cors_origins, settings.api_host,
                                                  settings.api_port)
         self.port: int | None = None
@@ -109,6 +112,8 @@ class Broadcaster:
                     await front.start(partial(trio.serve_listeners, self._connection, listeners,
                                               handler_nursery=handlers))
                     await front.start(self.fanout.run)
+                    if self.guard is not None:
+                        await front.start(self.guard.run)
                     task_status.started(self)
             finally:
                 self._shut_down(handlers)
@@ -179,12 +184,14 @@ class Broadcaster:
                 await raw.aclose()
 
     async def _admit(self, request: trio_websocket.WebSocketRequest
-                     ) -> tuple[trio_websocket.WebSocketConnection, StreamRequest] | None:
+                     ) -> tuple[trio_websocket.WebSocketConnection, StreamRequest,
+                                Session | None] | None:
         """Accept the handshake, or refuse it with its HTTP status (None).
 
         An accepted subscriber holds one of the WS_MAX_CONNECTIONS slots; the caller frees it.
         """
         reserved = False
+        session = None
         try:
             wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz,
                                              request_host(request))
@@ -195,7 +202,7 @@ class Broadcaster:
             reserved = True
             if self.settings.ws_require_session:
                 assert self.sessions is not None
-                await self.sessions.verify(wanted.session)
+                session = await self.sessions.verify(wanted.session)
         except (StreamRefused, SessionError, BackendUnavailable) as exc:
             # BackendUnavailable: the store that knows the sessions is down (503, not a crash).
             if reserved:
@@ -214,7 +221,7 @@ class Broadcaster:
         if conn is None:
             self.stats.handshakes_failed += 1
             return None
-        return conn, wanted
+        return conn, wanted, session
 
     async def _refuse(self, request: trio_websocket.WebSocketRequest, error: AtomError) -> None:
         self.stats.refused[error.status] = self.stats.refused.get(error.status, 0) + 1
@@ -224,14 +231,14 @@ class Broadcaster:
                                  body=handshake.error_body(error))
 
     async def _stream(self, conn: trio_websocket.WebSocketConnection, wanted: StreamRequest,
-                      raw: RawStream) -> None:
+                      session: Session | None, raw: RawStream) -> None:
         """Send the hello, then let the fan-out stream until the subscriber or the server ends it."""
         sub = Subscriber(raw, self.fanout.group(wanted.encoding, wanted.fps), self.stats)
         self._subscribers.add(sub)
         if self.closing:
             sub.kick("shutdown", 1001)
         try:
-            with sub.scope:
+            with sub.scope, self._guarded(session, sub):
                 try:
                     await conn.send_message(self._hello(wanted))
                 except trio_websocket.ConnectionClosed:
@@ -242,6 +249,8 @@ class Broadcaster:
                         tasks.start_soon(sub.write_behind)
                         tasks.start_soon(self._read_client, conn, sub)
                         tasks.start_soon(self._keepalive, conn, sub)
+                        if session is not None and self.guard is not None:
+                            tasks.start_soon(self.guard.expire, session, sub)
         finally:
             self.fanout.discard(sub)
             self._subscribers.discard(sub)
@@ -249,6 +258,14 @@ class Broadcaster:
             if sub.close_code is not None and conn.closed is None and not raw.stalled:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     await conn.aclose(sub.close_code, _CLOSE_REASONS.get(sub.close_code))
+
+    @contextlib.contextmanager
+    def _guarded(self, session: Session | None, sub: Subscriber) -> Iterator[None]:
+        if session is None or self.guard is None:
+            yield
+        else:
+            with self.guard.watch(session, sub):
+                yield
 
     async def _read_client(self, conn: trio_websocket.WebSocketConnection, sub: Subscriber) -> None:
         # Clients need not send anything; whatever they send is read and dropped, so that pongs
@@ -279,6 +296,8 @@ class Broadcaster:
             self.stats.closed_oversize += 1
         elif sub.end == "lagging":
             self.stats.closed_lagging += 1
+        elif sub.end == "session":
+            self.stats.closed_session += 1
 
     def _hello(self, wanted: StreamRequest) -> str:
         key = (wanted.fps, wanted.encoding)
@@ -294,4 +313,5 @@ class Broadcaster:
         return handshake.hello(head, self._roster[1])
 
 
-_CLOSE_REASONS: Final = {1001: "server shutting down", 1008: "too slow for the event stream"}
+_CLOSE_REASONS: Final = {1001: "server shutting down", 1008: "too slow for the event stream",
+                          SESSION_ENDED: "session ended"}
