@@ -4,6 +4,8 @@ failover logic over the memory one runs on virtual time in ``test_cluster``."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import trio
 
@@ -86,9 +88,8 @@ async def test_the_lease_has_one_holder(pair):
 
 async def test_sessions_are_shared_and_a_revocation_reaches_every_process(pair):
     a, b = pair
-    now = trio.current_time()
     record = SessionRecord(id="ab" * 32, created_at=1e9, expires_at=4e9, frequency=999.0)
-    with trio.fail_after(10), b.subscribe_revocations() as revocations:
+    with trio.fail_after(5), b.subscribe_revocations() as revocations:
         await a.save_session(record)
         assert await b.get_session(record.id) == record
         assert await b.get_session("cd" * 32) is None
@@ -96,13 +97,11 @@ async def test_sessions_are_shared_and_a_revocation_reaches_every_process(pair):
         assert await a.revoke_session(record.id) is True
         assert (await b.get_session(record.id)).revoked
         assert await revocations.receive() == record.id
-    assert trio.current_time() - now < 5
 
 
 async def test_a_session_is_forgotten_when_it_expires(nursery, redis_namespace):
     """Redis keeps a session's hash until its expiry, no longer (PEXPIREAT)."""
     coordinator = await nursery.start(RedisCoordinator(SHARED_REDIS, namespace=redis_namespace).run)
-    import time
     with trio.fail_after(10):
         soon = SessionRecord(id="ef" * 32, created_at=time.time(), expires_at=time.time() + 0.3,
                              frequency=999.0)

@@ -47,8 +47,8 @@ class ProbesApp:
         path, method = scope["path"], scope["method"]
         routes = {"/metrics", "/api/v1/health", "/api/v1/health/ready"}
         if path not in routes:
-            await _json(send, 404, {"error": "not_found",
-                                    "detail": f"there is no {path[:200]} on this {self.role} process"})
+            detail = f"there is no {path[:200]} on this {self.role} process"
+            await _json(send, 404, {"error": "not_found", "detail": detail})
         elif method not in ("GET", "HEAD"):
             await _json(send, 405, {"error": "method_not_allowed",
                                     "detail": f"{method[:20]} is not allowed on {path}"},
