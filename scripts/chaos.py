@@ -295,7 +295,18 @@ class Chaos:
                 await trio.sleep(0.02)
         fault.note = f"new leader said so after {trio.current_time() - begun:.2f} s"
         # A new standby, started beside the schedule (it takes seconds on a busy machine).
-        nursery.start_soon(self.start_atom, "engine", "engine standing by")
+        nursery.start_soon(self.restart_engine)
+
+    async def restart_engine(self) -> None:
+        """Start an engine process again, as a deployment's supervisor would (``restart:
+        unless-stopped``): a start that fails (PostgreSQL down at that moment: a process
+        refuses to start without its database) is retried a second later."""
+        for _ in range(30):
+            try:
+                await self.start_atom("engine", "engine standing by")
+                return
+            except RuntimeError:
+                await trio.sleep(1.0)
 
     async def revoke(self, http: httpx.AsyncClient, ws: list[Atom]) -> None:
         """A session streaming on both ws processes is revoked: each must close with 4401."""
@@ -370,8 +381,8 @@ class Chaos:
                 r = await http.post(request[0], json=request[1],
                                     headers={"X-Sceau-Session": self.token})
                 status: int | str = r.status_code
-            except httpx.HTTPError:
-                status = "error"
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
             if status == 202:
                 self.tally.accepted.append(r.json()["command_id"])
                 return
@@ -435,6 +446,8 @@ class Chaos:
                 await trio.sleep(0.5)
         self.measure_faults()
         loaders = self.loader_results
+        tracebacks = [f"{atom.role}: {line}" for atom in self.atoms for line in atom.lines
+                      if "Traceback" in line or '"level": "error"' in line]
         return {
             "mode": self.args.mode, "subscribers": self.args.subscribers,
             "sent": self.tally.sent, "accepted": len(accepted),
@@ -448,6 +461,7 @@ class Chaos:
                         "longest_gap_s": _r(f.gap_s), "back_after_s": _r(f.back_s),
                         "note": f.note} for f in self.faults],
             "load": loaders,
+            "errors_logged": tracebacks,
         }
 
 
@@ -475,6 +489,9 @@ def print_table(figures: dict, load: str) -> None:
           f"{figures['refused_while_only_postgresql_down']}), applied exactly once "
           f"{figures['applied_once']}, lost {figures['lost']}, duplicated "
           f"{figures['duplicated']}, in the events table {figures['in_events_table']}")
+    print(f"errors and tracebacks in the processes' logs: {len(figures['errors_logged'])}")
+    for line in figures["errors_logged"][:10]:
+        print(f"  {line[:300]}")
     for result in figures["load"]:
         print(f"load client: {result.get('connected')}/{result.get('clients')} connected, fps "
               f"mean {result.get('fps_mean')}, gap max {result.get('gap_max_ms')} ms, closes "
