@@ -20,17 +20,16 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
 from . import logs
 from .catalog import Sphere
-from .swarm import ACTIVE, DISPERSED, REGROUPING, STATUS_NAMES, FLY_S
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .clock import WallClock
+from .swarm import ACTIVE, DISPERSED, REGROUPING, STATUS_NAMES, FLY_S, SwarmState
 
 SPHERE_MAILBOX = 256
 AGENT_MAILBOX = 16
@@ -64,6 +63,22 @@ class Crash:
     reason: str
 
 
+@dataclass(frozen=True, slots=True)
+class SphereContext:
+    """What the sphere actors and their agents use of the engine, and nothing more.
+
+    ``state``: the agents' rows (each agent task writes its own row); ``clock``: engine time;
+    ``dwell_s``: how long a dispersed agent stays out; ``emit``: publishes an event (never
+    blocks); ``log``: the trace logger that agents' lines go through.
+    """
+
+    state: SwarmState
+    clock: WallClock
+    dwell_s: float
+    emit: Callable[[dict], None]
+    log: Any
+
+
 class SphereSlot:
     """A sphere's mailboxes and tick hand-off: everything its successive incarnations share."""
 
@@ -86,15 +101,15 @@ class SphereSlot:
         return self._agents[agent - self.sphere.first][0]
 
 
-async def sphere_actor(engine: Engine, slot: SphereSlot, *,
+async def sphere_actor(ctx: SphereContext, slot: SphereSlot, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one incarnation of the sphere actor of ``slot`` until cancelled or crashed."""
     slot.incarnation += 1
     log = logs.logger(f"sphere/{slot.sphere.name}")
     async with trio.open_nursery() as nursery:
         for agent, (_, inbox) in zip(slot.sphere.agent_ids, slot._agents):
-            nursery.start_soon(agent_task, engine, agent, inbox, name=f"agent/{agent}")
-        nursery.start_soon(_integrate, engine, slot, name=f"sphere/{slot.sphere.name}/integrate")
+            nursery.start_soon(agent_task, ctx, agent, inbox, name=f"agent/{agent}")
+        nursery.start_soon(_integrate, ctx, slot, name=f"sphere/{slot.sphere.name}/integrate")
         task_status.started()
         while True:
             message = await slot._inbox.receive()
@@ -110,8 +125,8 @@ async def sphere_actor(engine: Engine, slot: SphereSlot, *,
                      command_id=message.command_id, size=len(targets))
 
 
-async def _integrate(engine: Engine, slot: SphereSlot) -> None:
-    rows = engine.state.view(slot.rows)
+async def _integrate(ctx: SphereContext, slot: SphereSlot) -> None:
+    rows = ctx.state.view(slot.rows)
     while True:
         await slot.wake.wait()
         slot.wake = trio.Event()
@@ -119,62 +134,62 @@ async def _integrate(engine: Engine, slot: SphereSlot) -> None:
         slot.reported = slot.tick
 
 
-async def agent_task(engine: Engine, agent: int, inbox: trio.MemoryReceiveChannel[Any]) -> None:
+async def agent_task(ctx: SphereContext, agent: int, inbox: trio.MemoryReceiveChannel[Any]) -> None:
     """One agent: waits for messages until its next timed transition is due, then makes it."""
     if not logs.tracing(logging.DEBUG):
-        return await _agent_loop(engine, agent, inbox)
+        return await _agent_loop(ctx, agent, inbox)
     log = logs.logger(f"agent/{agent}")
     log.debug("actor.start")
     try:
-        await _agent_loop(engine, agent, inbox)
+        await _agent_loop(ctx, agent, inbox)
     finally:
         log.debug("actor.stop")
 
 
-async def _agent_loop(engine: Engine, agent: int, inbox: trio.MemoryReceiveChannel[Any]) -> None:
-    state = engine.state
+async def _agent_loop(ctx: SphereContext, agent: int, inbox: trio.MemoryReceiveChannel[Any]) -> None:
+    state = ctx.state
     while True:
-        with trio.move_on_at(engine.clock.to_trio(state.status_until[agent])):
+        with trio.move_on_at(ctx.clock.to_trio(state.status_until[agent])):
             message = await inbox.receive()
-            now = engine.clock.now()
+            now = ctx.clock.now()
             if isinstance(message, Disperse):
                 state.move(agent, now, 1.0)
-                state.status_until[agent] = now + FLY_S + engine.dwell_s
-                _set_status(engine, agent, DISPERSED, message.command_id)
+                state.status_until[agent] = now + FLY_S + ctx.dwell_s
+                _set_status(ctx, agent, DISPERSED, message.command_id)
             elif isinstance(message, Regroup):
                 if state.status[agent] == DISPERSED:
-                    _start_regroup(engine, agent, now, message.command_id)
+                    _start_regroup(ctx, agent, now, message.command_id)
             elif isinstance(message, Retune):
                 state.set_frequency(agent, message.hz, now)
                 message.applied.set()
-                engine.log.info("agent.frequency", actor=f"agent/{agent}", frequency=message.hz,
+                ctx.log.info("agent.frequency", actor=f"agent/{agent}", frequency=message.hz,
                                 command_id=message.command_id)
-                engine.emit({"type": "event", "event": "agent.frequency", "agent": agent,
+                ctx.emit({"type": "event", "event": "agent.frequency", "agent": agent,
                              "frequency": round(message.hz, 3), "command_id": message.command_id})
             continue
         # The timer ran out: the dwell is over, or the agent is home.
-        now = engine.clock.now()
+        now = ctx.clock.now()
         if state.status[agent] == DISPERSED:
-            _start_regroup(engine, agent, now, None)
+            _start_regroup(ctx, agent, now, None)
         else:
             state.status_until[agent] = math.inf
-            _set_status(engine, agent, ACTIVE, None)
+            _set_status(ctx, agent, ACTIVE, None)
 
 
-def _start_regroup(engine: Engine, agent: int, now: float, command_id: str | None) -> None:
-    engine.state.move(agent, now, 0.0)
-    engine.state.status_until[agent] = now + FLY_S
-    _set_status(engine, agent, REGROUPING, command_id)
+def _start_regroup(ctx: SphereContext, agent: int, now: float, command_id: str | None) -> None:
+    ctx.state.move(agent, now, 0.0)
+    ctx.state.status_until[agent] = now + FLY_S
+    _set_status(ctx, agent, REGROUPING, command_id)
 
 
-def _set_status(engine: Engine, agent: int, status: int, command_id: str | None) -> None:
-    was = engine.state.status[agent]
+def _set_status(ctx: SphereContext, agent: int, status: int, command_id: str | None) -> None:
+    was = ctx.state.status[agent]
     if was == status:
         return
-    engine.state.status[agent] = status
-    engine.log.info("agent.status", actor=f"agent/{agent}", status=STATUS_NAMES[status],
+    ctx.state.status[agent] = status
+    ctx.log.info("agent.status", actor=f"agent/{agent}", status=STATUS_NAMES[status],
                     was=STATUS_NAMES[was], command_id=command_id)
     event = {"type": "event", "event": "agent.status", "agent": agent, "status": STATUS_NAMES[status]}
     if command_id:
         event["command_id"] = command_id
-    engine.emit(event)
+    ctx.emit(event)

@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import trio
 import trio_asyncio
 
+from .errors import BackendUnavailable
+
 T = TypeVar("T")
 
 
@@ -61,6 +63,63 @@ class Bridge:
                 await self.call(fn, *args)
             except Exception:  # noqa: BLE001 - the connection is going away either way
                 pass
+
+
+def outage_detail(exc: BaseException) -> str:
+    """What an outage was, in one line: ``ConnectionRefusedError: [Errno 111] ...``.
+
+    The one place the detail of a BackendUnavailable raised by a backend call is worded."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def silence_detail(timeout_s: float) -> str:
+    """The detail of a call that got no answer within ``timeout_s``."""
+    return f"no answer within {timeout_s:g} s"
+
+
+class GuardedCalls:
+    """The one way a backend calls its asyncio client: bounded, and an outage made
+    :class:`~atom_actors.errors.BackendUnavailable`.
+
+    ``backend`` names it in errors and metrics (``redis``, ``postgres``); ``outages`` are the
+    exceptions that mean the server is unreachable, restarting or overloaded (anything else is a
+    bug and propagates as it is); each call gets ``2 × timeout_s`` (the client's own socket
+    timeouts should fire first). ``on_failure(detail)`` hears of every failed call (count it, log
+    the start of an outage), ``on_success()`` of every answered one. ``bridge`` is None while the
+    backend is not running: a call then fails at once, ``the <part> is not running``.
+    """
+
+    def __init__(self, backend: str, part: str, outages: tuple[type[BaseException], ...],
+                 timeout_s: float, *, on_failure: Callable[[str], None] | None = None,
+                 on_success: Callable[[], None] | None = None) -> None:
+        self.backend = backend
+        self.part = part
+        self.outages = outages
+        self.timeout_s = timeout_s
+        self.bridge: Bridge | None = None
+        self._on_failure = on_failure or (lambda detail: None)
+        self._on_success = on_success or (lambda: None)
+
+    def not_running(self) -> BackendUnavailable:
+        return BackendUnavailable(self.backend, f"the {self.part} is not running")
+
+    async def __call__(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """Run ``fn(*args)`` on the asyncio loop; an outage or silence raises BackendUnavailable."""
+        if self.bridge is None:
+            raise self.not_running()
+        try:
+            with trio.fail_after(self.timeout_s * 2):
+                result = await self.bridge.call(fn, *args)
+        except trio.TooSlowError:
+            detail = silence_detail(self.timeout_s * 2)
+        except self.outages as exc:
+            detail = outage_detail(exc)
+        else:
+            self._on_success()
+            return result
+        self._on_failure(detail)
+        raise BackendUnavailable(self.backend, detail) from None
 
 
 @asynccontextmanager

@@ -24,6 +24,11 @@ above it); stopping goes the other way, one part at a time (:mod:`atom_actors.st
 Every process has one :class:`~atom_actors.metrics.Metrics` (its own Prometheus registry, served
 on ``/metrics``); the supervisor's reports go to the trace log, the metrics and the Brise-Circuit.
 
+Each part is handed the handles it uses, named, here and nowhere else: the API an
+:class:`~atom_actors.api.ApiInput`, the stats task and the metrics the figures they read. The
+:class:`Services` that :func:`serve` passes to ``task_status.started`` is for its caller (the CLI,
+tests) to look at the running parts; no part reads it.
+
 Roles (``atom serve --role``): ``all`` (default) runs everything in one process; ``engine``,
 ``api`` and ``ws`` run their part only, and meet on Redis. Both backends are asyncio libraries:
 when either is configured, one trio-asyncio loop is opened here, at the root, for both.
@@ -43,21 +48,23 @@ import trio
 
 from . import logs
 from .aio import open_bridge
-from .api import serve_api
-from .broadcaster import Broadcaster
+from .api import ApiInput, serve_api
 from .api.health import OK, ping
 from .api.probes import ProbesApp, serve_probes
+from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
 from .clock import WallClock
+from .catalog import CATALOG
 from .cluster import EngineRole, engine_alarms
+from .compositor import TickStats
 from .config import Settings
 from .coordinator import Coordinator, MemoryCoordinator
 from .coordinator.redis import RedisCoordinator
 from .engine import Engine, SwarmControl
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
-from .persistence import EventLog, TappedBus, restore_from_store, snapshot_agents
+from .persistence import EventLog, restore_from_store, snapshot_agents
 from .remote import RemoteSwarm, SubscriberTotal, follow_engine_alarms, report_subscribers
 from .safeguard import BriseCircuit
 from .sessions import SessionService
@@ -71,7 +78,8 @@ ROLES = ("all", "engine", "api", "ws")
 
 @dataclass
 class Services:
-    """Handles on the running parts, for tests and for the parts that need each other."""
+    """Handles on the running parts, for :func:`serve`'s caller to look at (the CLI's start and
+    stop lines, tests). Never handed to a part: each part is given what it uses."""
 
     settings: Settings
     bus: Bus
@@ -88,7 +96,18 @@ class Services:
     safeguard: BriseCircuit | None = None
     subscribers: Callable[[], int] | None = None   # WebSocket subscribers now (the broadcaster's)
     metrics: Metrics | None = None
+    api_input: ApiInput | None = None   # what the API was given
     extras: dict[str, object] = field(default_factory=dict)
+
+    def running_engine(self) -> Engine | None:
+        """The engine running in this process now, if any (with Redis, only while it leads)."""
+        if self.engine is not None:
+            return self.engine
+        return self.engine_role.engine if self.engine_role is not None else None
+
+    def tick_stats(self) -> TickStats | None:
+        engine = self.running_engine()
+        return engine.stats if engine is not None else None
 
     def describe(self) -> str:
         engine = None
@@ -148,7 +167,7 @@ async def serve(settings: Settings, *, role: str = "all",
         bus = await stack.start(make_bus(settings, parts).run, name="bus")
         coordinator = await stack.start(make_coordinator(settings, parts).run, name="coordinator")
         metrics = Metrics()
-        metrics.attach(store=store, bus=bus, coordinator=coordinator)
+        metrics.read_backends(store, bus, coordinator)
         services = Services(settings, bus, role=role, coordinator=coordinator, store=store,
                             metrics=metrics)
         services.sessions = await stack.start(SessionService(
@@ -156,11 +175,15 @@ async def serve(settings: Settings, *, role: str = "all",
             ttl_s=settings.session_ttl_s, frequency=settings.frequency).run, name="sessions")
         if "api" in parts:
             services.safeguard = BriseCircuit(settings, bus, store, coordinator=coordinator)
-            metrics.attach(safeguard=services.safeguard)
+            metrics.read_safeguard(services.safeguard.status)
         if clustered:
             await _start_cluster_parts(stack, services, parts)
         else:
             await _start_engine(stack, services)
+        if services.engine is not None or services.engine_role is not None:
+            actors = (services.engine.actor_ids if services.engine is not None
+                      else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
+            metrics.read_engine(services.running_engine, actors)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")
             if clustered:
@@ -172,7 +195,7 @@ async def serve(settings: Settings, *, role: str = "all",
                 Broadcaster(settings, bus, services.swarm, services.sessions).run,
                 name="broadcaster")
             services.ws_url = broadcaster.url
-            metrics.attach(broadcaster=broadcaster)
+            metrics.read_broadcaster(broadcaster.stats)
             services.subscribers = lambda: broadcaster.stats.clients
             if clustered:
                 await stack.start(report_subscribers, coordinator, uuid.uuid4().hex[:12],
@@ -182,8 +205,12 @@ async def serve(settings: Settings, *, role: str = "all",
             services.subscribers = await stack.start(SubscriberTotal(coordinator).run,
                                                      name="subscribers-in")
         if "api" in parts:
-            services.api_url = await stack.start(logs.traced, "api", partial(serve_api, services),
-                                                 name="api")
+            assert services.swarm is not None and services.safeguard is not None
+            services.api_input = ApiInput(
+                settings, services.swarm, services.sessions, services.safeguard, store, bus,
+                coordinator=coordinator, metrics=metrics, subscribers=services.subscribers, ws_url=services.ws_url)
+            services.api_url = await stack.start(logs.traced, "api",
+                                                 partial(serve_api, services.api_input), name="api")
             if services.broadcaster is not None:
                 # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
                 services.broadcaster.allow_origin(services.api_url)
@@ -191,7 +218,8 @@ async def serve(settings: Settings, *, role: str = "all",
             services.api_url = await stack.start(
                 serve_probes, role_probes(services), settings.api_host, settings.api_port,
                 name="probes")
-        await stack.start(logs.report_stats, services, name="stats")
+        sends = services.broadcaster.stats if services.broadcaster is not None else None
+        await stack.start(logs.report_stats, services.tick_stats, sends, name="stats")
         task_status.started(services)
         await trio.sleep_forever()
 
@@ -242,13 +270,11 @@ async def _start_engine(stack: Any, services: Services) -> None:
             safeguard.on_report(report)
 
     event_log = await stack.start(EventLog(store).run, name="event-log")
-    engine = Engine(services.settings, TappedBus(services.bus, event_log.offer), on_report=on_report,
+    engine = Engine(services.settings, services.bus, on_event=event_log.offer, on_report=on_report,
                     on_overload=safeguard.on_overload if safeguard is not None else None)
     if await restore_from_store(engine, store):
         logs.logger("engine").warning("engine.restored", store=store.name)
     services.engine = services.swarm = await stack.start(engine.run, name="engine")
-    if services.metrics is not None:
-        services.metrics.attach(engine=engine)
     await stack.start(snapshot_agents, engine, store, name="snapshots")
 
 
@@ -261,8 +287,6 @@ async def _start_cluster_parts(stack: Any, services: Services, parts: set[str]) 
             EngineRole(services.settings, services.bus, services.coordinator, services.store,
                        on_report=on_report, on_overload=on_overload, announce=announce).run,
             name="engine-role")
-        if services.metrics is not None:
-            services.metrics.attach(engine_role=services.engine_role)
     if parts & {"api", "ws"}:
         services.swarm = await stack.start(
             RemoteSwarm(services.settings, services.bus, services.coordinator).run, name="swarm")

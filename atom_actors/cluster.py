@@ -42,10 +42,11 @@ from .config import Settings
 from .coordinator import Coordinator
 from .engine import Engine
 from .errors import BackendUnavailable, CommandError
-from .persistence import (EventLog, TappedBus, apply_checkpoint, decode_checkpoint,
-                          encode_checkpoint, encode_summary, restore_from_store, snapshot_agents)
+from .persistence import (EventLog, apply_checkpoint, decode_checkpoint, encode_checkpoint,
+                          encode_summary, restore_from_store, snapshot_agents)
 from .store import Store
 from .supervisor import Report
+from .swarm import Checkpoint
 
 log = logging.getLogger("atom_actors.cluster")
 
@@ -202,14 +203,13 @@ class Commander:
 
     async def _checkpoint(self) -> None:
         acks = list(self._acks)
-        engine = self.engine
-        now = engine.clock.now()
-        seq = engine.compositor.seq - 1
-        state = encode_checkpoint(engine.state, seq, now)
-        summary = encode_summary(engine.state, seq, now)
+        checkpoint = self.engine.checkpoint()
+        seq, now = checkpoint.seq, checkpoint.t
+        state = encode_checkpoint(checkpoint.state, seq, now)
+        summary = encode_summary(checkpoint.state, seq, now)
         try:
-            held = await self.coordinator.checkpoint(self.lease.token, state, summary, int(now * 1000), acks,
-                                             self.lease.ttl_s)
+            held = await self.coordinator.checkpoint(self.lease.token, state, summary,
+                                                     int(now * 1000), acks, self.lease.ttl_s)
         except BackendUnavailable:
             return
         if not held:
@@ -252,14 +252,14 @@ async def restore(engine: Engine, coordinator: Coordinator, store: Store) -> str
             await trio.sleep(RETRY_S)
     if data is not None:
         try:
-            checkpoint = decode_checkpoint(data)
+            saved = decode_checkpoint(data)
         except ValueError as exc:
             log.error("unreadable checkpoint ignored: %s", exc)
         else:
-            if apply_checkpoint(engine.state, checkpoint):
-                elapsed = max(0.0, engine.clock.now() - checkpoint.t)
-                # Frame numbers go on increasing across the failover, as if no tick was missed.
-                engine.compositor.seq = checkpoint.seq + 1 + round(elapsed * engine.settings.tick_hz)
+            # The saved arrays put into a copy of the engine's state, then handed to the engine,
+            # whose frame numbers go on increasing across the failover.
+            mine = engine.checkpoint().state
+            if apply_checkpoint(mine, saved) and engine.restore(Checkpoint(saved.seq, saved.t, mine)):
                 return "checkpoint"
     try:
         if await restore_from_store(engine, store):
@@ -318,12 +318,13 @@ class EngineRole:
             leading = nursery.cancel_scope
             await nursery.start(self.lease.keep, leading)
             engine_log = await nursery.start(EventLog(self.store).run)
-            engine = Engine(self.settings, TappedBus(self.bus, engine_log.offer),
+            engine = Engine(self.settings, self.bus, on_event=engine_log.offer,
                             on_report=self.on_report, on_overload=self.on_overload)
             self.restored_from = await restore(engine, self.coordinator, self.store)
             await nursery.start(engine.run)
             await nursery.start(snapshot_agents, engine, self.store)
-            self.commander = await nursery.start(Commander(engine, self.coordinator, self.lease, leading).run)
+            self.commander = await nursery.start(
+                Commander(engine, self.coordinator, self.lease, leading).run)
             self.engine = engine
             self.announce(f"engine leading (term {self.terms}, state from {self.restored_from})")
             self.leading.set()

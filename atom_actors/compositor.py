@@ -16,16 +16,16 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 import trio
 
+from .catalog import Sphere
+from .clock import WallClock
 from .protocol import Frame
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .swarm import SwarmState
 
 # A compositor further behind than this skips the missed ticks instead of bursting to catch up.
 MAX_CATCH_UP_S = 0.25
@@ -34,6 +34,15 @@ OVERLOAD_AFTER_S = 5.0
 LATENESS_SAMPLES = 4096
 # Upper bounds (seconds) of the tick-lateness histogram that /metrics exposes; a tick is 16.7 ms.
 LATENESS_BUCKETS_S = (0.0005, 0.001, 0.002, 0.004, 0.008, 0.0167, 0.033, 0.1, 0.25, math.inf)
+
+
+class TickSlot(Protocol):
+    """A sphere as the compositor sees it (an :class:`~atom_actors.actors.SphereSlot`)."""
+
+    sphere: Sphere
+    reported: int     # the last tick whose slice the sphere wrote
+
+    def request_tick(self, tick: int, t: float) -> None: ...
 
 
 class TickStats:
@@ -62,20 +71,30 @@ class TickStats:
 
 
 class Compositor:
-    def __init__(self, engine: Engine, publish: Callable[[Frame], None],
+    """Composes a frame of ``state.positions`` every ``interval`` seconds and ``publish``-es it;
+    wakes the sphere actors of ``slots`` to integrate the next tick; calls ``on_overload(seconds)``
+    when frames have gone out more than a tick late for OVERLOAD_AFTER_S in a row."""
+
+    def __init__(self, slots: Sequence[TickSlot], state: SwarmState, clock: WallClock,
+                 interval: float, publish: Callable[[Frame], None],
                  on_overload: Callable[[float], None] | None = None) -> None:
-        self.engine = engine
+        self.slots = slots
+        self.state = state
+        self.clock = clock
         self.publish = publish
         self.on_overload = on_overload or (lambda seconds: None)
-        self.interval = 1.0 / engine.settings.tick_hz
+        self.interval = interval
         self.stats = TickStats()
-        self.seq = 0
+        self.seq = 0            # of the next frame
         self.ticking = False
+
+    def continue_after(self, seq: int) -> None:
+        """Number the next frame ``seq + 1`` (an engine that takes over from another)."""
+        self.seq = seq + 1
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Compose one frame per tick until cancelled."""
-        engine, interval, stats = self.engine, self.interval, self.stats
-        clock = engine.clock
+        interval, stats, slots, clock = self.interval, self.stats, self.slots, self.clock
         start = trio.current_time()
         overrun_since: float | None = None
         k = 0
@@ -96,11 +115,11 @@ class Compositor:
                     deadline = start + k * interval
                     lateness = now - deadline
                 stats.record_lateness(lateness)
-                late = [s for s in engine.slots if s.reported < k]
+                late = [s for s in slots if s.reported < k]
                 if late:
                     stats.late_spheres += len(late)
                     stats.last_late = [s.sphere.name for s in late]
-                frame = Frame.compose(self.seq, clock.now(), engine.state.positions)
+                frame = Frame.compose(self.seq, clock.now(), self.state.positions)
                 self.seq += 1
                 stats.frames += 1
                 self.publish(frame)
@@ -117,6 +136,6 @@ class Compositor:
             self.ticking = False
 
     def _ask(self, tick: int, trio_time: float) -> None:
-        t = self.engine.clock.from_trio(trio_time)
-        for slot in self.engine.slots:
+        t = self.clock.from_trio(trio_time)
+        for slot in self.slots:
             slot.request_tick(tick, t)

@@ -25,15 +25,15 @@ import numpy as np
 import trio
 
 from . import logs
-from .actors import Crash, Disperse, Regroup, Retune, SphereSlot, sphere_actor
+from .actors import Crash, Disperse, Regroup, Retune, SphereContext, SphereSlot, sphere_actor
 from .bus import Bus
 from .catalog import CATALOG, Catalog
 from .clock import WallClock
-from .compositor import Compositor
+from .compositor import Compositor, TickStats
 from .config import MIN_HZ, Settings
 from .errors import SupervisorEscalation
 from .supervisor import ChildSpec, Report, Supervisor
-from .swarm import ACTIVE, DISPERSED, SwarmState
+from .swarm import ACTIVE, DISPERSED, Checkpoint, SwarmState
 from .swarm_view import LEVELS, SwarmView, dispersal_size  # noqa: F401 - LEVELS: for importers
 
 
@@ -73,9 +73,17 @@ def new_command_id() -> str:
 
 
 class Engine(SwarmView):
-    """The running swarm. Create it inside ``trio.run`` (its clock reads Trio's) and ``run`` it."""
+    """The running swarm. Create it inside ``trio.run`` (its clock reads Trio's) and ``run`` it.
+
+    It publishes frames and events on ``bus``; ``on_event`` (the event log's ``offer``) also
+    sees every event it emits; ``on_report`` hears of its sphere supervisor's reports and
+    ``on_overload`` of a compositor that overran its tick budget. What others read of it:
+    the :class:`SwarmControl` queries and commands, :attr:`stats`, :attr:`ticking`,
+    :meth:`checkpoint` and (before it runs) :meth:`restore`.
+    """
 
     def __init__(self, settings: Settings, bus: Bus, *, catalog: Catalog = CATALOG,
+                 on_event: Callable[[dict], None] | None = None,
                  on_report: Callable[[Report], None] | None = None,
                  on_overload: Callable[[float], None] | None = None) -> None:
         self.settings = settings
@@ -83,17 +91,20 @@ class Engine(SwarmView):
         self.catalog = catalog
         self.clock = WallClock()
         self.log = logs.logger("engine")
-        self.dwell_s = settings.dispersal_dwell_s
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
+        self._on_event = on_event
         self._rng = np.random.default_rng(settings.swarm_seed)
         self.slots = [SphereSlot(s) for s in catalog.spheres]
+        self.sphere = SphereContext(self.state, self.clock, settings.dispersal_dwell_s, self.emit,
+                                    self.log)
         self.supervisor = Supervisor(
             "spheres",
-            [ChildSpec(f"sphere/{slot.sphere.name}", partial(sphere_actor, self, slot),
+            [ChildSpec(f"sphere/{slot.sphere.name}", partial(sphere_actor, self.sphere, slot),
                        shutdown=SPHERE_SHUTDOWN_S) for slot in self.slots],
             intensity=SPHERE_INTENSITY, period=SPHERE_PERIOD_S, on_report=on_report,
         )
-        self.compositor = Compositor(self, bus.publish_frame, on_overload)
+        self.compositor = Compositor(self.slots, self.state, self.clock, 1.0 / settings.tick_hz,
+                                     bus.publish_frame, on_overload)
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -114,8 +125,41 @@ class Engine(SwarmView):
     def ticking(self) -> bool:
         return self.compositor.ticking
 
+    @property
+    def stats(self) -> TickStats:
+        """What the compositor measured (frames, lateness, late spheres): read, never written."""
+        return self.compositor.stats
+
+    @property
+    def dwell_s(self) -> float:
+        """How long a dispersed agent stays out, seconds."""
+        return self.sphere.dwell_s
+
+    @property
+    def actor_ids(self) -> list[str]:
+        """The ids of the sphere actors, as their supervisor reports them."""
+        return [spec.id for spec in self.supervisor.children]
+
     def emit(self, event: dict) -> None:
         self.bus.publish_event(event)
+        if self._on_event is not None:
+            self._on_event(event)
+
+    # -- checkpoints -------------------------------------------------------------------------------
+
+    def checkpoint(self) -> Checkpoint:
+        """The swarm as of now: a detached copy of its state, the last frame's number, the time."""
+        return Checkpoint(self.compositor.seq - 1, self.clock.now(), self.state.copy())
+
+    def restore(self, checkpoint: Checkpoint) -> bool:
+        """Continue from ``checkpoint`` (call before :meth:`run`): the swarm's state becomes its
+        state, and frame numbers go on from its frame as if no tick had been missed since.
+        False, and nothing changed, when it is a swarm of another shape."""
+        if not self.state.load(checkpoint.state.arrays()):
+            return False
+        elapsed = max(0.0, self.clock.now() - checkpoint.t)
+        self.compositor.continue_after(checkpoint.seq + round(elapsed * self.settings.tick_hz))
+        return True
 
     # -- commands ----------------------------------------------------------------------------------
 

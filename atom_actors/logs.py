@@ -32,8 +32,9 @@ import ipaddress
 import logging
 import re
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
 import trio
@@ -42,7 +43,6 @@ from structlog.stdlib import ProcessorFormatter
 from .supervisor import Report, is_cancellation
 
 if TYPE_CHECKING:
-    from .app import Services
     from .config import Settings
 
 TRACE_LOGGER = "atom_actors.trace"
@@ -314,28 +314,47 @@ async def traced(actor: str, run: Callable[..., Awaitable[object]], *,
     log.info("actor.stop")
 
 
-async def report_stats(services: Services, *,
+class TickFigures(Protocol):
+    """What the stats task reads of the compositor (its :class:`~atom_actors.compositor.TickStats`)."""
+
+    frames: int
+    missed: int
+    late_spheres: int
+    lateness: deque[float]
+    last_late: list[str]
+
+
+class SendFigures(Protocol):
+    """What the stats task reads of the broadcaster (its ``BroadcastStats``)."""
+
+    clients: int
+    frames_dropped: int
+    frames_sent: int
+
+
+async def report_stats(ticks_now: Callable[[], TickFigures | None], sends: SendFigures | None, *,
                        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Once a second, the compositor's fps, tick lateness p99 and late spheres, and the
     broadcaster's clients and dropped frames, as ``compositor.stats`` / ``broadcaster.stats``.
 
-    Runs only when INFO is written; otherwise returns at once (nothing is measured for nobody).
-    Cancellation: stops between two reports.
+    ``ticks_now()`` gives the running engine's figures, or None while none runs here (with
+    Redis the engine comes and goes with the lease); ``sends`` is the broadcaster's, or None
+    without one. Runs only when INFO is written; otherwise returns at once (nothing is measured
+    for nobody). Cancellation: stops between two reports.
     """
     task_status.started()
     if not tracing(logging.INFO):
         return
     compositor_log, broadcaster_log = logger("compositor"), logger("broadcaster")
-    ticks = _tick_stats(services)
+    ticks = ticks_now()
     frames, late, missed = (ticks.frames, ticks.late_spheres, ticks.missed) if ticks else (0, 0, 0)
-    sends = _broadcast_stats(services)
     dropped, sent = (sends.frames_dropped, sends.frames_sent) if sends is not None else (0, 0)
     last = trio.current_time()
     while True:
         await trio.sleep(STATS_INTERVAL_S)
         now = trio.current_time()
         elapsed, last = now - last, now
-        current = _tick_stats(services)
+        current = ticks_now()
         if current is not ticks:   # with Redis the engine comes and goes with the lease
             ticks, frames, late, missed = current, 0, 0, 0
         if ticks is not None:
@@ -348,22 +367,11 @@ async def report_stats(services: Services, *,
                 last_late=list(ticks.last_late) if ticks.late_spheres > late else [],
                 missed=ticks.missed - missed)
             frames, late, missed = ticks.frames, ticks.late_spheres, ticks.missed
-        sends = _broadcast_stats(services)
         if sends is not None:
             broadcaster_log.info("broadcaster.stats", clients=sends.clients,
                                  dropped_frames=sends.frames_dropped - dropped,
                                  frames_sent=sends.frames_sent - sent)
             dropped, sent = sends.frames_dropped, sends.frames_sent
-
-
-def _tick_stats(services: Services) -> Any:
-    engine = services.engine or getattr(getattr(services, "engine_role", None), "engine", None)
-    return engine.compositor.stats if engine is not None else None
-
-
-def _broadcast_stats(services: Services) -> Any:
-    broadcaster = getattr(services, "broadcaster", None)
-    return getattr(broadcaster, "stats", None)
 
 
 # Until configure() runs (library use, unit tests) the trace is at WARNING: quiet, and cheap.

@@ -39,9 +39,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, ProcessCollector, generate_latest
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
@@ -49,21 +49,50 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import logs
-from .catalog import CATALOG
-from .compositor import LATENESS_BUCKETS_S
-from .engine import LEVELS
+from .compositor import LATENESS_BUCKETS_S, TickStats
 from .errors import BackendUnavailable, CommandError, SafeguardOpen
 from .supervisor import Report
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .swarm_view import LEVELS
 
 SAFEGUARD_STATES = ("closed", "open", "half_open")
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class EngineFigures(Protocol):
+    """What the metrics read of a running engine (an :class:`~atom_actors.engine.Engine`)."""
+
+    @property
+    def stats(self) -> TickStats: ...
+
+    @property
+    def ticking(self) -> bool: ...
+
+    def counts(self) -> dict[str, Any]: ...
+
+
+class BroadcastFigures(Protocol):
+    """What the metrics read of a broadcaster (its :class:`~atom_actors.broadcaster.BroadcastStats`)."""
+
+    clients: int
+    frames_sent: int
+    frames_dropped: int
+    closed_stall: int
+    closed_oversize: int
+    closed_lagging: int
+    closed_session: int
+    refused: dict[int, int]
+
+
+class Backend(Protocol):
+    """A store, a bus or a coordinator: its name and the calls that found it unavailable."""
+
+    name: str
+    failures: int
+
+
 class Metrics:
-    """The metrics of one running process. ``attach`` the parts as they start."""
+    """The metrics of one running process. Each ``read_*`` registers a part's figures, read at
+    scrape time from then on (each may be registered later, or never)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
@@ -76,33 +105,38 @@ class Metrics:
                                    ["supervisor"], registry=self.registry)
         self.commands = Counter("atom_commands", "Swarm commands by command, level and result",
                                 ["command", "level", "result"], registry=self.registry)
-        self.engine: Engine | None = None
-        self.engine_role: Any = None     # with Redis: its ``engine`` is set while this one leads
-        self.backends: list[Any] = []    # store, bus, coordinator: their ``failures`` counts
-        self.broadcaster: Any = None
-        self.safeguard: Any = None
-        self.registry.register(_PartsCollector(self))
         ProcessCollector(registry=self.registry)
 
     # -- wiring -----------------------------------------------------------------------------------
 
-    def attach(self, *, engine: Engine | None = None, engine_role: Any = None,
-               broadcaster: Any = None, safeguard: Any = None, store: Any = None,
-               bus: Any = None, coordinator: Any = None) -> None:
-        """Read these parts at scrape time from now on (each may be attached later, or never)."""
-        if engine is not None or engine_role is not None:
-            self.engine, self.engine_role = engine, engine_role
-            # Every actor shows, at 0, from the start.
-            ids = ([spec.id for spec in engine.supervisor.children] if engine is not None
-                   else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
-            for actor in ids:
-                self.restarts.labels(actor=actor)
-                self.crashes.labels(actor=actor)
-        self.backends += [part for part in (store, bus, coordinator) if part is not None]
-        if broadcaster is not None:
-            self.broadcaster = broadcaster
-        if safeguard is not None:
-            self.safeguard = safeguard
+    def _collect(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self.registry.register(_Collector(families))
+
+    def read_engine(self, engine: Callable[[], EngineFigures | None], actors: Iterable[str]) -> None:
+        """The engine's figures: ``engine()`` is the running engine, or None while there is none
+        here (a standby engine process). ``actors``: the sphere actors, shown at 0 from the start."""
+        for actor in actors:
+            self.restarts.labels(actor=actor)
+            self.crashes.labels(actor=actor)
+
+        def families() -> Iterator[Metric]:
+            current = engine()
+            if current is not None:
+                yield from _engine_metrics(current)
+
+        self._collect(families)
+
+    def read_broadcaster(self, stats: BroadcastFigures) -> None:
+        self._collect(lambda: _broadcaster_metrics(stats))
+
+    def read_safeguard(self, status: Callable[[], Mapping[str, Any]]) -> None:
+        """The Brise-Circuit's state and trips, from its ``status()``."""
+        self._collect(lambda: _safeguard_metrics(status()))
+
+    def read_backends(self, *parts: Backend) -> None:
+        """The failures the store, the bus and the coordinator counted (the in-process ones are
+        all "memory", the Redis ones both "redis")."""
+        self._collect(lambda: _backend_metrics(parts))
 
     def on_report(self, report: Report) -> None:
         """A supervisor's ``on_report``: counts restarts, crashes and escalations."""
@@ -186,69 +220,63 @@ class Counted:
         self.size: int | None = None
 
 
-class _PartsCollector:
-    """Reads the parts' own counters at scrape time."""
+class _Collector:
+    """One part's families, made at scrape time."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, families: Callable[[], Iterable[Metric]]) -> None:
+        self.collect = families
 
     def describe(self) -> list[Metric]:
-        # No up-front description: the families depend on which parts are attached.
+        # No up-front description: the families are read from the part when scraped.
         return []
 
-    def collect(self) -> Iterator[Metric]:
-        metrics = self.metrics
-        engine = metrics.engine or getattr(metrics.engine_role, "engine", None)
-        if engine is not None:
-            yield from _engine_metrics(engine)
-        broadcaster = self.metrics.broadcaster
-        if broadcaster is not None:
-            yield from _broadcaster_metrics(getattr(broadcaster, "stats", broadcaster))
-        safeguard = self.metrics.safeguard
-        if safeguard is not None:
-            status = safeguard.status() if callable(getattr(safeguard, "status", None)) else {}
-            state = str(status.get("state", getattr(safeguard, "state", "closed")))
-            family = GaugeMetricFamily("atom_safeguard_state",
-                                       "The Brise-Circuit's state: 1 for the current one",
-                                       labels=["state"])
-            for name in SAFEGUARD_STATES:
-                family.add_metric([name], 1.0 if name == state else 0.0)
-            yield family
-            yield CounterMetricFamily("atom_safeguard_trips", "Times the Brise-Circuit opened",
-                                      value=float(status.get("trips", 0) or 0))
-        backend_errors = CounterMetricFamily("atom_backend_errors",
-                                             "Calls to a backend that found it unavailable",
-                                             labels=["backend"])
-        failures: dict[str, float] = {}
-        for part in metrics.backends:   # the in-process store and bus are both "memory"
-            failures[part.name] = failures.get(part.name, 0.0) + _number(part, "failures")
-        for name, count in failures.items():
-            backend_errors.add_metric([name], count)
-        yield backend_errors
+
+def _safeguard_metrics(status: Mapping[str, Any]) -> Iterator[Metric]:
+    state = str(status.get("state", "closed"))
+    family = GaugeMetricFamily("atom_safeguard_state",
+                               "The Brise-Circuit's state: 1 for the current one", labels=["state"])
+    for name in SAFEGUARD_STATES:
+        family.add_metric([name], 1.0 if name == state else 0.0)
+    yield family
+    yield CounterMetricFamily("atom_safeguard_trips", "Times the Brise-Circuit opened",
+                              value=float(status.get("trips", 0) or 0))
 
 
-def _broadcaster_metrics(stats: Any) -> Iterator[Metric]:
+def _backend_metrics(parts: Iterable[Backend]) -> Iterator[Metric]:
+    backend_errors = CounterMetricFamily("atom_backend_errors",
+                                         "Calls to a backend that found it unavailable",
+                                         labels=["backend"])
+    failures: dict[str, float] = {}
+    for part in parts:
+        failures[part.name] = failures.get(part.name, 0.0) + float(part.failures or 0)
+    for name, count in failures.items():
+        backend_errors.add_metric([name], count)
+    yield backend_errors
+
+
+def _broadcaster_metrics(stats: BroadcastFigures) -> Iterator[Metric]:
     yield GaugeMetricFamily("atom_subscribers", "WebSocket clients connected",
-                            value=_number(stats, "clients"))
+                            value=float(stats.clients))
     yield CounterMetricFamily("atom_frames_dropped",
                               "Frames a slow client never received (the newest won)",
-                              value=_number(stats, "frames_dropped"))
+                              value=float(stats.frames_dropped))
     yield CounterMetricFamily("atom_frames_sent", "Frame messages written to subscribers",
-                              value=_number(stats, "frames_sent"))
+                              value=float(stats.frames_sent))
     refused = CounterMetricFamily("atom_ws_handshakes_refused",
                                   "WebSocket handshakes refused, by HTTP status", labels=["status"])
-    for status, count in sorted(dict(getattr(stats, "refused", {}) or {}).items()):
+    for status, count in sorted(dict(stats.refused).items()):
         refused.add_metric([str(status)], count)
     yield refused
     closed = CounterMetricFamily("atom_ws_closed", "Subscribers the server closed, by cause",
                                  labels=["cause"])
-    for cause in ("stall", "oversize", "lagging", "session"):
-        closed.add_metric([cause], _number(stats, f"closed_{cause}"))
+    for cause, count in (("stall", stats.closed_stall), ("oversize", stats.closed_oversize),
+                         ("lagging", stats.closed_lagging), ("session", stats.closed_session)):
+        closed.add_metric([cause], float(count))
     yield closed
 
 
-def _engine_metrics(engine: Engine) -> Iterator[Metric]:
-    stats = engine.compositor.stats
+def _engine_metrics(engine: EngineFigures) -> Iterator[Metric]:
+    stats = engine.stats
     yield CounterMetricFamily("atom_frames_composed", "Frames composed by the compositor",
                               value=stats.frames)
     yield CounterMetricFamily("atom_ticks_missed", "Ticks skipped after falling too far behind",
@@ -269,9 +297,3 @@ def _engine_metrics(engine: Engine) -> Iterator[Metric]:
     for status, count in engine.counts()["by_status"].items():
         agents.add_metric([status], count)
     yield agents
-
-
-def _number(part: Any, name: str) -> float:
-    value = getattr(part, name, 0)
-    value = value() if callable(value) else value
-    return float(value or 0)

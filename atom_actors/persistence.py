@@ -23,19 +23,16 @@ import logging
 import math
 import struct
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 import numpy as np
 import trio
 
 from .clock import WallClock
 from .errors import BackendUnavailable
-from .protocol import Frame
 from .store import AgentRow, EventRecord, Store
-from .swarm import ACTIVE, DISPERSED, FLY_S, REGROUPING, STATUS_CODES, STATUS_NAMES, SwarmState, orbit_speed
-
-if TYPE_CHECKING:
-    from .engine import Engine
+from .swarm import (ACTIVE, DISPERSED, FLY_S, REGROUPING, STATE_ARRAYS, STATUS_CODES, STATUS_NAMES,
+                    Checkpoint, SwarmState, orbit_speed)
 
 log = logging.getLogger("atom_actors.persistence")
 
@@ -43,6 +40,21 @@ SNAPSHOT_INTERVAL_S = 1.0
 FINAL_SNAPSHOT_S = 1.0     # bound on the last snapshot written while stopping
 EVENT_LOG_BUFFER = 1024
 EVENT_RETRY_S = 1.0
+
+
+class Checkpointed(Protocol):
+    """What persistence needs of an engine: its :meth:`~atom_actors.engine.Engine.checkpoint`."""
+
+    def checkpoint(self) -> Checkpoint: ...
+
+
+class Restorable(Checkpointed, Protocol):
+    """An engine not yet running, that a saved state can be put back into."""
+
+    @property
+    def dwell_s(self) -> float: ...
+
+    def restore(self, checkpoint: Checkpoint) -> bool: ...
 
 
 # -- the agents table ----------------------------------------------------------------------------
@@ -84,7 +96,7 @@ def restore_rows(state: SwarmState, rows: list[AgentRow], now: float, dwell_s: f
     return True
 
 
-async def restore_from_store(engine: Engine, store: Store) -> bool:
+async def restore_from_store(engine: Restorable, store: Store) -> bool:
     """Restore ``engine`` (not yet running) from the store's last snapshot, if there is one.
 
     Raises BackendUnavailable when the store does not answer: starting from scratch over a
@@ -93,13 +105,18 @@ async def restore_from_store(engine: Engine, store: Store) -> bool:
     rows = await store.load_agents()
     if not rows:
         return False
-    if not restore_rows(engine.state, rows, engine.clock.now(), engine.dwell_s):
+    # The engine's state as of now, the snapshot put into it, handed back: nothing awaits in
+    # between, so "now" is the same moment for both.
+    checkpoint = engine.checkpoint()
+    if not restore_rows(checkpoint.state, rows, checkpoint.t, engine.dwell_s) \
+            or not engine.restore(checkpoint):
         log.warning("stored agents do not match the catalog: starting from a fresh swarm")
         return False
     return True
 
 
-async def snapshot_agents(engine: Engine, store: Store, *, interval_s: float = SNAPSHOT_INTERVAL_S,
+async def snapshot_agents(engine: Checkpointed, store: Store, *,
+                          interval_s: float = SNAPSHOT_INTERVAL_S,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Write all agents in one batch every ``interval_s``, until cancelled.
 
@@ -112,7 +129,7 @@ async def snapshot_agents(engine: Engine, store: Store, *, interval_s: float = S
         while True:
             await trio.sleep(interval_s)
             try:
-                await store.save_agents(agent_rows(engine.state))
+                await store.save_agents(agent_rows(engine.checkpoint().state))
             except BackendUnavailable as exc:
                 if not failing:
                     log.warning("agent snapshot failed, retrying every %g s: %s", interval_s, exc.detail)
@@ -124,7 +141,7 @@ async def snapshot_agents(engine: Engine, store: Store, *, interval_s: float = S
     finally:
         with trio.CancelScope(shield=True), trio.move_on_after(FINAL_SNAPSHOT_S):
             try:
-                await store.save_agents(agent_rows(engine.state))
+                await store.save_agents(agent_rows(engine.checkpoint().state))
             except BackendUnavailable:
                 pass
 
@@ -185,33 +202,12 @@ def _command_record(event: dict) -> tuple[str, dict] | None:
     return None
 
 
-class TappedBus:
-    """What the engine publishes on: the real bus, plus a tap that sees every event it emits."""
-
-    def __init__(self, bus: Any, tap: Any) -> None:
-        self._bus = bus
-        self._tap = tap
-
-    def publish_frame(self, frame: Frame) -> None:
-        self._bus.publish_frame(frame)
-
-    def publish_event(self, event: dict) -> None:
-        self._bus.publish_event(event)
-        self._tap(event)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._bus, name)
-
-
 # -- between engine processes ----------------------------------------------------------------------
 
-CHECKPOINT_ARRAYS = ("frequency", "omega", "phase", "radius", "centre", "axis_u", "axis_v",
-                     "direction", "status", "status_until", "exc_from", "exc_to", "exc_start",
-                     "positions")
-
-
 @dataclass(frozen=True)
-class Checkpoint:
+class SavedCheckpoint:
+    """A checkpoint read back from its bytes: the arrays of a :class:`SwarmState`, not yet one."""
+
     seq: int        # the last frame's sequence number
     t: float        # Unix seconds when it was taken
     arrays: dict[str, np.ndarray]
@@ -221,33 +217,24 @@ def encode_checkpoint(state: SwarmState, seq: int, t: float) -> bytes:
     """Everything that moves or may differ between processes (geometry from an unseeded start
     included), so that a standby engine continues the swarm exactly where the leader left it."""
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.array([seq, t], float),
-             **{name: getattr(state, name) for name in CHECKPOINT_ARRAYS})
+    np.savez(buffer, meta=np.array([seq, t], float), **state.arrays())
     return buffer.getvalue()
 
 
-def decode_checkpoint(data: bytes) -> Checkpoint:
+def decode_checkpoint(data: bytes) -> SavedCheckpoint:
     """Raises ValueError on bytes that are not a checkpoint."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in CHECKPOINT_ARRAYS}
+            arrays = {name: npz[name] for name in STATE_ARRAYS}
             seq, t = npz["meta"].tolist()
     except (OSError, KeyError, EOFError) as exc:
         raise ValueError(f"not a checkpoint: {exc}") from None
-    return Checkpoint(int(seq), float(t), arrays)
+    return SavedCheckpoint(int(seq), float(t), arrays)
 
 
-def apply_checkpoint(state: SwarmState, checkpoint: Checkpoint) -> bool:
+def apply_checkpoint(state: SwarmState, checkpoint: SavedCheckpoint) -> bool:
     """Load a checkpoint into ``state``; False (and ``state`` untouched) if its shapes differ."""
-    if any(checkpoint.arrays[n].shape != getattr(state, n).shape for n in CHECKPOINT_ARRAYS):
-        return False
-    for name in CHECKPOINT_ARRAYS:
-        getattr(state, name)[...] = checkpoint.arrays[name]
-    # Arrays the state derives from its geometry (the orbit basis) follow the new geometry.
-    post_init = getattr(state, "__post_init__", None)
-    if post_init is not None:
-        post_init()
-    return True
+    return state.load(checkpoint.arrays)
 
 
 SUMMARY_HEADER = struct.Struct("<BHId")   # version, agents, seq, t

@@ -19,8 +19,7 @@ import trio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from .aio import Bridge, open_bridge
-from .errors import BackendUnavailable
+from .aio import GuardedCalls, open_bridge, outage_detail
 
 OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,    # refused, reset, closed by a restart
@@ -44,7 +43,9 @@ class RedisLink:
         self.up = False                  # the last call or subscription succeeded
         self.scripts: dict[str, Any] = {}
         self._script_texts = scripts or {}
-        self._bridge: Bridge | None = None
+        # Every call to Redis goes through this guard: bounded, an outage made BackendUnavailable.
+        self._guard = GuardedCalls("redis", name, OUTAGES, timeout_s, on_failure=self._failed,
+                                   on_success=self.mark_up)
         self._client: Any = None
 
     @asynccontextmanager
@@ -54,30 +55,20 @@ class RedisLink:
         async with open_bridge() as bridge:
             self._client, self.scripts = await bridge.call(_aio_client, self.url, self.timeout_s,
                                                            self._script_texts)
-            self._bridge = bridge
+            self._guard.bridge = bridge
             try:
                 yield self
             finally:
-                self._bridge = None
+                self._guard.bridge = None
                 await bridge.close(_aio_close, self._client)
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``await fn(client, *args)`` on the asyncio loop; an outage raises BackendUnavailable."""
-        if self._bridge is None:
-            raise BackendUnavailable(self.name, f"the {self.name} connection is not open")
-        try:
-            with trio.fail_after(self.timeout_s * 2):  # the socket timeouts should fire first
-                result = await self._bridge.call(fn, self._client, *args)
-        except trio.TooSlowError:
-            self.failures += 1
-            self.down(f"no answer within {self.timeout_s * 2:g} s")
-            raise BackendUnavailable("redis", f"no answer within {self.timeout_s * 2:g} s") from None
-        except OUTAGES as exc:
-            self.failures += 1
-            self.down(describe(exc))
-            raise BackendUnavailable("redis", describe(exc)) from None
-        self.mark_up()
-        return result
+        return await self._guard(fn, self._client, *args)
+
+    def _failed(self, why: str) -> None:
+        self.failures += 1
+        self.down(why)
 
     async def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return await self.call(_aio_script, self.scripts[name], keys, args)
@@ -87,11 +78,13 @@ class RedisLink:
         """Subscribe to ``channels`` and hand each message to its handler, forever: after a
         failure, subscribe again every ``retry_s``; ``on_subscribed`` runs at each success."""
         while True:
+            bridge = self._guard.bridge
+            if bridge is None:
+                raise self._guard.not_running()
             try:
-                if self._bridge is not None:
-                    await self._bridge.call(_aio_listen, self._client, channels, on_subscribed)
+                await bridge.call(_aio_listen, self._client, channels, on_subscribed)
             except OUTAGES as exc:
-                self.down(describe(exc))
+                self.down(outage_detail(exc))
             await trio.sleep(retry_s)
 
     def down(self, why: str) -> None:
@@ -121,11 +114,6 @@ class OnRedis:
     def up(self) -> bool:
         """The last call or subscription succeeded."""
         return self.link.up
-
-
-def describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 # -- the asyncio side -------------------------------------------------------------------------------

@@ -15,7 +15,9 @@ Motion (all in world units, time in seconds of the engine clock):
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -34,6 +36,12 @@ FLY_S: Final = 1.2          # time to fly out to full excursion, or back home
 DISPERSAL_DISTANCE: Final = (12.0, 20.0)  # how far out a dispersed agent goes
 MIN_SPEED: Final = 0.15     # rad/s at 432 Hz
 MAX_SPEED: Final = 1.0      # rad/s at the canon
+
+# Everything that moves or may differ between two engines (geometry from an unseeded start
+# included): what a checkpoint carries so that another engine continues the swarm exactly.
+STATE_ARRAYS: Final = ("frequency", "omega", "phase", "radius", "centre", "axis_u", "axis_v",
+                       "direction", "status", "status_until", "exc_from", "exc_to", "exc_start",
+                       "positions")
 
 
 def orbit_speed(hz: np.ndarray | float, low: float, canon: float) -> np.ndarray | float:
@@ -124,6 +132,29 @@ class SwarmState:
     def size(self) -> int:
         return len(self.status)
 
+    # -- whole-state copies (checkpoints) -------------------------------------------------------
+
+    def copy(self) -> SwarmState:
+        """A detached copy: later changes to either leave the other as it was."""
+        return dataclasses.replace(self, **{name: getattr(self, name).copy()
+                                            for name in STATE_ARRAYS})
+
+    def load(self, arrays: Mapping[str, np.ndarray]) -> bool:
+        """Take every array of :data:`STATE_ARRAYS` from ``arrays``, in place (the sphere actors
+        hold views of them); False, and nothing changed, when a shape differs."""
+        if any(np.shape(arrays[name]) != getattr(self, name).shape for name in STATE_ARRAYS):
+            return False
+        for name in STATE_ARRAYS:
+            getattr(self, name)[...] = arrays[name]
+        # What is derived from the geometry (the scaled orbit basis) follows the new geometry.
+        self.orbit_u[...] = self.axis_u * self.radius[:, None]
+        self.orbit_v[...] = self.axis_v * self.radius[:, None]
+        return True
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays of :data:`STATE_ARRAYS`, by name (not copied)."""
+        return {name: getattr(self, name) for name in STATE_ARRAYS}
+
     # -- motion ---------------------------------------------------------------------------------
 
     def excursion(self, sl: slice | int, t: float) -> np.ndarray:
@@ -170,6 +201,16 @@ class SwarmState:
             x, y, z = (round(float(c), 4) for c in self.positions[i])
             out["position"] = {"x": x, "y": y, "z": z}
         return out
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """The swarm at one frame: what :meth:`Engine.checkpoint` gives and :meth:`Engine.restore`
+    takes. ``state`` is a detached copy (:meth:`SwarmState.copy`)."""
+
+    seq: int        # the last frame's sequence number
+    t: float        # engine (Unix) seconds when it was taken
+    state: SwarmState
 
 
 class SliceView:

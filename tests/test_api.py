@@ -7,6 +7,7 @@ Brise-Circuit's cooldown; the tests marked "over HTTP" go through Hypercorn on a
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import re
@@ -26,7 +27,7 @@ from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection
 
 from atom_actors import app as tree
-from atom_actors.api import create_app
+from atom_actors.api import ApiInput, create_app
 from atom_actors.api.routes import meta
 from atom_actors.app import Services
 from atom_actors.bus import MemoryBus
@@ -72,7 +73,7 @@ async def serve(nursery: trio.Nursery, **overrides: object) -> Services:
 
 def client(services: Services, address: str = "192.0.2.10") -> httpx.AsyncClient:
     """An in-process client of a new app on the running tree's services."""
-    transport = httpx.ASGITransport(create_app(services), client=(address, 50000))
+    transport = httpx.ASGITransport(create_app(services.api_input), client=(address, 50000))
     return httpx.AsyncClient(transport=transport, base_url="http://atom.test")
 
 
@@ -194,6 +195,8 @@ def parts(s, store=None) -> Services:
                                        ttl_s=s.session_ttl_s, frequency=s.frequency)
     services.safeguard = BriseCircuit(s, bus, store)
     services.engine = Engine(s, bus)
+    services.api_input = ApiInput(s, services.engine, services.sessions, services.safeguard,
+                                  store, bus)
     return services
 
 
@@ -387,7 +390,7 @@ async def test_revocation_answers_204_and_the_token_is_refused_after(autojump_cl
 async def test_session_creation_is_rate_limited_per_address_in_memory_only(autojump_clock, api,
                                                                            caplog):
     services, c = api
-    app = create_app(services)                         # one app: its buckets are shared
+    app = create_app(services.api_input)               # one app: its buckets are shared
 
     def on(address: str) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app, client=(address, 50000))
@@ -441,8 +444,10 @@ async def test_swarm_summary(autojump_clock, api):
     assert sum(body["by_status"].values()) == 350
     assert body["by_sphere"] == {s.name: s.count for s in CATALOG.spheres}
     assert body["subscribers"] == 0 and body["safeguard"] == "closed"
-    services.subscribers = lambda: 7
-    assert (await c.get("/api/v1/swarm", headers=headers)).json()["subscribers"] == 7
+    # The API reads the subscriber count it was given at each request.
+    services.api_input = dataclasses.replace(services.api_input, subscribers=lambda: 7)
+    async with client(services) as c:
+        assert (await c.get("/api/v1/swarm", headers=headers)).json()["subscribers"] == 7
 
 
 async def test_agents_list_and_filters(autojump_clock, api):
@@ -680,7 +685,7 @@ async def test_errors_carry_cors_headers_for_a_listed_origin(autojump_clock, api
 async def test_an_unexpected_failure_is_a_json_500_without_traceback(autojump_clock, nursery,
                                                                      caplog):
     services = await serve(nursery)
-    app = create_app(services)
+    app = create_app(services.api_input)
 
     async def boom():
         raise RuntimeError("internal secret state")

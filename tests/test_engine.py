@@ -78,7 +78,6 @@ async def test_dispersal_sizes(autojump_clock, engine, level, sphere, size):
 
 
 async def test_dispersed_agents_fly_out_dwell_and_come_back(autojump_clock, engine):
-    engine.dwell_s = 5.0
     home_before = engine.state.positions.copy()
     result = await engine.disperse("partial")
     await trio.sleep(FLY_S + 0.5)

@@ -12,7 +12,7 @@ import trio
 from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
 from atom_actors.errors import BackendUnavailable
-from atom_actors.persistence import (EventLog, TappedBus, agent_rows, apply_checkpoint,
+from atom_actors.persistence import (EventLog, agent_rows, apply_checkpoint,
                                      decode_checkpoint, decode_summary, encode_checkpoint,
                                      encode_summary, restore_from_store, restore_rows,
                                      snapshot_agents)
@@ -121,7 +121,7 @@ async def test_the_event_log_records_commands_in_order_through_an_outage(autojum
     store = FlakyStore()
     event_log = await nursery.start(EventLog(store).run)
     bus = MemoryBus()
-    engine = await nursery.start(Engine(make_settings(), TappedBus(bus, event_log.offer)).run)
+    engine = await nursery.start(Engine(make_settings(), bus, on_event=event_log.offer).run)
     await engine.disperse("partial", command_id="d1")
     await trio.sleep(0.1)
     store.down = True

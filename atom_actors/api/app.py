@@ -15,7 +15,7 @@ import logging
 import math
 import re
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from quart import Response, jsonify, request
 from quart_schema import Info, OpenAPIProvider, QuartSchema
@@ -27,10 +27,7 @@ from .cors import CorsPolicy
 from .ratelimit import TokenBuckets
 from .routes import BLUEPRINTS
 from .routes.swarm import retune_blueprint
-from .web import SESSION_HEADER, Api, api, no_content
-
-if TYPE_CHECKING:
-    from ..app import Services
+from .web import SESSION_HEADER, Api, ApiInput, api, no_content
 
 log = logging.getLogger("atom_actors.api")
 
@@ -39,20 +36,13 @@ DESCRIPTION = ("The operators' REST API of AT·OM's swarm, L'Essaim: Sceau sessi
                "its spheres, dispersal behind the Brise-Circuit.")
 
 
-def create_app(services: Services) -> QuartTrio:
-    """The API of a running AT·OM. ``services`` must have its swarm (the engine, or a remote
-    one), store, sessions and safeguard; the rest is read from it at request time."""
-    control = services.swarm if services.swarm is not None else services.engine
-    if control is None or services.sessions is None or services.safeguard is None \
-            or services.store is None:
-        raise ValueError("create_app needs services with swarm, store, sessions and safeguard")
+def create_app(parts: ApiInput) -> QuartTrio:
+    """The API of a running AT·OM over ``parts``: the swarm, sessions, the Brise-Circuit, ..."""
     app = QuartTrio("atom_actors.api", static_folder=None)
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, PROPAGATE_EXCEPTIONS=False)
-    settings = services.settings
-    app.extensions["atom"] = Api(
-        services=services, settings=settings, control=control,
-        sessions=services.sessions, safeguard=services.safeguard, store=services.store,
-        cors=CorsPolicy(settings.cors_origins), buckets=TokenBuckets())
+    settings = parts.settings
+    app.extensions["atom"] = Api(parts, cors=CorsPolicy(settings.cors_origins),
+                                 buckets=TokenBuckets())
     QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),
                                description=DESCRIPTION),
                 openapi_provider_class=ContractOpenAPI, swagger_ui_path=None,

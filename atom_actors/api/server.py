@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from .app import create_app
-
-if TYPE_CHECKING:
-    from ..app import Services
+from .web import ApiInput
 
 # Hypercorn finishes requests in flight this long after the server is stopped.
 GRACEFUL_TIMEOUT_S = 1.0
@@ -31,7 +28,7 @@ def hypercorn_config(host: str, port: int) -> Config:
     return config
 
 
-async def serve_api(services: Services, *,
+async def serve_api(parts: ApiInput, *,
                     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the REST API on API_HOST:API_PORT until cancelled; ``started`` with the bound URL
     (API_PORT=0 binds a free port).
@@ -40,8 +37,8 @@ async def serve_api(services: Services, *,
     port that cannot be bound raises OSError before ``started``; a failing request is answered
     500 by the app's error boundary and never stops the server.
     """
-    app = create_app(services)
-    config = hypercorn_config(services.settings.api_host, services.settings.api_port)
+    app = create_app(parts)
+    config = hypercorn_config(parts.settings.api_host, parts.settings.api_port)
     async with trio.open_nursery() as nursery:
         binds = await nursery.start(serve, app, config)
         task_status.started(binds[0])

@@ -19,10 +19,12 @@ import trio
 from quart import current_app, g, request
 from quart_schema import document_querystring, document_request, document_response, security_scheme
 
+from ..bus import Bus
 from ..clock import WallClock
 from ..config import Settings
+from ..coordinator import Coordinator
 from ..errors import BackendUnavailable, BodyNotJSON, RequestInvalid, UnknownAgent, UnknownSphere
-from ..metrics import Counted
+from ..metrics import Counted, Metrics
 from ..safeguard import BriseCircuit
 from ..sessions import SessionService
 from ..store import EventRecord, Store
@@ -31,7 +33,6 @@ from .ratelimit import TokenBuckets
 from .schemas import ErrorBody, ValidationErrorBody
 
 if TYPE_CHECKING:
-    from ..app import Services
     from ..engine import SwarmControl
 
 log = logging.getLogger("atom_actors.api")
@@ -42,31 +43,70 @@ AGENTS_MAX_AGE_S = 0.1
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-@dataclass
-class Api:
-    """What the routes use. ``services`` is read at request time: parts started after the API
-    (the broadcaster's subscriber count) show up without a restart."""
+@dataclass(frozen=True)
+class ApiInput:
+    """Everything the API uses, named: what :func:`~atom_actors.api.create_app` and
+    :func:`~atom_actors.api.serve_api` take.
 
-    services: Services
+    ``control``: the swarm (the engine, or a remote one); ``store``: where commands are recorded
+    and what readiness pings, with ``bus`` and ``coordinator``; ``metrics``: served on
+    /metrics and counting commands (none: nothing counted, an empty /metrics); ``subscribers``:
+    the WebSocket
+    subscribers now (none: 0); ``ws_url``: the broadcaster's, whose port /health tells.
+    """
+
     settings: Settings
     control: SwarmControl
     sessions: SessionService
     safeguard: BriseCircuit
     store: Store
+    bus: Bus
+    coordinator: Coordinator | None = None
+    metrics: Metrics | None = None
+    subscribers: Callable[[], int] | None = None
+    ws_url: str | None = None
+
+
+@dataclass
+class Api:
+    """What the routes use: the :class:`ApiInput`, and this app's own CORS policy, rate-limit
+    buckets and caches."""
+
+    input: ApiInput
     cors: CorsPolicy
     buckets: TokenBuckets
     clock: WallClock = field(default_factory=WallClock)
     settled_at: float = -math.inf   # this API's last command has reached the swarm by then
     _agents_cache: tuple[float, dict[tuple, bytes]] = field(default_factory=lambda: (-math.inf, {}))
 
+    @property
+    def settings(self) -> Settings:
+        return self.input.settings
+
+    @property
+    def control(self) -> SwarmControl:
+        return self.input.control
+
+    @property
+    def sessions(self) -> SessionService:
+        return self.input.sessions
+
+    @property
+    def safeguard(self) -> BriseCircuit:
+        return self.input.safeguard
+
+    @property
+    def store(self) -> Store:
+        return self.input.store
+
     def subscribers(self) -> int:
-        count = self.services.subscribers
+        count = self.input.subscribers
         return int(count()) if count is not None else 0
 
     def counted(self, command: str, level: Any, command_id: str) -> ContextManager[Counted]:
         """Count and trace one swarm-changing command (atom_commands_total, ``command.done``);
         put it around the Brise-Circuit, so that refused and blocked commands count too."""
-        metrics = self.services.metrics
+        metrics = self.input.metrics
         return metrics.counted(command, level, command_id) if metrics else nullcontext(Counted())
 
     async def command_done(self, kind: str, payload: dict[str, Any]) -> None:

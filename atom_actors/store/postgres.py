@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 import trio
 
-from ..aio import Bridge, open_bridge
+from ..aio import GuardedCalls, open_bridge
 from ..errors import BackendUnavailable
 from .base import AgentRow, EventRecord, SessionRecord, Store
 
@@ -78,9 +78,6 @@ def _ts(t: float) -> datetime:
     return datetime.fromtimestamp(t, timezone.utc)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class PostgresStore(Store):
@@ -94,7 +91,9 @@ class PostgresStore(Store):
         self.timeout_s = timeout_s
         self.connect_deadline_s = connect_deadline_s
         self.applied: list[int] = []   # migrations this process applied at start
-        self._bridge: Bridge | None = None
+        # Every query goes through this guard: bounded, an outage made BackendUnavailable.
+        self._guard = GuardedCalls(self.name, "store", _OUTAGES, timeout_s,
+                                   on_failure=self._failed)
         self._pool: asyncpg.Pool | None = None
 
     # -- running ------------------------------------------------------------------------------
@@ -108,55 +107,50 @@ class PostgresStore(Store):
         back, and the pool reconnects by itself. Cancellation closes the pool (bounded).
         """
         async with open_bridge() as bridge:
-            self._bridge = bridge
+            self._guard.bridge = bridge
             try:
                 await self._connect()
-                self.applied = await self._guard(_aio_migrate, self._pool)
+                self.applied = await self._query(_aio_migrate)
                 task_status.started(self)
                 while True:
                     await trio.sleep(PURGE_EVERY_S)
                     try:
-                        await self._guard(_aio_purge, self._pool)
+                        await self._query(_aio_purge)
                     except BackendUnavailable as exc:
                         log.warning("session purge skipped: %s", exc.detail)
             finally:
                 if self._pool is not None:
                     await bridge.close(_aio_close_pool, self._pool)
                 self._pool = None
-                self._bridge = None
+                self._guard.bridge = None
 
     async def _connect(self) -> None:
         deadline = trio.current_time() + self.connect_deadline_s
         while True:
             try:
-                self._pool = await self._guard(_aio_pool, self.url, self.timeout_s, pool=False)
+                self._pool = await self._guard(_aio_pool, self.url, self.timeout_s)
                 return
             except BackendUnavailable:
                 if trio.current_time() + CONNECT_RETRY_S > deadline:
                     raise
             await trio.sleep(CONNECT_RETRY_S)
 
-    async def _guard(self, fn: Any, *args: Any, pool: bool = True) -> Any:
-        """Run ``fn(*args)`` on the asyncio loop; an outage becomes BackendUnavailable."""
-        if self._bridge is None or (pool and self._pool is None):
-            raise BackendUnavailable(self.name, "the store is not running")
-        try:
-            with trio.fail_after(self.timeout_s * 2):  # the asyncpg timeouts should fire first
-                return await self._bridge.call(fn, *args)
-        except trio.TooSlowError:
-            self.failures += 1
-            raise BackendUnavailable(self.name, f"no answer within {self.timeout_s * 2:g} s") from None
-        except _OUTAGES as exc:
-            self.failures += 1
-            raise BackendUnavailable(self.name, _describe(exc)) from None
+    async def _query(self, fn: Any, *args: Any) -> Any:
+        """``fn(pool, *args)`` on the asyncio loop, through the guard."""
+        if self._pool is None:
+            raise self._guard.not_running()
+        return await self._guard(fn, self._pool, *args)
+
+    def _failed(self, _why: str) -> None:
+        self.failures += 1
 
     async def ping(self) -> None:
-        await self._guard(_aio_fetchval, self._pool, "SELECT 1")
+        await self._query(_aio_fetchval, "SELECT 1")
 
     # -- sessions -------------------------------------------------------------------------------
 
     async def save_session(self, record: SessionRecord) -> None:
-        await self._guard(_aio_execute, self._pool, """
+        await self._query(_aio_execute, """
             INSERT INTO sessions (id, created_at, expires_at, sceau_validated, frequency, revoked)
             VALUES ($1, $2, $3, $4, $5, $6)
             ON CONFLICT (id) DO UPDATE SET expires_at = EXCLUDED.expires_at,
@@ -165,7 +159,7 @@ class PostgresStore(Store):
             record.frequency, record.revoked)
 
     async def get_session(self, session_id: str) -> SessionRecord | None:
-        row = await self._guard(_aio_fetchrow, self._pool, """
+        row = await self._query(_aio_fetchrow, """
             SELECT id, created_at, expires_at, sceau_validated, frequency, revoked
             FROM sessions WHERE id = $1""", session_id)
         if row is None:
@@ -175,20 +169,20 @@ class PostgresStore(Store):
                              sceau_validated=row["sceau_validated"], revoked=row["revoked"])
 
     async def revoke_session(self, session_id: str) -> bool:
-        status = await self._guard(_aio_execute, self._pool,
+        status = await self._query(_aio_execute,
                                    "UPDATE sessions SET revoked = true WHERE id = $1", session_id)
         return status != "UPDATE 0"
 
     # -- events ---------------------------------------------------------------------------------
 
     async def record_event(self, record: EventRecord) -> None:
-        await self._guard(_aio_execute, self._pool, """
+        await self._query(_aio_execute, """
             INSERT INTO events (time, kind, payload) VALUES ($1, $2, $3::jsonb)
             ON CONFLICT DO NOTHING""",
             _ts(record.t), record.kind, json.dumps(record.payload))
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
-        rows = await self._guard(_aio_fetch, self._pool, """
+        rows = await self._query(_aio_fetch, """
             SELECT time, kind, payload FROM events
             WHERE $1::text IS NULL OR kind = $1 ORDER BY time DESC, id DESC LIMIT $2""",
             kind, limit)
@@ -199,7 +193,7 @@ class PostgresStore(Store):
     async def save_agents(self, rows: list[AgentRow]) -> None:
         columns = list(zip(*[(r.id, r.sphere, r.name, r.function, r.frequency, r.status,
                               r.pos_x, r.pos_y, r.pos_z) for r in rows])) or [[]] * 9
-        await self._guard(_aio_execute, self._pool, """
+        await self._query(_aio_execute, """
             INSERT INTO agents (id, sphere, name, function, frequency, status, pos_x, pos_y, pos_z)
             SELECT * FROM unnest($1::int[], $2::text[], $3::text[], $4::text[], $5::float8[],
                                  $6::text[], $7::real[], $8::real[], $9::real[])
@@ -210,7 +204,7 @@ class PostgresStore(Store):
             *[list(c) for c in columns])
 
     async def load_agents(self) -> list[AgentRow]:
-        rows = await self._guard(_aio_fetch, self._pool, """
+        rows = await self._query(_aio_fetch, """
             SELECT id, sphere, name, function, frequency, status, pos_x, pos_y, pos_z
             FROM agents ORDER BY id""")
         return [AgentRow(**dict(r)) for r in rows]
@@ -223,10 +217,10 @@ async def migrate(url: str, *, timeout_s: float = TIMEOUT_S) -> list[int]:
     """
     store = PostgresStore(url, timeout_s=timeout_s, connect_deadline_s=0)
     async with open_bridge() as bridge:
-        store._bridge = bridge
+        store._guard.bridge = bridge
         try:
             await store._connect()
-            return await store._guard(_aio_migrate, store._pool)
+            return await store._query(_aio_migrate)
         finally:
             if store._pool is not None:
                 await bridge.close(_aio_close_pool, store._pool)

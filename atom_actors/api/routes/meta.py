@@ -28,10 +28,10 @@ VIEWER_DIR = Path(__file__).resolve().parent.parent.parent / "viewer"
 async def health() -> Any:
     """Liveness: 200 while the process answers."""
     a = api()
-    ws_url = a.services.ws_url
+    ws_url = a.input.ws_url
     ws_port = urlsplit(ws_url).port if ws_url else None
     return jsonify({"status": "ok", "ticking": a.control.ticking, "ws_port": ws_port,
-                    "sceau_duration_ms": a.services.settings.sceau_duration})
+                    "sceau_duration_ms": a.settings.sceau_duration})
 
 
 @bp.get("/api/v1/health/ready")
@@ -42,8 +42,8 @@ async def ready() -> Any:
     """Readiness: 200 only when the engine ticks and every configured backend answers, else 503."""
     a = api()
     checks = {"engine": OK if a.control.ticking else "not ticking"}
-    for name, part in (("store", a.store), ("bus", a.services.bus),
-                       ("coordinator", a.services.coordinator)):
+    for name, part in (("store", a.store), ("bus", a.input.bus),
+                       ("coordinator", a.input.coordinator)):
         if part is not None:
             checks[name] = await ping(part)
     status, body = readiness(checks)
@@ -54,7 +54,7 @@ async def ready() -> Any:
 @tag(["health"])
 async def metrics() -> Any:
     """Prometheus metrics, in the text exposition format."""
-    metrics = api().services.metrics
+    metrics = api().input.metrics
     body = metrics.render() if metrics is not None else b""
     return current_app.response_class(body, content_type=CONTENT_TYPE_LATEST)
 

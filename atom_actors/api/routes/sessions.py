@@ -23,7 +23,7 @@ def rate_limited(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        wait = api().buckets.take(client_address(api().services.settings.trusted_proxy_hops),
+        wait = api().buckets.take(client_address(api().settings.trusted_proxy_hops),
                                   trio.current_time())
         if wait > 0:
             raise RateLimited(wait)
