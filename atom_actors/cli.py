@@ -24,6 +24,7 @@ from . import app, logs
 from . import watch as watch_
 from .config import Settings, load_settings
 from .errors import BackendUnavailable, ConfigError, SupervisorEscalation
+from .protocol import ENCODINGS
 from .store.postgres import migrate
 
 
@@ -46,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="sample the stream, print one line, exit 1 if below --min-fps")
     watch.add_argument("--min-fps", type=float, default=55.0, help="healthy at or above (55)")
     watch.add_argument("--seconds", type=float, default=3.0, help="how long --once samples (3)")
+    watch.add_argument("--encoding", choices=ENCODINGS, default="delta",
+                       help="the stream to subscribe to (delta)")
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
@@ -137,7 +140,8 @@ async def _watch_until_signal(settings: Settings, args: argparse.Namespace) -> i
             async def run() -> None:
                 nonlocal code
                 code = await watch_.watch(where, once=args.once, seconds=args.seconds,
-                                          min_fps=args.min_fps, sceau_ms=settings.sceau_duration)
+                                          min_fps=args.min_fps, sceau_ms=settings.sceau_duration,
+                                          encoding=args.encoding)
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(stop_on_signal)

@@ -26,6 +26,7 @@ The tree::
     │   ├── OriginForbidden      a browser ``Origin`` that is not allowed (403)
     │   └── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
     ├── WatchUnreachable         ``atom watch`` cannot reach the API or the stream, or is refused
+    ├── MalformedFrame           a binary message of L'Essaim that cannot be decoded (also a ValueError)
     └── SupervisorEscalation     a supervisor's children crashed more than its intensity allows
 
 Error messages say who and what (setting, sphere, agent, child), never anything that identifies a
@@ -276,6 +277,15 @@ class WatchUnreachable(AtomError):
 
     code = "watch_unreachable"
     status = 503
+
+
+class MalformedFrame(AtomError, ValueError):
+    """Raised by the decoders of :mod:`atom_actors.protocol` on a message they cannot decode: too
+    short for its header, an unknown version or encoding, a length that disagrees with its agent
+    count, a delta frame with w > 18 or with no keyframe before it; ``detail`` says which."""
+
+    code = "malformed_frame"
+    status = 400
 
 
 class SupervisorEscalation(AtomError):

@@ -1,11 +1,13 @@
 """``atom watch``: a live terminal view of a running swarm, subscribed like a frontend.
 
 It opens a Sceau session on the API (``POST /api/v1/sceau/activate``), reads the Brise-Circuit's
-state (``GET /api/v1/safeguard``), then subscribes to L'Essaim with ``?session=`` and shows, four
-times a second: delivered fps, latency (receipt time minus the frame header's server time, so
-both clocks must agree: run it on the server's machine or a synchronised one), agents by status
-and by sphere (the hello's roster, then ``agent.status`` events), and the Brise-Circuit's state
-(``safeguard`` events, and the API every few seconds). The session is revoked on the way out.
+state (``GET /api/v1/safeguard``), then subscribes to L'Essaim with ``?session=`` (on the ``delta``
+stream unless ``--encoding`` says otherwise, decoding every frame as a frontend would) and shows,
+four times a second: delivered fps, the stream's kB/s, latency (receipt time minus the frame
+header's server time, so both clocks must agree: run it on the server's machine or a synchronised
+one), agents by status and by sphere (the hello's roster, then ``agent.status`` events), and the
+Brise-Circuit's state (``safeguard`` events, and the API every few seconds). The session is revoked
+on the way out.
 
 Where it connects::
 
@@ -47,8 +49,8 @@ from rich.text import Text
 from trio_websocket import (ConnectionClosed, ConnectionRejected, HandshakeError,
                             WebSocketConnection, wrap_client_stream)
 
-from .errors import WatchUnreachable
-from .protocol import HEADER
+from .errors import MalformedFrame, WatchUnreachable
+from .protocol import ENCODING_IDS, HEADER, DeltaDecoder, Encoding
 
 FPS_WINDOW_S = 2.0            # live fps: frames received over the last two seconds
 LATENCY_SAMPLES = 600         # live latency quantiles over the last ten seconds at 60 fps
@@ -112,6 +114,9 @@ class WatchState:
         self.latency: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.events = 0
         self.last_event: str | None = None
+        self.delta = DeltaDecoder()    # the delta stream's chain (§4.1): every frame is decoded
+        self.received: deque[tuple[float, int]] = deque()   # (arrival, bytes) of every message
+        self.bytes = 0
 
     def on_hello(self, hello: dict[str, Any]) -> None:
         self.hello = hello
@@ -121,9 +126,17 @@ class WatchState:
         self.status = [agent.get("status", "active") for agent in roster]
 
     def on_message(self, message: bytes | str, received_at: float) -> None:
-        """Any message after the hello: a binary frame, a JSON frame or an event."""
+        """Any message after the hello: a binary frame, a JSON frame or an event.
+
+        Raises MalformedFrame for a binary frame that cannot be decoded."""
+        self._count_bytes(len(message) if isinstance(message, bytes | bytearray)
+                          else len(message.encode()), received_at)
         if isinstance(message, bytes | bytearray):
-            _, _, _, seq, t = HEADER.unpack_from(message)
+            if len(message) < HEADER.size:
+                raise MalformedFrame(f"frame of {len(message)} bytes is shorter than its header")
+            _, encoding, _, seq, t = HEADER.unpack_from(message)
+            if encoding in (ENCODING_IDS["delta"], ENCODING_IDS["keyframe"]):
+                self.delta.decode(message)
             self.on_frame(seq, t, received_at)
             return
         data = json.loads(message)
@@ -145,6 +158,12 @@ class WatchState:
         while self.arrivals and self.arrivals[0] < received_at - FPS_WINDOW_S:
             self.arrivals.popleft()
         self.latency.append(received_at - t)
+
+    def _count_bytes(self, size: int, received_at: float) -> None:
+        self.bytes += size
+        self.received.append((received_at, size))
+        while self.received and self.received[0][0] < received_at - FPS_WINDOW_S:
+            self.received.popleft()
 
     def on_event(self, event: dict[str, Any]) -> None:
         self.events += 1
@@ -170,6 +189,20 @@ class WatchState:
             return 0.0
         window = min(FPS_WINDOW_S, now - self.first_at)
         return (len(recent) - 1) / window if window > 0 and len(recent) > 1 else 0.0
+
+    def kbytes_per_s(self, now: float) -> float:
+        """The stream's kB/s (payloads, frames and events) over the last FPS_WINDOW_S."""
+        if self.first_at is None:
+            return 0.0
+        window = min(FPS_WINDOW_S, now - self.first_at)
+        recent = sum(size for at, size in self.received if at >= now - FPS_WINDOW_S)
+        return recent / window / 1000 if window > 0 else 0.0
+
+    def mean_kbytes_per_s(self) -> float:
+        """kB/s over the whole sample, first frame to last."""
+        if self.first_at is None or self.last_at is None or self.last_at <= self.first_at:
+            return 0.0
+        return self.bytes / (self.last_at - self.first_at) / 1000
 
     def mean_fps(self) -> float:
         """Frames per second over the whole sample, first frame to last."""
@@ -207,7 +240,8 @@ def render(state: WatchState, now: float, source: str = "") -> Group:
     head = Table.grid(padding=(0, 3))
     head.add_row(Text("L'Essaim", style="bold"), Text(source, style="dim"))
     wanted = f" / {state.hello['fps']}" if state.hello else ""
-    head.add_row("fps", f"{state.fps(now):.1f}{wanted}")
+    encoding = f" ({state.hello['encoding']})" if state.hello else ""
+    head.add_row("fps", f"{state.fps(now):.1f}{wanted}   {state.kbytes_per_s(now):.1f} kB/s{encoding}")
     head.add_row("latency", "-" if math.isnan(p50) else f"p50 {p50:.1f} ms   p99 {p99:.1f} ms")
     head.add_row("frames", f"{state.frames} received, {state.skipped} skipped")
     head.add_row("Brise-Circuit", guard)
@@ -234,6 +268,7 @@ def summary_line(state: WatchState, min_fps: float) -> tuple[str, bool]:
     counts = state.by_status()
     latency = "latency=-" if math.isnan(p50) else f"latency_p50={p50:.1f}ms latency_p99={p99:.1f}ms"
     return (f"atom watch: {'ok' if healthy else 'LOW'} fps={fps:.1f} min_fps={min_fps:g} "
+            f"kB_s={state.mean_kbytes_per_s():.1f} "
             f"frames={state.frames} skipped={state.skipped} {latency} agents={len(state.status)} "
             + " ".join(f"{name}={counts.get(name, 0)}" for name in STATUSES)
             + f" safeguard={state.safeguard}", healthy)
@@ -321,8 +356,8 @@ async def subscribe(url: str, extra_headers: list[tuple[bytes, bytes]] | None = 
 
 
 async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
-                min_fps: float = 55.0, sceau_ms: int = 2000, console: Console | None = None,
-                now: Callable[[], float] = time.time) -> int:
+                min_fps: float = 55.0, sceau_ms: int = 2000, encoding: Encoding = "delta",
+                console: Console | None = None, now: Callable[[], float] = time.time) -> int:
     """Watch until interrupted (or, with ``once``, for ``seconds``); return the exit code.
 
     Cancellation: the subscription closes and the session is revoked (best effort, bounded).
@@ -335,7 +370,7 @@ async def watch(where: Endpoints, *, once: bool = False, seconds: float = 3.0,
         with trio.fail_after(CONNECT_TIMEOUT_S):
             token = await open_session(where.api, sceau_ms)
             state.set_safeguard(*await read_safeguard(where.api, token))
-        url = f"{where.ws}?{urlencode({'session': token, 'encoding': 'f32'})}"
+        url = f"{where.ws}?{urlencode({'session': token, 'encoding': encoding})}"
         async with subscribe(url) as ws:
             with trio.fail_after(CONNECT_TIMEOUT_S):
                 hello = json.loads(await ws.get_message())
@@ -374,6 +409,8 @@ def _report(where: Endpoints, exc: BaseException) -> bool:
         why = f"{where.ws}: {exc or type(exc).__name__}"
     elif isinstance(exc, WatchUnreachable):
         why = str(exc)
+    elif isinstance(exc, MalformedFrame):
+        why = f"{where.ws} sent a frame that does not decode: {exc}"
     elif isinstance(exc, trio.TooSlowError):
         why = f"no answer within {CONNECT_TIMEOUT_S:g} s"
     else:

@@ -3,14 +3,20 @@
 
 Starts ``atom serve`` (or targets ``--url``), opens N subscribers with the fast Node load client
 (``loadclient.js`` of ../shared/peers, spread over ``--procs`` processes so the load side is not
-the bottleneck), runs S seconds and prints one table: clients, delivered fps per client (mean,
-min), frame gap p99, end-to-end latency p50/p99 (frame header time to receipt), server CPU in
-cores, server RSS at start and end, frames dropped. ``--peer`` runs the Python ``websockets``
-peer under the same load in the same run, for the ratio (absolute figures drift between runs).
+the bottleneck), runs S seconds per encoding of ``--encoding`` (a comma-separated list, one after
+the other on the same server) and prints one table: clients, delivered fps per client (mean,
+min), frame gap p99, end-to-end latency p50/p99 (frame header time to receipt), bytes a frame and
+a subscriber-second (frame payloads; ``wire`` adds the WebSocket framing), server CPU in cores,
+server RSS at start and end, frames dropped. ``--peer`` runs the Python ``websockets`` peer
+(``--peer node``: the Node ``ws`` one) under the same load in the same run, on f32, for the ratio
+(absolute figures drift between runs). ``--disperse-at S`` orders a total dispersal S seconds
+into each window (agents fly out, dwell DISPERSAL_DWELL_S, come home: the delta stream's worst).
 
     cp -r ../shared/peers /tmp/peers && (cd /tmp/peers && npm install)        # once
     python3 -m venv /tmp/peervenv && /tmp/peervenv/bin/pip install websockets numpy   # for --peer
     .venv/bin/python scripts/bench_ws.py --clients 500 --seconds 12 --peer
+    .venv/bin/python scripts/bench_ws.py --clients 500 --seconds 12 --encoding f32,q16,delta --peer node
+    .venv/bin/python scripts/bench_ws.py --clients 10 --seconds 60 --encoding delta --fps 20 --disperse-at 10
     .venv/bin/python scripts/bench_ws.py --soak 300            # RSS sampled every 10 s
 
 Sessions: with WS_REQUIRE_SESSION on, pass ``--session TOKEN``, or ``--session-url URL`` to POST
@@ -20,7 +26,9 @@ with WS_REQUIRE_SESSION=false.
 
 Targets (issue 3; 2-core machine, 500 clients, 60 fps, f32): fps mean >= 59.5, worst >= 58,
 gap p99 <= 25 ms, latency p99 <= 10 ms, server CPU <= 0.2 core, RSS flat within 5 % over a
-5-minute soak.
+5-minute soak. Issue 11 (delta): mean <= 450 B a frame at 60 fps and <= 650 B at 20 fps over 60 s
+with a total dispersal; at 500 subscribers fps mean >= 59.5, worst >= 58; server CPU no more
+than on f32 in the same run and within 5 % of the Node ``ws`` peer on f32.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +54,8 @@ PEERS_SOURCE = ROOT.parent.parent / "shared" / "peers"   # /work/shared/peers fr
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {"fps_mean": 59.5, "fps_min": 58.0, "gap_p99_ms": 25.0, "lat_p99_ms": 10.0,
            "cpu_cores": 0.2}
+DELTA_BYTES_TARGET = {60: 450, 20: 650}   # mean bytes a delta frame, over 60 s with a dispersal
+ENCODINGS = ("f32", "q16", "json", "delta")
 
 
 def free_port() -> int:
@@ -100,6 +111,8 @@ def start_atom(args: argparse.Namespace) -> tuple[Server, str | None]:
                WS_MAX_CONNECTIONS=str(max(500, args.clients + 10)), TICK_HZ=str(args.tick_hz))
     if not (args.session or args.session_url):
         env["WS_REQUIRE_SESSION"] = "false"
+    if args.disperse_at:   # one total dispersal a window: the Brise-Circuit must let them pass
+        env.update(SAFEGUARD_MAX_TOTAL="1000", SAFEGUARD_MAX_COMMANDS="1000")
     proc = subprocess.Popen([sys.executable, "-m", "atom_actors", "serve"], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     server = Server("atom_actors", proc.pid, "", proc)
@@ -118,9 +131,12 @@ def start_atom(args: argparse.Namespace) -> tuple[Server, str | None]:
 
 def start_peer(args: argparse.Namespace, peers: Path) -> Server:
     port = free_port()
-    proc = subprocess.Popen([args.peer_python, str(peers / "peer_websockets.py"), "--port", str(port)],
-                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    server = Server("websockets (peer)", proc.pid, f"ws://127.0.0.1:{port}/ws/swarm", proc)
+    if args.peer == "node":
+        command = ["node", str(peers / "peer_node_ws.js"), "--port", str(port)]
+    else:
+        command = [args.peer_python, str(peers / "peer_websockets.py"), "--port", str(port)]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    server = Server(f"{args.peer} peer f32", proc.pid, f"ws://127.0.0.1:{port}/ws/swarm", proc)
     threading.Thread(target=_pump, args=(proc.stderr, server.stderr), daemon=True).start()
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -151,8 +167,10 @@ def prepare_peers(peers: Path) -> Path:
     return peers
 
 
-def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path) -> dict:
-    """Run the load processes against ``url``; measure the server over their common window."""
+def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path,
+             during: Callable[[], None] | None = None) -> dict:
+    """Run the load processes against ``url``; measure the server over their common window.
+    ``during`` is called (in a thread) ``--disperse-at`` seconds into the window."""
     shares = [args.clients // args.procs + (i < args.clients % args.procs) for i in range(args.procs)]
     procs, outputs = [], []
     started, ended = threading.Semaphore(0), threading.Event()
@@ -177,6 +195,10 @@ def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path) ->
         started.acquire(timeout=120)
     t0, cpu0, rss0 = time.monotonic(), server.cpu_s(), server.rss_mb()
     rss_samples = [rss0]
+    if during is not None:
+        timer = threading.Timer(args.disperse_at, during)
+        timer.daemon = True
+        timer.start()
     while not ended.wait(timeout=min(10.0, args.seconds)):
         rss_samples.append(server.rss_mb())
     t1, cpu1, rss1 = time.monotonic(), server.cpu_s(), server.rss_mb()
@@ -190,6 +212,11 @@ def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path) ->
             sys.exit("bench: a load process gave no result:\n" + "".join(lines))
         results.append(found[-1])
     connected = sum(r["connected"] for r in results)
+    frames = sum(r["fps_mean"] * r["connected"] * r["seconds"] for r in results)
+    payload = sum((r["bytes_per_frame"] or 0) * r["fps_mean"] * r["connected"] * r["seconds"]
+                  for r in results)
+    wire = sum((r["wire_bytes_per_frame"] or 0) * r["fps_mean"] * r["connected"] * r["seconds"]
+               for r in results)
     return {
         "clients": connected,
         "fps_mean": sum(r["fps_mean"] * r["connected"] for r in results) / max(connected, 1),
@@ -207,7 +234,30 @@ def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path) ->
         "extensions": results[0]["extensions"],
         "load_cpu_cores": sum(r["client_cpu_cores"] for r in results),
         "window_s": t1 - t0,
+        # Mean bytes of a frame's payload (and on the wire, with the WebSocket framing), and what
+        # one subscriber receives per second.
+        "bytes_per_frame": payload / max(frames, 1),
+        "wire_bytes_per_frame": wire / max(frames, 1),
+        "kbytes_per_sub_s": payload / max(frames, 1)
+        * sum(r["fps_mean"] * r["connected"] for r in results) / max(connected, 1) / 1000,
     }
+
+
+def frames_dropped(api: str | None) -> float | None:
+    """atom_frames_dropped_total from the started server's /metrics (None without an API)."""
+    if api is None:
+        return None
+    try:
+        with urllib.request.urlopen(f"{api}/metrics", timeout=5) as response:
+            found = re.search(rb"^atom_frames_dropped_total (\S+)$", response.read(), re.M)
+    except OSError:
+        return None
+    return float(found.group(1)) if found else None
+
+
+def dropped_between(api: str | None, before: float | None) -> str:
+    after = frames_dropped(api)
+    return "?" if before is None or after is None else f"{after - before:.0f}"
 
 
 def dropped_by_server(stderr: str) -> str:
@@ -219,33 +269,38 @@ def dropped_by_server(stderr: str) -> str:
 
 
 def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, load: str) -> None:
+    fps = args.fps or args.tick_hz
     print(f"\nL'Essaim broadcaster, {args.clients} subscribers over {args.procs} load processes, "
-          f"{args.seconds} s window, {args.encoding} at {args.fps or args.tick_hz} fps, "
-          f"permessage-deflate {'offered' if args.deflate else 'not offered'}")
+          f"{args.seconds} s window per row, at {fps} fps, permessage-deflate "
+          f"{'offered' if args.deflate else 'not offered'}"
+          + (f", a total dispersal {args.disperse_at:g} s into each window" if args.disperse_at
+             else ""))
     print(f"machine: {os.cpu_count()} cores, shared with other work (load average at start {load});"
           " figures are indicative, ratios hold better")
-    header = (f"{'server':<20}{'clients':>8}{'fps mean':>10}{'fps min':>9}{'gap p99':>9}"
-              f"{'lat p50':>9}{'lat p99':>9}{'cpu':>7}{'rss start':>11}{'rss end':>9}"
-              f"{'dropped (server)':>19}{'skipped (seen)':>16}")
+    header = (f"{'server':<22}{'clients':>8}{'fps mean':>9}{'fps min':>8}{'gap p99':>8}"
+              f"{'lat p50':>8}{'lat p99':>8}{'B/frame':>9}{'wire B':>8}{'kB/s/sub':>9}{'cpu':>7}"
+              f"{'rss start':>10}{'rss end':>8}{'dropped (server)':>18}{'skipped':>9}")
     print(header)
-    print(f"{'':<20}{'':>8}{'':>10}{'':>9}{'ms':>9}{'ms':>9}{'ms':>9}{'cores':>7}{'MB':>11}{'MB':>9}")
+    print(f"{'':<22}{'':>8}{'':>9}{'':>8}{'ms':>8}{'ms':>8}{'ms':>8}{'':>9}{'':>8}{'':>9}"
+          f"{'cores':>7}{'MB':>10}{'MB':>8}")
     for name, r, dropped in rows:
-        print(f"{name:<20}{r['clients']:>8}{r['fps_mean']:>10.2f}{r['fps_min']:>9.2f}"
-              f"{r['gap_p99_ms']:>9.1f}{r['lat_p50_ms']:>9.1f}{r['lat_p99_ms']:>9.1f}"
-              f"{r['cpu_cores']:>7.3f}{r['rss_start_mb']:>11.1f}{r['rss_end_mb']:>9.1f}"
-              f"{dropped:>19}{100 * r['skipped_frac']:>15.2f}%")
-    if len(rows) == 2:
-        a, b = rows[0][1], rows[1][1]
-        print(f"{'ratio ours/peer':<20}{'':>8}{'':>10}{'':>9}"
-              f"{a['gap_p99_ms'] / max(b['gap_p99_ms'], 1e-9):>9.2f}"
-              f"{a['lat_p50_ms'] / max(b['lat_p50_ms'], 1e-9):>9.2f}"
-              f"{a['lat_p99_ms'] / max(b['lat_p99_ms'], 1e-9):>9.2f}"
-              f"{a['cpu_cores'] / max(b['cpu_cores'], 1e-9):>7.2f}")
+        print(f"{name:<22}{r['clients']:>8}{r['fps_mean']:>9.2f}{r['fps_min']:>8.2f}"
+              f"{r['gap_p99_ms']:>8.1f}{r['lat_p50_ms']:>8.1f}{r['lat_p99_ms']:>8.1f}"
+              f"{r['bytes_per_frame']:>9.0f}{r['wire_bytes_per_frame']:>8.0f}"
+              f"{r['kbytes_per_sub_s']:>9.1f}{r['cpu_cores']:>7.3f}{r['rss_start_mb']:>10.1f}"
+              f"{r['rss_end_mb']:>8.1f}{dropped:>18}{100 * r['skipped_frac']:>8.2f}%")
+    peer = next((r for name, r, _ in rows if "peer" in name), None)
+    if peer is not None:
+        for name, r, _ in rows:
+            if "peer" not in name:
+                print(f"  ratio {name} / peer: CPU {r['cpu_cores'] / max(peer['cpu_cores'], 1e-9):.2f}, "
+                      f"latency p50 {r['lat_p50_ms'] / max(peer['lat_p50_ms'], 1e-9):.2f}, "
+                      f"p99 {r['lat_p99_ms'] / max(peer['lat_p99_ms'], 1e-9):.2f}")
     t = TARGETS
-    print(f"{'targets (500, f32)':<20}{'500':>8}{'>=' + str(t['fps_mean']):>10}"
-          f"{'>=' + str(t['fps_min']):>9}{'<=' + str(t['gap_p99_ms']):>9}{'':>9}"
-          f"{'<=' + str(t['lat_p99_ms']):>9}{'<=' + str(t['cpu_cores']):>7}"
-          f"{'RSS flat within 5 % (soak)':>29}")
+    print(f"targets (500, 60 fps): fps mean >= {t['fps_mean']}, worst >= {t['fps_min']}, gap p99 <= "
+          f"{t['gap_p99_ms']} ms, latency p99 <= {t['lat_p99_ms']} ms, CPU (f32) <= {t['cpu_cores']}; "
+          f"delta: <= {DELTA_BYTES_TARGET[60]} B/frame at 60 fps, <= {DELTA_BYTES_TARGET[20]} at 20 "
+          "(60 s with a total dispersal), CPU <= f32's and within 5 % of the Node ws peer's")
     for name, r, _ in rows:
         notes = [f"server CPU in the kernel {r['cpu_sys_cores']:.3f} cores",
                  f"load side used {r['load_cpu_cores']:.2f} cores",
@@ -255,6 +310,29 @@ def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, loa
             notes.append(f"RSS over the soak {r['rss_min_mb']:.1f}..{r['rss_max_mb']:.1f} MB "
                          f"({drift:.1f} %)")
         print(f"  {name}: " + "; ".join(notes))
+    print("  result: " + "  ".join(
+        f"{name}={r['bytes_per_frame']:.0f}B/frame,{r['fps_mean']:.2f}fps,{r['cpu_cores']:.3f}cores"
+        for name, r, _ in rows))
+
+
+def disperse(api: str | None, session: str | None) -> Callable[[], None]:
+    """A total dispersal through the started server's API (a session of its own if need be)."""
+    tokens = [session] if session else []
+
+    def order() -> None:
+        if api is None:
+            print("bench: --disperse-at needs the started server's API", file=sys.stderr)
+            return
+        if not tokens:
+            tokens.append(open_session(f"{api}/api/v1/sceau/activate", 2000))
+        token = tokens[0]
+        request = urllib.request.Request(
+            f"{api}/api/v1/swarm/disperse", method="POST", data=b'{"level": "total"}',
+            headers={"content-type": "application/json", "x-sceau-session": token})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(f"# total dispersal ordered: {json.loads(response.read())['dispersed']} agents",
+                  file=sys.stderr)
+    return order
 
 
 def main() -> None:
@@ -265,7 +343,8 @@ def main() -> None:
                         help="soak for S seconds (e.g. 300): RSS is sampled every 10 s")
     parser.add_argument("--procs", type=int, default=2, help="load processes")
     parser.add_argument("--ramp-ms", type=int, default=3000)
-    parser.add_argument("--encoding", choices=("f32", "q16", "json"), default="f32")
+    parser.add_argument("--encoding", default="f32",
+                        help=f"comma-separated, one window each: {','.join(ENCODINGS)}")
     parser.add_argument("--fps", type=int, default=0, help="0: TICK_HZ")
     parser.add_argument("--tick-hz", type=int, default=60)
     parser.add_argument("--deflate", action="store_true",
@@ -275,10 +354,18 @@ def main() -> None:
     parser.add_argument("--session", help="a Sceau session token to present")
     parser.add_argument("--session-url", help="POST here to open a session ('api': ours)")
     parser.add_argument("--session-ms", type=int, default=2000)
-    parser.add_argument("--peer", action="store_true", help="also run the websockets peer")
+    parser.add_argument("--peer", nargs="?", const="websockets", choices=("websockets", "node"),
+                        help="also run a peer on f32: Python websockets (default) or Node ws")
+    parser.add_argument("--disperse-at", type=float, default=0, metavar="S",
+                        help="order a total dispersal S seconds into each window")
     parser.add_argument("--peer-python", default="/tmp/peervenv/bin/python")
     parser.add_argument("--peers", type=Path, default=Path("/tmp/peers"))
+    parser.add_argument("--dwell-s", type=float, default=8.0,
+                        help="with --disperse-at: pause between windows while agents come home")
     args = parser.parse_args()
+    encodings = [e.strip() for e in args.encoding.split(",") if e.strip()]
+    if not encodings or set(encodings) - set(ENCODINGS):
+        parser.error(f"--encoding: a comma-separated list of {', '.join(ENCODINGS)}")
     if args.soak:
         args.seconds = args.soak
     peers = prepare_peers(args.peers)
@@ -298,13 +385,20 @@ def main() -> None:
             if target.startswith("None"):
                 sys.exit("bench: the started server has no API to open a session with")
             session = open_session(target, args.session_ms)
-        query = [f"encoding={args.encoding}"] + ([f"fps={args.fps}"] if args.fps else []) \
-            + ([f"session={session}"] if session else [])
         time.sleep(1.0)   # let the engine settle
-        ours = run_load(server, f"{server.url}?{'&'.join(query)}", args, peers)
+        during = disperse(api, session) if args.disperse_at else None
+        for encoding in encodings:
+            query = [f"encoding={encoding}"] + ([f"fps={args.fps}"] if args.fps else []) \
+                + ([f"session={session}"] if session else [])
+            dropped0 = frames_dropped(api)
+            ours = run_load(server, f"{server.url}?{'&'.join(query)}", args, peers, during)
+            rows.append((f"{server.name} {encoding}", ours, dropped_between(api, dropped0)))
+            if during is not None and encoding != encodings[-1]:
+                time.sleep(args.dwell_s)   # the agents come home before the next window
     finally:
         stderr = server.stop()
-    rows.append((server.name, ours, dropped_by_server(stderr)))
+    if len(encodings) == 1 and rows:   # the one window: the server's own count on stop
+        rows[0] = (rows[0][0], rows[0][1], dropped_by_server(stderr))
     if args.peer:
         peer = start_peer(args, peers)
         try:

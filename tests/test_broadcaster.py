@@ -22,7 +22,10 @@ from trio_websocket import ConnectionClosed
 from atom_actors import app
 from atom_actors.broadcaster import server as broadcaster_server
 from atom_actors.catalog import CATALOG
-from atom_actors.protocol import Q16_RANGE, decode_binary
+from atom_actors.broadcaster import Broadcaster
+from atom_actors.bus import MemoryBus
+from atom_actors.engine import Engine
+from atom_actors.protocol import Q16_RANGE, DeltaDecoder, Frame, decode_binary
 
 from .conftest import make_settings
 from .test_wsraw import parse_frames
@@ -347,9 +350,9 @@ async def test_a_stalled_client_does_not_slow_a_fast_one(autojump_clock, serve):
             assert held < 200_000, "the kernel buffers are all it ever held"
 
 
-async def read_hello_then_stall(port: int) -> trio.SocketStream:
+async def read_hello_then_stall(port: int, query: str = "") -> trio.SocketStream:
     """A subscriber that reads its hello (about 40 KB: the 350-agent roster), then nothing."""
-    stream, head, rest = await raw_subscribe(port, rcvbuf=4096)
+    stream, head, rest = await raw_subscribe(port, query, rcvbuf=4096)
     assert head.startswith(b"HTTP/1.1 101")
     length = 0
     while len(rest) < 4 or len(rest) < 4 + (length := struct.unpack_from("!H", rest, 2)[0]):
@@ -544,3 +547,125 @@ async def test_shutdown_closes_every_subscriber_with_1001(autojump_clock, nurser
                         await ws.get_message()
                 assert closed.value.reason.code == 1001
     assert services.broadcaster.stats.errors == 0
+
+
+# -- the delta stream (CONTRACT §4.1) ---------------------------------------------------------------
+
+async def test_every_delta_frame_is_the_q16_frame_of_its_seq(autojump_clock, nursery):
+    """Issue 11's scenario, on a broadcaster fed like a ``ws`` process (frames rebuilt from their
+    f32 bytes off a bus): a total dispersal, a sphere crash and restart, a regroup, a seq that
+    wraps past 2**32, an engine failover's seq jump, a subscriber at 20 fps and a slow one whose
+    frames the newest-wins rule drops. Every frame each delta subscriber decodes equals, bit for
+    bit, the q16 frame of the same seq."""
+    settings = make_settings(ws_port=0, api_port=0, ws_require_session="false",
+                             ws_stall_timeout_s=60)
+    engine_bus, ws_bus = MemoryBus(), MemoryBus()
+    engine = await nursery.start(Engine(settings, engine_bus).run)
+    offset = 2**32 - 150   # the seq wraps 2.5 s in
+
+    async def relay() -> None:
+        nonlocal offset
+        frames = engine_bus.subscribe_frames()
+        while True:
+            frame = await frames.receive()
+            data = bytearray(frame.f32)
+            struct.pack_into("<I", data, 4, (frame.seq + offset) % 2**32)
+            ws_bus.publish_frame(Frame.from_bytes(bytes(data)))
+
+    nursery.start_soon(relay)
+    broadcaster = await nursery.start(Broadcaster(settings, ws_bus, engine, None).run)
+    truth: dict[int, np.ndarray] = {}
+    decoded: dict[str, list[tuple[int, np.ndarray]]] = {"delta": [], "delta20": [], "slow": []}
+    keyframes: dict[str, int] = {}
+
+    async def q16(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with open_websocket_url(broadcaster.url + "?encoding=q16") as ws:
+            await ws.get_message()
+            task_status.started()
+            while True:
+                data = await next_frame(ws)
+                truth[struct.unpack_from("<I", data, 4)[0]] = np.frombuffer(
+                    data, "<i2", offset=16).reshape(350, 3)
+
+    async def delta(name: str, query: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        decoder = DeltaDecoder()
+        async with open_websocket_url(broadcaster.url + query) as ws:
+            hello = json.loads(await ws.get_message())
+            assert hello["encoding"] == "delta"
+            task_status.started()
+            try:
+                while True:
+                    seq, _, q = decoder.decode(await next_frame(ws))
+                    decoded[name].append((seq, q.copy()))
+            finally:
+                keyframes[name] = decoder.keyframes
+
+    async def slow(task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Reads its hello, then nothing for 8 s (its buffers fill), then everything."""
+        decoder = DeltaDecoder()
+        stream = await read_hello_then_stall(broadcaster.port, "?encoding=delta")
+        async with stream:
+            task_status.started()
+            await trio.sleep(8)
+            buffer = b""
+            try:
+                while chunk := await stream.receive_some():
+                    frames, buffer = parse_frames(buffer + chunk)
+                    for first, payload in frames:
+                        if first == 0x82:
+                            seq, _, q = decoder.decode(payload)
+                            decoded["slow"].append((seq, q.copy()))
+            finally:
+                keyframes["slow"] = decoder.keyframes
+
+    with trio.fail_after(BOUND_S):
+        async with trio.open_nursery() as clients:
+            await clients.start(q16)
+            await clients.start(delta, "delta", "?encoding=delta")
+            await clients.start(delta, "delta20", "?encoding=delta&fps=20")
+            await clients.start(slow)
+            await trio.sleep(0.5)
+            assert (await engine.disperse("total"))["dispersed"] == 350
+            await trio.sleep(2)
+            engine.inject_crash("transport")
+            await trio.sleep(1.5)
+            await engine.regroup()
+            await trio.sleep(2)
+            offset += 10_000        # a new leader, further on
+            await trio.sleep(4)
+            clients.cancel_scope.cancel()
+
+    stats = broadcaster.stats
+    assert stats.frames_dropped > 0 and keyframes["slow"] >= 2, "the slow one lost frames"
+    assert keyframes["delta"] == keyframes["delta20"] == 1, "the others needed only their first"
+    for name, frames in decoded.items():
+        seqs = [seq for seq, _ in frames]
+        assert len(seqs) > {"delta": 500, "delta20": 170, "slow": 100}[name], (name, len(seqs))
+        if name != "slow":   # (the slow one's frames around the wrap were dropped)
+            assert min(seqs) < 100 and max(seqs) > 2**32 - 100, f"{name} saw the wrap"
+        for seq, q in frames:
+            assert seq in truth, (name, seq)
+            assert np.array_equal(q, truth[seq]), f"{name}: frame {seq} differs from q16"
+    gaps = set(np.diff(np.array([seq for seq, _ in decoded["delta20"]], dtype=np.int64)) % 2**32)
+    assert 3 in gaps and gaps <= {3, 10_002, 10_003}, gaps
+    far = max(np.abs(q.astype(int)).max() for _, q in decoded["delta"])
+    assert far * Q16_RANGE / 32767 > 30, "the total dispersal is in the stream"
+
+
+async def test_delta_is_smaller_than_q16_on_the_wire(autojump_clock, serve):
+    services = await serve()
+    sizes: dict[str, list[int]] = {"q16": [], "delta": []}
+
+    async def subscribe(encoding: str) -> None:
+        async with open_websocket_url(f"{services.ws_url}?encoding={encoding}") as ws:
+            await ws.get_message()
+            for _ in range(120):
+                sizes[encoding].append(len(await next_frame(ws)))
+
+    with trio.fail_after(BOUND_S):
+        async with trio.open_nursery() as clients:
+            for encoding in sizes:
+                clients.start_soon(subscribe, encoding)
+    assert set(sizes["q16"]) == {16 + 350 * 6}
+    assert sizes["delta"][0] == 16 + 350 * 12, "a keyframe first"
+    assert np.mean(sizes["delta"][1:]) < 600

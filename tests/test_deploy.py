@@ -210,18 +210,24 @@ def test_wheel_carries_the_catalog_and_runs_outside_the_repository(tmp_path: Pat
     names = zipfile.ZipFile(wheel).namelist()
     assert "atom_actors/_config/spheres.toml" in names
     assert "atom_actors/viewer/index.html" in names   # the page the API serves at /
+    # ... and the JavaScript SDK it imports (served under /viewer/sdk/), no node_modules with it
+    assert {"atom_actors/_sdk/index.js", "atom_actors/_sdk/client.js",
+            "atom_actors/_sdk/protocol.js"} <= set(names)
+    assert not [n for n in names if "node_modules" in n]
     assert any(re.fullmatch(r"atom_actors/store/migrations/\d+_\w+\.sql", n) for n in names)
     assert not [n for n in names if n.startswith(("tests/", "config/"))]
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target",
                     str(tmp_path / "site"), str(wheel)], check=True, timeout=120)
     probe = subprocess.run(
         [sys.executable, "-c", "import atom_actors, atom_actors.cli as cli; "
-         "from atom_actors.catalog import CATALOG; print(atom_actors.__file__, CATALOG.size)"],
+         "from atom_actors.catalog import CATALOG; print(atom_actors.__file__, CATALOG.size); "
+         "from atom_actors.api.routes.meta import SDK_DIRS; print(SDK_DIRS[0].is_dir())"],
         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "site")},
         capture_output=True, text=True, timeout=60)
     assert probe.returncode == 0, probe.stderr
-    where, size = probe.stdout.split()
+    where, size, sdk = probe.stdout.split()
     assert Path(where).is_relative_to(tmp_path / "site") and size == "350"
+    assert sdk == "True", "the installed package serves the SDK from its own _sdk/"
 
 
 # --- nginx, for real ----------------------------------------------------------------------------

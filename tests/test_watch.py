@@ -15,7 +15,8 @@ import trio
 from rich.console import Console
 
 from atom_actors.catalog import CATALOG
-from atom_actors.protocol import encode_f32
+from atom_actors.errors import MalformedFrame
+from atom_actors.protocol import DeltaStream, Frame, encode_f32
 from atom_actors.watch import WatchState, endpoints, render, summary_line
 from tests.atom_process import ATOM, atom_env, running_atom
 
@@ -101,6 +102,28 @@ def test_json_frames_count_too():
     assert state.frames == 3 and state.mean_fps() == pytest.approx(60)
 
 
+def test_the_delta_stream_is_decoded_and_its_bytes_counted():
+    state = WatchState()
+    state.on_hello({**hello(), "encoding": "delta"})
+    stream = DeltaStream()
+    rng = np.random.default_rng(5)
+    positions = rng.uniform(-20, 20, (CATALOG.size, 3))
+    sent = 0
+    for k in range(121):
+        positions += rng.uniform(-0.01, 0.01, positions.shape)
+        delta = stream.advance(Frame.compose(k, 1_000.0 + k / 60, positions))
+        message = stream.keyframe() if k == 0 else delta
+        sent += len(message)
+        state.on_message(message, 1_000.0 + k / 60 + 0.002)
+        assert np.array_equal(state.delta.prev, stream.prev)
+    assert state.frames == 121 and state.delta.keyframes == 1
+    assert state.mean_kbytes_per_s() == pytest.approx(sent / 2 / 1000)
+    assert state.kbytes_per_s(state.last_at) == pytest.approx(sent / 2 / 1000, rel=0.05)
+    assert f"kB_s={sent / 2000:.1f} " in summary_line(state, 55)[0]
+    with pytest.raises(MalformedFrame):
+        state.on_message(delta[:-1], 1_003.0)
+
+
 def test_the_screen_shows_what_the_stream_says():
     state = fed(121)
     state.on_event({"event": "agent.status", "agent": 5, "status": "dispersed"})
@@ -108,7 +131,7 @@ def test_the_screen_shows_what_the_stream_says():
     console = Console(record=True, width=100, color_system=None, file=io.StringIO())
     console.print(render(state, state.last_at, "http://api ws://ws"))
     screen = console.export_text()
-    assert "fps" in screen and "60.0 / 60" in screen
+    assert "fps" in screen and "60.0 / 60" in screen and "kB/s (f32)" in screen
     assert "p50 2.0 ms" in screen and "p99 2.0 ms" in screen
     assert "open (crash loop)" in screen
     assert "active 349" in screen and "dispersed 1" in screen and "(of 350)" in screen
@@ -151,6 +174,9 @@ async def test_once_is_a_health_probe(tmp_path):
             (line,) = out.splitlines()
             assert line.startswith("atom watch: ok fps=") and "agents=350 active=350" in line
             assert "safeguard=closed" in line
+            # On the delta stream (the default), every frame decoded: a few hundred bytes each.
+            kbytes = float(line.split("kB_s=")[1].split()[0])
+            assert 5 <= kbytes <= 60, line
             assert 30 <= float(line.split("fps=")[1].split()[0]) <= 61
             code, out = await watch_once(urls, "--min-fps", "1000", "--seconds", "1")
             assert code == 1 and out.startswith("atom watch: LOW fps="), out

@@ -1,9 +1,16 @@
 """The fan-out: the one loop per process that hands every frame and event to every subscriber.
 
-Per tick it costs one encoding and one WebSocket framing per encoding in use (kept in
-``Frame.cache``, so any other fan-out of the same frame reuses them), one JSON dump and framing per
-event, and then one non-blocking write per subscriber: the same bytes for all of them. Events that
-happened during the tick go out in the same write as the frame.
+Per tick it costs one encoding and one WebSocket framing per group in use (a group is an encoding
+and an fps; per-frame encodings are kept in ``Frame.cache``, so any other fan-out of the same frame
+reuses them), one JSON dump and framing per event, and then one non-blocking write per
+subscriber: the same bytes for all of them. Events that happened during the tick go out in the
+same write as the frame.
+
+A ``delta`` group (CONTRACT §4.1) encodes each of its frames once against the two it sent before
+(:class:`~atom_actors.protocol.DeltaStream`). A subscriber that has not received every frame of
+that chain — a newcomer, or one whose queued frame the newest-wins rule replaced — gets the tick's
+keyframe instead, made at most once per tick and group and only when someone needs it; from the
+next frame on it shares the group's delta bytes again.
 
 A subscriber whose kernel buffer is full is *behind*: what the kernel did not take is finished by
 its own slow-path task (:meth:`Subscriber.write_behind`), and meanwhile it holds at most the newest
@@ -23,7 +30,7 @@ import numpy as np
 import trio
 
 from ..bus import Bus
-from ..protocol import SEQ_MOD, Frame
+from ..protocol import SEQ_MOD, DeltaStream, Frame
 from .wsraw import BUSY, DONE, STARTED, RawStream, message_bytes
 
 log = logging.getLogger("atom_actors.broadcaster")
@@ -43,6 +50,7 @@ class BroadcastStats:
     connections: int = 0        # TCP connections accepted
     frames_sent: int = 0        # frames begun on a subscriber's socket (fast or slow path)
     frames_dropped: int = 0     # frames replaced by a newer one before a behind subscriber took them
+    keyframes: int = 0          # keyframes written or queued (a delta subscriber's first, after drops)
     events_sent: int = 0        # event messages written or queued for a subscriber
     ticks: int = 0              # frames the fan-out took from the bus
     ticks_skipped: int = 0      # frames the fan-out itself missed (it was late)
@@ -59,7 +67,8 @@ class BroadcastStats:
         """One line for the log on stop (``atom serve`` prints it; the benchmark parses it)."""
         refused = " ".join(f"{status}:{n}" for status, n in sorted(self.refused.items())) or "none"
         return (f"connections {self.connections}, frames sent {self.frames_sent}, "
-                f"frames dropped {self.frames_dropped}, events sent {self.events_sent}, "
+                f"frames dropped {self.frames_dropped}, keyframes {self.keyframes}, "
+                f"events sent {self.events_sent}, "
                 f"closed stall {self.closed_stall} oversize {self.closed_oversize} "
                 f"lagging {self.closed_lagging} session {self.closed_session}, handshakes failed {self.handshakes_failed}, "
                 f"refused {refused}, errors {self.errors}")
@@ -68,7 +77,8 @@ class BroadcastStats:
 class Group:
     """Subscribers that share an encoding and a decimation: one message per tick for all."""
 
-    __slots__ = ("encoding", "every", "last_seq", "message", "with_events", "members")
+    __slots__ = ("encoding", "every", "last_seq", "message", "with_events", "members", "delta",
+                 "_keyframe")
 
     def __init__(self, encoding: str, every: int) -> None:
         self.encoding = encoding
@@ -77,13 +87,40 @@ class Group:
         self.message: bytes | None = None       # this tick's frame for the group, if it is due
         self.with_events = b""                   # this tick's events, then that frame: one write
         self.members = 0
+        # The delta chain of a ``delta`` group (None for the others), and this tick's keyframe.
+        self.delta = DeltaStream() if encoding == "delta" else None
+        self._keyframe: bytes | None = None
+
+    def frame_message(self, frame: Frame) -> bytes:
+        """The group's message for ``frame`` (its turn has come): framed once for everyone."""
+        if self.delta is not None:
+            self._keyframe = None
+            return message_bytes(self.delta.advance(frame))
+        key = ("ws", self.encoding)
+        message = frame.cache.get(key)
+        if message is None:
+            message = frame.cache[key] = message_bytes(frame.encoded(self.encoding))
+        return message  # type: ignore[return-value]
+
+    def keyframe(self) -> bytes:
+        """The keyframe message of the group's newest frame (delta groups), made at most once."""
+        if self._keyframe is None:
+            assert self.delta is not None
+            self._keyframe = message_bytes(self.delta.keyframe())
+        return self._keyframe
+
+    def emptied(self) -> None:
+        """Nobody follows the group any more: its chain starts afresh with the next member."""
+        if self.delta is not None:
+            self.delta.reset()
+            self.last_seq = None
 
 
 class Subscriber:
     """One streaming client, as the fan-out sees it."""
 
     __slots__ = ("raw", "group", "frame", "events", "event_bytes", "waiting", "wake", "scope",
-                 "close_code", "end", "stats")
+                 "close_code", "end", "stats", "needs_keyframe")
 
     def __init__(self, raw: RawStream, group: Group, stats: BroadcastStats) -> None:
         self.raw = raw
@@ -97,6 +134,8 @@ class Subscriber:
         self.scope = trio.CancelScope()      # the connection's work; cancelled to end it
         self.close_code: int | None = None   # the close frame to send when it ends, if any
         self.end: str | None = None          # why it ended: stall, oversize, lagging, gone, shutdown
+        # A delta subscriber's next frame must be a keyframe: it holds no chain yet.
+        self.needs_keyframe = group.delta is not None
 
     def queue(self, events: bytes, frame: bytes | None) -> None:
         if events:
@@ -108,6 +147,11 @@ class Subscriber:
         if frame is not None:
             if self.frame is not None:
                 self.stats.frames_dropped += 1
+                if self.group.delta is not None:
+                    # The dropped frame was a link of this subscriber's chain: what replaces it
+                    # must stand alone.
+                    self.stats.keyframes += 1
+                    frame = self.group.keyframe()
             self.frame = frame
         self.waiting = True
         self.wake.set()
@@ -177,6 +221,8 @@ class Fanout:
         if sub in self._subs:
             del self._subs[sub]
             sub.group.members -= 1
+            if sub.group.members == 0:
+                sub.group.emptied()
             self.stats.clients = len(self._subs)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -214,7 +260,7 @@ class Fanout:
             # ``every`` ticks have passed since its last, so a skipped tick shifts it, never loses it.
             due = frame is not None and group.members > 0 and (
                 group.last_seq is None or (frame.seq - group.last_seq) % SEQ_MOD >= group.every)
-            group.message = self._message(frame, group.encoding) if due else None
+            group.message = group.frame_message(frame) if due else None  # type: ignore[arg-type]
             if due:
                 group.last_seq = frame.seq
             if blob:   # joined once per group, not once per subscriber
@@ -227,6 +273,8 @@ class Fanout:
                 message = sub.group.message
                 if message is None:
                     continue
+                if sub.needs_keyframe:
+                    message = self._keyframe_for(sub)
                 done = BUSY if sub.waiting else sub.raw.try_write(message)
                 if done == DONE:
                     sent += 1
@@ -238,9 +286,13 @@ class Fanout:
         else:
             for sub in self._subs:
                 group = sub.group
-                done = BUSY if sub.waiting else sub.raw.try_write(group.with_events)
+                message, data = group.message, group.with_events
+                if sub.needs_keyframe and message is not None:
+                    message = self._keyframe_for(sub)
+                    data = blob + message
+                done = BUSY if sub.waiting else sub.raw.try_write(data)
                 if done == BUSY:
-                    sub.queue(blob, group.message)
+                    sub.queue(blob, message)
                     continue
                 sent += group.message is not None
                 if done == STARTED:
@@ -249,13 +301,11 @@ class Fanout:
         stats.frames_sent += sent
         stats.write_s += time.perf_counter() - started
 
-    @staticmethod
-    def _message(frame: Frame, encoding: str) -> bytes:
-        key = ("ws", encoding)
-        message = frame.cache.get(key)
-        if message is None:
-            message = frame.cache[key] = message_bytes(frame.encoded(encoding))
-        return message  # type: ignore[return-value]
+    def _keyframe_for(self, sub: Subscriber) -> bytes:
+        # Written or queued right after, so the subscriber holds a chain from then on.
+        sub.needs_keyframe = False
+        self.stats.keyframes += 1
+        return sub.group.keyframe()
 
     def _events_blob(self, batch: list[dict]) -> bytes:
         parts = []

@@ -1,7 +1,11 @@
 // The AT·OM viewer: the Sceau by touch, L'Essaim live, the operators' controls.
 //
-// Plain JavaScript, no dependencies. It speaks CONTRACT.md §2 (the REST API, on this page's own
-// origin) and §4 (the WebSocket, usually on another port). Where the WebSocket is:
+// Plain JavaScript (an ES module), no dependencies but the project's own client SDK
+// (clients/js, which the API serves under /viewer/sdk/): the stream's decoding, reconnection and
+// interpolation are the SDK's, so the project has one JavaScript decoder. It speaks CONTRACT.md
+// §2 (the REST API, on this page's own origin) and §4 (the WebSocket, usually on another port),
+// on the `delta` stream at the fps the operator picks (60, 30 or 20; `?fps=` sets the first).
+// Where the WebSocket is:
 //
 //   1. `?ws=<url>` in the page's address, if given, and nothing else (ws://, wss://, http(s)://
 //      or a path such as /ws/swarm on this origin);
@@ -14,16 +18,16 @@
 //
 // A browser does not let a page see the HTTP status of a refused WebSocket handshake: a 401 looks
 // like any other failure (close code 1006). So when a socket closes before it ever opened, the
-// page asks the REST API whether its session still stands; a 401 there sends it back to the Sceau.
-(() => {
-  "use strict";
+// SDK asks the REST API whether the session still stands; a 401 there (the SDK's `unauthorized`)
+// sends the page back to the Sceau.
+import { connect as connectStream } from "/viewer/sdk/index.js";
 
+{
   const DEFAULT_SCEAU_MS = 2000;     // SCEAU_DURATION, unless GET /api/v1/health says otherwise
   const DEFAULT_WS_PORT = 8001;      // WS_PORT, likewise
   const WS_PATH = "/ws/swarm";
   const SESSION_KEY = "atom.sceau";
-  const RECONNECT_MIN_MS = 500;
-  const RECONNECT_MAX_MS = 10000;
+  const FPS_CHOICES = [60, 30, 20];  // offered when they divide the server's TICK_HZ
   const STATUS_CODES = { active: 0, dispersed: 1, regrouping: 2 };
 
   // The view: the swarm sits on a shell of radius ~18 world units, orbits reach ~5 and a dispersed
@@ -230,13 +234,14 @@
     pos: new Float32Array(0),     // the newest positions drawn, x y z per agent
     sx: new Float32Array(0), sy: new Float32Array(0), sr: new Float32Array(0),
     hasFrame: false,
-    latest: null,         // the newest binary frame received and not yet drawn
     seq: -1,
     legendDirty: true,
   };
-  const link = { ws: null, sticky: null, index: 0, attempt: 0, timer: 0, countdown: 0, connections: 0 };
+  // The stream: one SDK client at a time, on the candidate URL that worked (`sticky`).
+  const link = { client: null, sticky: null, index: 0, timer: 0, countdown: 0,
+    fps: Number(params.get("fps")) || FPS_CHOICES[0] };
   const meter = { received: 0, receivedWindow: 0, rendered: 0, renderedWindow: 0, windowStart: 0,
-    streamFps: 0, renderFps: 0, latencyMs: null, drawMs: 0 };
+    bytesWindow: 0, streamFps: 0, renderFps: 0, kbytesPerS: 0, latencyMs: null, drawMs: 0 };
 
   function wsCandidates() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
@@ -254,71 +259,59 @@
 
   function connect() {
     clearTimeout(link.timer);
+    clearInterval(link.countdown);
     if (session === null) return;
     const candidates = wsCandidates();
-    const base = link.sticky || candidates[link.index % candidates.length];
-    const url = new URL(base);
-    url.searchParams.set("session", session.token);
-    url.searchParams.set("encoding", "f32");
-    let opened = false;
-    const ws = new WebSocket(url.href);
-    ws.binaryType = "arraybuffer";
-    link.ws = ws;
-    setConn(link.connections === 0 ? "connecting" : "reconnecting");
-    ws.onopen = () => {
-      opened = true;
-      link.sticky = base;
-      link.attempt = 0;
-      link.connections += 1;
-      setConn("open");
-      banner(null);
-    };
-    ws.onmessage = (e) => {
-      if (typeof e.data === "string") onText(e.data);
-      else onBinary(e.data);
-    };
-    ws.onclose = (e) => {
-      if (link.ws !== ws) return;     // we closed it on purpose
-      link.ws = null;
-      onDrop(e, opened);
-    };
+    const url = link.sticky || candidates[link.index % candidates.length];
+    const client = connectStream(url, { session: session.token, encoding: "delta", fps: link.fps,
+      api: location.origin });
+    link.client = client;
+    setConn(meter.received === 0 ? "connecting" : "reconnecting");
+    client.on("state", (change) => onState(client, url, candidates.length, change));
+    client.on("hello", onHello);
+    client.on("frame", onFrame);
+    client.on("event", onEvent);
   }
 
-  async function onDrop(event, opened) {
-    if (session === null) return;
-    setConn("reconnecting");
-    if (!opened) {
-      // The handshake was refused or the server is not there. Which one? Ask the REST API.
-      const check = await api("GET", "/api/v1/safeguard");
-      if (session === null) return;            // 401: sessionEnded() has already run
-      if (check.ok) showSafeguard(check.data);
-      if (link.sticky === null) link.index += 1;  // try the other candidate next
-    }
-    const delay = Math.min(RECONNECT_MAX_MS, RECONNECT_MIN_MS * 2 ** link.attempt) * (0.8 + 0.4 * Math.random());
-    link.attempt += 1;
-    const code = event.code ? ` (code ${event.code}${event.reason ? `: ${event.reason}` : ""})` : "";
-    const lost = opened ? `Connection to L'Essaim lost${code}` : "L'Essaim does not answer";
-    const due = performance.now() + delay;
-    const show = () => {
-      const left = Math.max(0, due - performance.now());
-      banner(`${lost}: reconnecting in ${seconds(left)} s (attempt ${link.attempt})…`);
-    };
-    show();
-    clearInterval(link.countdown);
-    link.countdown = setInterval(show, 100);
-    link.timer = setTimeout(() => {
+  function onState(client, url, candidates, { state, reason, attempt, retryInMs }) {
+    if (link.client !== client) return;
+    if (state === "live") {
+      link.sticky = url;
       clearInterval(link.countdown);
-      banner(`${lost}: reconnecting (attempt ${link.attempt})…`);
-      connect();
-    }, delay);
+      setConn("open");
+      banner(null);
+    } else if (state === "unauthorized") {
+      sessionEnded(reason);
+    } else if (state === "reconnecting") {
+      setConn("reconnecting");
+      if (retryInMs === undefined) return;           // the SDK is asking the API about the session
+      const opened = client.stats.connections > 0;
+      if (!opened && link.sticky === null && candidates > 1) {
+        // This candidate never answered: try the other one, after the SDK's delay.
+        client.close();
+        link.index += 1;
+        link.timer = setTimeout(connect, retryInMs);
+      }
+      const lost = opened ? `Connection to L'Essaim lost (${reason})` : "L'Essaim does not answer";
+      if (attempt === 1) logEvent(`${lost}: reconnecting`);   // the banner may last a blink
+      const due = performance.now() + retryInMs;
+      const show = () => {
+        const left = Math.max(0, due - performance.now());
+        banner(left > 0 ? `${lost}: reconnecting in ${seconds(left)} s (attempt ${attempt})…`
+          : `${lost}: reconnecting (attempt ${attempt})…`);
+      };
+      show();
+      clearInterval(link.countdown);
+      link.countdown = setInterval(show, 100);
+    }
   }
 
   function disconnect() {
     clearTimeout(link.timer);
     clearInterval(link.countdown);
-    const ws = link.ws;
-    link.ws = null;
-    if (ws) ws.close(1000, "leaving");
+    const client = link.client;
+    link.client = null;
+    if (client) client.close("leaving");
   }
 
   function setConn(state) {
@@ -333,22 +326,12 @@
     if (text !== null) el.textContent = text;
   }
 
-  function onBinary(buffer) {
+  function onFrame({ seq, t }) {
     meter.received += 1;
-    if (buffer.byteLength >= 16) {
-      const t = new DataView(buffer, 8, 8).getFloat64(0, true);
-      const ms = Date.now() - t * 1000;
-      meter.latencyMs = meter.latencyMs === null ? ms : meter.latencyMs + 0.1 * (ms - meter.latencyMs);
-    }
-    // Only the newest frame is kept: a frame that arrives before the next paint replaces it.
-    swarm.latest = buffer;
-  }
-
-  function onText(text) {
-    let msg;
-    try { msg = JSON.parse(text); } catch (err) { return; }
-    if (msg.type === "hello") onHello(msg);
-    else if (msg.type === "event") onEvent(msg);
+    const ms = Date.now() - t * 1000;
+    meter.latencyMs = meter.latencyMs === null ? ms : meter.latencyMs + 0.1 * (ms - meter.latencyMs);
+    swarm.seq = seq;
+    swarm.hasFrame = true;
   }
 
   function onHello(hello) {
@@ -370,8 +353,9 @@
       if (agent.id >= 0 && agent.id < n) swarm.status[agent.id] = STATUS_CODES[agent.status] || 0;
     }
     buildLegend();
+    buildFpsChoices(hello.tick_hz, hello.fps);
     $("stat-agents").textContent = String(n);
-    logEvent(`hello: ${n} agents, ${swarm.spheres.length} spheres, ${hello.fps} fps`);
+    logEvent(`hello: ${n} agents, ${swarm.spheres.length} spheres, ${hello.fps} fps, ${hello.encoding}`);
   }
 
   function onEvent(msg) {
@@ -412,33 +396,20 @@
     if (canvas.width !== w || canvas.height !== h) { canvas.width = w; canvas.height = h; }
   }
 
-  function takeLatestFrame() {
-    const buffer = swarm.latest;
-    if (buffer === null) return;
-    swarm.latest = null;
-    if (buffer.byteLength < 16) return;
-    const header = new DataView(buffer, 0, 16);
-    const version = header.getUint8(0), encoding = header.getUint8(1);
-    const n = Math.min(header.getUint16(2, true), swarm.n);
-    if (version !== 1 || buffer.byteLength < 16 + n * 3 * (encoding === 1 ? 4 : 2)) return;
-    if (encoding === 1) {
-      swarm.pos.set(new Float32Array(buffer, 16, n * 3));
-    } else if (encoding === 2) {
-      const q = new Int16Array(buffer, 16, n * 3);
-      const scale = 64 / 32767;
-      for (let i = 0; i < q.length; i++) swarm.pos[i] = q[i] * scale;
-    } else {
-      return;
-    }
-    swarm.seq = header.getUint32(4, true);
-    swarm.hasFrame = true;
+  // The positions to draw: the SDK's, interpolated between the frames received (it renders a
+  // 20 fps stream smoothly at 60 fps, about 2.5 stream frames behind).
+  function takePositions() {
+    const client = link.client;
+    if (client === null || !swarm.hasFrame) return;
+    const pos = client.interpolate();
+    if (pos.length === swarm.pos.length) swarm.pos = pos;
   }
 
   function render(now) {
     loop = requestAnimationFrame(render);
     const started = performance.now();
     resizeCanvas();
-    takeLatestFrame();
+    takePositions();
     draw(now);
     meter.drawMs += 0.05 * (performance.now() - started - meter.drawMs);
     meter.rendered += 1;
@@ -516,11 +487,16 @@
       meter.renderFps = (meter.rendered - meter.renderedWindow) / span;
       meter.streamFps = (meter.received - meter.receivedWindow) / span;
     }
+    const bytes = link.client ? link.client.stats.bytes : 0;
+    if (meter.windowStart > 0) meter.kbytesPerS = Math.max(0, bytes - meter.bytesWindow) / span / 1000;
     meter.windowStart = now;
     meter.renderedWindow = meter.rendered;
     meter.receivedWindow = meter.received;
+    meter.bytesWindow = bytes;
+    const live = link.client !== null && link.client.state === "live";
     $("stat-fps").textContent = meter.renderFps.toFixed(0);
-    $("stat-stream").textContent = link.ws && link.ws.readyState === WebSocket.OPEN ? meter.streamFps.toFixed(0) : "0";
+    $("stat-stream").textContent = live ? meter.streamFps.toFixed(0) : "0";
+    $("stat-kbps").textContent = live ? meter.kbytesPerS.toFixed(1) : "0";
     $("stat-latency").textContent = meter.latencyMs === null ? "–" : meter.latencyMs.toFixed(1);
     $("stat-draw").textContent = meter.drawMs.toFixed(2);
   }
@@ -558,6 +534,24 @@
     markSelected();
     swarm.legendDirty = true;
   }
+
+  // The stream's fps: the operator's choice among FPS_CHOICES that divide TICK_HZ; a change
+  // reconnects at the new rate.
+  function buildFpsChoices(tickHz, fps) {
+    const select = $("fps-select");
+    const choices = FPS_CHOICES.filter((f) => f <= tickHz && tickHz % f === 0);
+    if (!choices.includes(fps)) choices.push(fps);
+    select.replaceChildren(...choices.map((f) => new Option(`${f} fps`, String(f))));
+    select.value = String(fps);
+  }
+
+  $("fps-select").addEventListener("change", (e) => {
+    const fps = Number(e.target.value);
+    if (!Number.isInteger(fps) || fps === link.fps) return;
+    link.fps = fps;
+    disconnect();
+    connect();
+  });
 
   function markSelected() {
     const chosen = $("sphere-select").value;
@@ -700,8 +694,6 @@
   function enterEssaim() {
     document.body.dataset.screen = "essaim";
     banner(null);
-    link.attempt = 0;
-    link.connections = 0;
     clearTimeout(expiryTimer);
     if (session && Number.isFinite(session.expires_at)) {
       const ms = session.expires_at * 1000 - Date.now();
@@ -722,7 +714,6 @@
     clearInterval(notice.timer);
     showNotice(null);
     swarm.hasFrame = false;
-    swarm.latest = null;
   }
 
   function seconds(ms) {
@@ -731,12 +722,20 @@
 
   // A handle for tests and for operators at the console: read-only figures and the live socket.
   window.atomViewer = Object.freeze({
-    get socket() { return link.ws; },
+    get socket() { return link.client ? link.client.socket : null; },
     stats: () => ({
-      screen: document.body.dataset.screen, connections: link.connections, wsUrl: link.sticky,
+      screen: document.body.dataset.screen, wsUrl: link.sticky,
+      connections: link.client ? link.client.stats.connections : 0,
+      encoding: link.client && link.client.hello ? link.client.hello.encoding : null,
+      fps: link.fps, keyframes: link.client ? link.client.stats.keyframes : 0,
+      bytesReceived: link.client ? link.client.stats.bytes : 0,
       framesReceived: meter.received, framesRendered: meter.rendered, seq: swarm.seq,
-      renderFps: meter.renderFps, streamFps: meter.streamFps, latencyMs: meter.latencyMs, drawMs: meter.drawMs,
+      renderFps: meter.renderFps, streamFps: meter.streamFps, kbytesPerS: meter.kbytesPerS,
+      latencyMs: meter.latencyMs, drawMs: meter.drawMs,
       dispersed: swarm.status.reduce((a, s) => a + (s !== 0), 0),
+      // The positions drawn, for tests: where agent i is on the canvas (pixels), and in the world.
+      screenOf: (i) => [swarm.sx[i], swarm.sy[i]],
+      positionOf: (i) => Array.from(swarm.pos.subarray(3 * i, 3 * i + 3)),
     }),
   });
 
@@ -745,4 +744,4 @@
     else showSceau("");
   });
   setRing(0);
-})();
+}

@@ -1,5 +1,6 @@
 """Everything around the API proper: liveness and readiness, /metrics, the docs page, and the
-viewer page at ``/`` (when ``atom_actors/viewer/index.html`` exists)."""
+viewer page at ``/`` (when ``atom_actors/viewer/index.html`` exists), with the JavaScript client
+SDK it imports under ``/viewer/sdk/``."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from ..web import api
 bp = Blueprint("meta", __name__)
 
 VIEWER_DIR = Path(__file__).resolve().parent.parent.parent / "viewer"
+# The SDK's modules (clients/js/src): the wheel carries them as atom_actors/_sdk/, a source
+# checkout has them where they live. One copy of the decoder for the SDK and the page alike.
+SDK_DIRS = (VIEWER_DIR.parent / "_sdk", VIEWER_DIR.parent.parent / "clients" / "js" / "src")
 
 
 @bp.get("/api/v1/health")
@@ -73,6 +77,15 @@ async def index() -> Any:
         return await send_from_directory(VIEWER_DIR, "index.html")
     return jsonify({"name": "atom_actors", "api": "/api/v1", "docs": "/docs",
                     "openapi": "/openapi.json", "viewer": "not installed"})
+
+
+@bp.get("/viewer/sdk/<path:path>")
+@hide
+async def viewer_sdk(path: str) -> Any:
+    for directory in SDK_DIRS:
+        if directory.is_dir():
+            return await send_from_directory(directory, path)
+    raise NotFound()
 
 
 @bp.get("/viewer/<path:path>")

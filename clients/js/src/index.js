@@ -1,0 +1,10 @@
+// AT·OM L'Essaim client SDK: connect() for a live, self-healing subscription, and the decoders of
+// every encoding (CONTRACT.md §4, §4.1) for whoever wants only those. No runtime dependencies.
+export {
+  connect, SwarmClient, backoffDelay, interpolateFrames, apiFromStreamUrl, DEFAULT_BACKOFF,
+  SESSION_CLOSE_CODE,
+} from "./client.js";
+export {
+  DeltaDecoder, FrameError, decodeFrame, decodeHeader, decodeF32, decodeQ16, decodeKeyframe,
+  decodeJson, dequantize, ENCODING_IDS, HEADER_BYTES, MAX_DELTA_BITS, Q16_MAX, Q16_RANGE, VERSION,
+} from "./protocol.js";
