@@ -219,10 +219,16 @@ class Commander:
         del self._acks[:len(acks)]
 
 
+# Every engine alarm's reason starts so: the API processes open the shared Brise-Circuit on these
+# ``safeguard`` events only, not on the ones the API processes publish for their own changes.
+ENGINE_ALARM = "the engine "
+
+
 def engine_alarms(bus: Bus, on_report: Callable[[Report], None] | None = None):
     """``(on_report, on_overload)`` for an engine process, which has no Brise-Circuit of its own:
     an escalated crash loop or a lasting overload goes out as a ``safeguard`` event opening the
-    circuit, which every API process's circuit follows (``remote.follow_engine_alarms``)."""
+    circuit (its reason starting with ENGINE_ALARM), on which the API processes open the shared
+    circuit (``remote.follow_engine_alarms``)."""
 
     def alarm(reason: str) -> None:
         bus.publish_event({"type": "event", "event": "safeguard", "state": "open", "reason": reason})
@@ -231,10 +237,10 @@ def engine_alarms(bus: Bus, on_report: Callable[[Report], None] | None = None):
         if on_report is not None:
             on_report(report)
         if report.kind == "escalated":
-            alarm(f"the engine gave up on {report.child} after {report.restarts} restarts")
+            alarm(f"{ENGINE_ALARM}gave up on {report.child} after {report.restarts} restarts")
 
     def overload(seconds: float) -> None:
-        alarm(f"the engine overran its tick budget for {seconds:.1f} s")
+        alarm(f"{ENGINE_ALARM}overran its tick budget for {seconds:.1f} s")
 
     return report, overload
 

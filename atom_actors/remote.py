@@ -24,6 +24,7 @@ import trio
 
 from .bus import Bus
 from .catalog import CATALOG, Catalog
+from .cluster import ENGINE_ALARM
 from .config import MIN_HZ, Settings
 from .coordinator import Coordinator
 from .engine import new_command_id
@@ -173,20 +174,23 @@ async def follow_engine_alarms(circuit: Any, bus: Bus, *,
     cancelled.
 
     The circuit's state is shared through the coordinator, so the API processes need not follow
-    each other; but an engine process has no circuit of its own: when its engine escalates or
-    overloads it publishes a ``safeguard`` opening event (``cluster.engine_alarms``). Every API
-    process hears it and asks the shared circuit to open; the first one's swap opens it and
-    carries out the effects, the others find it open already. Errors: the coordinator
-    unreachable → this alarm is logged and dropped (the engine's next one comes again).
+    each other's ``safeguard`` events; but an engine process has no circuit of its own: when its
+    engine escalates or overloads it publishes a ``safeguard`` opening event whose reason starts
+    with ``cluster.ENGINE_ALARM``. Every API process hears it and asks the shared circuit to
+    open; the first one's swap opens it and carries out the effects, the others find it open
+    already. Errors: the coordinator unreachable → this alarm is logged and dropped (the engine's
+    next one comes again).
     """
     with bus.subscribe_events() as events:
         task_status.started()
         async for event in events:
+            reason = event.get("reason")
             if event.get("event") != "safeguard" or event.get("state") != "open" \
+                    or not isinstance(reason, str) or not reason.startswith(ENGINE_ALARM) \
                     or circuit.state == "open":
                 continue
             try:
-                await circuit.trip_shared("alarm", str(event.get("reason") or "an engine alarm"))
+                await circuit.trip_shared("alarm", reason)
             except BackendUnavailable as exc:
                 log.warning("an engine's alarm could not open the Brise-Circuit: %s", exc.detail)
 

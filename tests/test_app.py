@@ -10,6 +10,7 @@ import pytest
 import trio
 
 from atom_actors import app
+from atom_actors.cluster import engine_alarms
 from atom_actors.errors import ConfigError
 from atom_actors.remote import RemoteSwarm
 from atom_actors.sessions import token_hash
@@ -155,3 +156,10 @@ async def test_api_processes_share_the_brise_circuit(nursery, redis_server, pg_u
         while second.safeguard.state != "closed":
             await trio.sleep(0.02)
         assert first.safeguard.state == "closed"
+        # An engine process's alarm: both API processes hear it, the circuit opens once.
+        engine_alarms(first.bus)[1](6.0)
+        for services in (first, second):
+            while services.safeguard.state != "open":
+                await trio.sleep(0.02)
+        await trio.sleep(1.0)
+        assert [s.safeguard.status()["trips"] for s in (first, second)] == [2, 2]

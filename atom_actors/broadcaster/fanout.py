@@ -70,7 +70,8 @@ class BroadcastStats:
                 f"frames dropped {self.frames_dropped}, keyframes {self.keyframes}, "
                 f"events sent {self.events_sent}, "
                 f"closed stall {self.closed_stall} oversize {self.closed_oversize} "
-                f"lagging {self.closed_lagging} session {self.closed_session}, handshakes failed {self.handshakes_failed}, "
+                f"lagging {self.closed_lagging} session {self.closed_session}, "
+                f"handshakes failed {self.handshakes_failed}, "
                 f"refused {refused}, errors {self.errors}")
 
 
