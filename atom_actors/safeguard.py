@@ -277,6 +277,9 @@ class BriseCircuit:
         self._send, self._receive = trio.open_memory_channel[Change](CHANGES_BUFFER)
         # Trips and resets made here, not yet written to the shared state.
         self._unshared: list[Callable[[Breaker], object]] = []
+        # One swap at a time per process: concurrent commands of one process would otherwise
+        # all read the same version and all but one retry (contention is for processes only).
+        self._swapping = trio.Lock()
 
     @property
     def state(self) -> str:
@@ -344,6 +347,14 @@ class BriseCircuit:
                 # The probe is forgotten after PROBE_TIMEOUT_S: the next command probes again.
                 log.warning("the probe's outcome was not recorded: %s", exc.detail)
 
+    async def refresh(self) -> None:
+        """Bring this process's copy up to date with the shared state now (for an answer that
+        must be exact: ``GET /api/v1/safeguard``); the coordinator down: the copy stays."""
+        try:
+            await self._swap(lambda b: None)
+        except BackendUnavailable:
+            pass
+
     def reset(self) -> dict[str, Any]:
         """Close it now (here at once; everywhere with the next swap)."""
         self._local(lambda b, now=self.clock.now(): b.reset(now))
@@ -379,6 +390,10 @@ class BriseCircuit:
         The trips and resets made here go first (their effects were carried out already). Raises
         BackendUnavailable when the coordinator does not answer or the state is too contended.
         """
+        async with self._swapping:
+            return await self._swap_once(fn)
+
+    async def _swap_once(self, fn: Callable[[Breaker], Any]) -> Any:
         for _ in range(SWAP_ATTEMPTS):
             version, data = await self.coordinator.load_breaker()
             breaker = Breaker.from_settings(self.settings)
