@@ -55,7 +55,6 @@ from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
 from .clock import WallClock
-from .catalog import CATALOG
 from .cluster import EngineRole, engine_alarms
 from .compositor import TickStats
 from .config import Settings
@@ -182,7 +181,7 @@ async def serve(settings: Settings, *, role: str = "all",
             await _start_engine(stack, services)
         if services.engine is not None or services.engine_role is not None:
             actors = (services.engine.actor_ids if services.engine is not None
-                      else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
+                      else [f"sphere/{sphere.name}" for sphere in settings.catalog.spheres])
             metrics.read_engine(services.running_engine, actors)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")

@@ -44,6 +44,7 @@ from .engine import Engine
 from .errors import BackendUnavailable, CommandError
 from .persistence import (EventLog, apply_checkpoint, decode_checkpoint, encode_checkpoint,
                           encode_summary, restore_from_store, snapshot_agents)
+from .safeguard import OPEN, escalation_reason, overload_reason, safeguard_event
 from .store import Store
 from .supervisor import Report
 from .swarm import Checkpoint
@@ -219,28 +220,21 @@ class Commander:
         del self._acks[:len(acks)]
 
 
-# Every engine alarm's reason starts so: the API processes open the shared Brise-Circuit on these
-# ``safeguard`` events only, not on the ones the API processes publish for their own changes.
-ENGINE_ALARM = "the engine "
-
-
 def engine_alarms(bus: Bus, on_report: Callable[[Report], None] | None = None):
     """``(on_report, on_overload)`` for an engine process, which has no Brise-Circuit of its own:
     an escalated crash loop or a lasting overload goes out as a ``safeguard`` event opening the
-    circuit (its reason starting with ENGINE_ALARM), on which the API processes open the shared
-    circuit (``remote.follow_engine_alarms``)."""
-
-    def alarm(reason: str) -> None:
-        bus.publish_event({"type": "event", "event": "safeguard", "state": "open", "reason": reason})
+    circuit (``safeguard.is_engine_alarm``), on which the API processes open the shared circuit
+    (``remote.follow_engine_alarms``)."""
 
     def report(report: Report) -> None:
         if on_report is not None:
             on_report(report)
-        if report.kind == "escalated":
-            alarm(f"{ENGINE_ALARM}gave up on {report.child} after {report.restarts} restarts")
+        reason = escalation_reason(report)
+        if reason is not None:
+            bus.publish_event(safeguard_event(OPEN, reason))
 
     def overload(seconds: float) -> None:
-        alarm(f"{ENGINE_ALARM}overran its tick budget for {seconds:.1f} s")
+        bus.publish_event(safeguard_event(OPEN, overload_reason(seconds)))
 
     return report, overload
 

@@ -27,11 +27,10 @@ import trio
 from . import logs
 from .actors import Crash, Disperse, Regroup, Retune, SphereContext, SphereSlot, sphere_actor
 from .bus import Bus
-from .catalog import CATALOG, Catalog
 from .clock import WallClock
 from .compositor import Compositor, TickStats
 from .config import MIN_HZ, Settings
-from .errors import SupervisorEscalation
+from .errors import SupervisorEscalation, find
 from .supervisor import ChildSpec, Report, Supervisor
 from .swarm import ACTIVE, DISPERSED, Checkpoint, SwarmState
 from .swarm_view import LEVELS, SwarmView, dispersal_size  # noqa: F401 - LEVELS: for importers
@@ -82,13 +81,13 @@ class Engine(SwarmView):
     :meth:`checkpoint` and (before it runs) :meth:`restore`.
     """
 
-    def __init__(self, settings: Settings, bus: Bus, *, catalog: Catalog = CATALOG,
+    def __init__(self, settings: Settings, bus: Bus, *,
                  on_event: Callable[[dict], None] | None = None,
                  on_report: Callable[[Report], None] | None = None,
                  on_overload: Callable[[float], None] | None = None) -> None:
         self.settings = settings
         self.bus = bus
-        self.catalog = catalog
+        self.catalog = catalog = settings.catalog
         self.clock = WallClock()
         self.log = logs.logger("engine")
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
@@ -116,7 +115,7 @@ class Engine(SwarmView):
                 await nursery.start(logs.traced, "compositor", self.compositor.run)
                 task_status.started(self)
         except BaseExceptionGroup as group:
-            escalation = _find(group, SupervisorEscalation)
+            escalation = find(group, SupervisorEscalation)
             if escalation is None:
                 raise
             raise escalation from None
@@ -212,12 +211,3 @@ class Engine(SwarmView):
     def inject_crash(self, sphere: str, reason: str = "injected crash") -> None:
         """Make a sphere actor raise, as a real bug would: for tests and drills."""
         self.slots[self._sphere(sphere).index].mailbox.send_nowait(Crash(reason))
-
-
-def _find(group: BaseExceptionGroup, kind: type[BaseException]) -> Any:
-    for exc in group.exceptions:
-        if isinstance(exc, kind):
-            return exc
-        if isinstance(exc, BaseExceptionGroup) and (found := _find(exc, kind)) is not None:
-            return found
-    return None

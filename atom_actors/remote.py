@@ -23,13 +23,12 @@ from typing import Any
 import trio
 
 from .bus import Bus
-from .catalog import CATALOG, Catalog
-from .cluster import ENGINE_ALARM
 from .config import MIN_HZ, Settings
 from .coordinator import Coordinator
 from .engine import new_command_id
 from .errors import BackendUnavailable
 from .persistence import decode_summary
+from .safeguard import OPEN, BriseCircuit, is_engine_alarm
 from .swarm import DISPERSED, STATUS_CODES, SwarmState
 from .swarm_view import SwarmView, dispersal_size
 
@@ -54,12 +53,12 @@ class RemoteSwarm(SwarmView):
     coordinator (summaries, commands); ``run`` it."""
 
     def __init__(self, settings: Settings, bus: Bus, coordinator: Coordinator, *,
-                 catalog: Catalog = CATALOG, timeout_s: float = 1.0) -> None:
+                 timeout_s: float = 1.0) -> None:
         self.settings = settings
         self.bus = bus
         self.coordinator = coordinator
         self.timeout_s = timeout_s
-        self.catalog = catalog
+        self.catalog = catalog = settings.catalog
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self.summaries = 0
         self._summary_t = -math.inf       # engine time of the newest summary applied
@@ -168,15 +167,15 @@ class RemoteSwarm(SwarmView):
             del self._replies[command_id]
 
 
-async def follow_engine_alarms(circuit: Any, bus: Bus, *,
+async def follow_engine_alarms(circuit: BriseCircuit, bus: Bus, *,
                                task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Open the deployment's Brise-Circuit when an engine process raises the alarm, until
     cancelled.
 
     The circuit's state is shared through the coordinator, so the API processes need not follow
     each other's ``safeguard`` events; but an engine process has no circuit of its own: when its
-    engine escalates or overloads it publishes a ``safeguard`` opening event whose reason starts
-    with ``cluster.ENGINE_ALARM``. Every API process hears it and asks the shared circuit to
+    engine escalates or overloads it publishes a ``safeguard`` opening event whose reason says so
+    (``safeguard.is_engine_alarm``). Every API process hears it and asks the shared circuit to
     open; the first one's swap opens it and carries out the effects, the others find it open
     already. Errors: the coordinator unreachable → this alarm is logged and dropped (the engine's
     next one comes again).
@@ -185,9 +184,8 @@ async def follow_engine_alarms(circuit: Any, bus: Bus, *,
         task_status.started()
         async for event in events:
             reason = event.get("reason")
-            if event.get("event") != "safeguard" or event.get("state") != "open" \
-                    or not isinstance(reason, str) or not reason.startswith(ENGINE_ALARM) \
-                    or circuit.state == "open":
+            if event.get("event") != "safeguard" or event.get("state") != OPEN \
+                    or not is_engine_alarm(reason) or circuit.state == OPEN:
                 continue
             try:
                 await circuit.trip_shared("alarm", reason)

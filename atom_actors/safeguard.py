@@ -83,6 +83,35 @@ REFRESH_S = 0.5
 SWAP_ATTEMPTS = 20
 # Pending state changes for the task that records them; a change beyond it is counted, not kept.
 CHANGES_BUFFER = 64
+# The reason an operator's reset gives: the other processes' circuits close on it (and only on it).
+RESET_REASON = "reset by an operator"
+
+
+# Every engine alarm's reason starts so: the API processes of a deployment open the shared circuit
+# on the ``safeguard`` events an engine process publishes, not on their own (``is_engine_alarm``).
+ENGINE_ALARM = "the engine "
+
+
+def escalation_reason(report: Report) -> str | None:
+    """Why a supervision report opens the circuit (an escalated crash loop), else None."""
+    if report.kind != "escalated":
+        return None
+    return f"{ENGINE_ALARM}gave up on {report.child} after {report.restarts} restarts"
+
+
+def overload_reason(seconds: float) -> str:
+    """Why a compositor that overran its tick budget for ``seconds`` in a row opens the circuit."""
+    return f"{ENGINE_ALARM}overran its tick budget for {seconds:.1f} s"
+
+
+def is_engine_alarm(reason: object) -> bool:
+    """Whether a ``safeguard`` event's reason is an engine's alarm (escalation, overload)."""
+    return isinstance(reason, str) and reason.startswith(ENGINE_ALARM)
+
+
+def safeguard_event(state: str, reason: str) -> dict[str, Any]:
+    """The ``safeguard`` event every process publishes when a circuit changes (CONTRACT §4)."""
+    return {"type": "event", "event": "safeguard", "state": state, "reason": reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +260,7 @@ class Breaker:
         self._totals.clear()
         if self.state == CLOSED:
             return ()
-        return (self._move(CLOSED, "reset by an operator", "reset", now),)
+        return (self._move(CLOSED, RESET_REASON, "reset", now),)
 
     def _open(self, now: float, trigger: str, reason: str) -> Change:
         self.trips += 1
@@ -289,13 +318,13 @@ class BriseCircuit:
 
     def on_report(self, report: Report) -> None:
         """Supervision reports: an escalated crash loop trips the circuit."""
-        if report.kind == "escalated":
-            self.trip("escalation", f"the engine gave up on {report.child} after "
-                                    f"{report.restarts} restarts")
+        reason = escalation_reason(report)
+        if reason is not None:
+            self.trip("escalation", reason)
 
     def on_overload(self, seconds: float) -> None:
         """The compositor overran its tick budget for ``seconds`` in a row."""
-        self.trip("overload", f"the engine overran its tick budget for {seconds:.1f} s")
+        self.trip("overload", overload_reason(seconds))
 
     def trip(self, trigger: str, reason: str) -> None:
         """Open the circuit now (here at once; everywhere with the next swap)."""
@@ -457,8 +486,7 @@ class BriseCircuit:
     def _apply(self, changes: tuple[Change, ...]) -> None:
         for change in changes:
             log.warning("Brise-Circuit %s (%s): %s", change.state, change.trigger, change.reason)
-            self.bus.publish_event({"type": "event", "event": "safeguard", "state": change.state,
-                                    "reason": change.reason})
+            self.bus.publish_event(safeguard_event(change.state, change.reason))
             try:
                 self._send.send_nowait(change)
             except trio.WouldBlock:

@@ -515,6 +515,8 @@ def main() -> None:
         sys.exit("chaos: the load client needs node, npm and loadclient.js (--peers), "
                  "or --subscribers 0")
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    from atom_actors.aio import configure
+    configure()   # trio-asyncio, for the check of Redis's applied log and of PostgreSQL
     chaos = Chaos(args)
     try:
         figures = trio.run(chaos.run)
