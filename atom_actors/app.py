@@ -60,7 +60,7 @@ from .compositor import TickStats
 from .config import Settings
 from .coordinator import Coordinator, MemoryCoordinator
 from .coordinator.redis import RedisCoordinator
-from .engine import Engine, SwarmControl
+from .engine import Engine
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
 from .persistence import EventLog, restore_from_store, snapshot_agents
@@ -71,6 +71,7 @@ from .stack import open_service_stack
 from .store import MemoryStore, Store
 from .store.postgres import PostgresStore
 from .supervisor import Report
+from .swarm_view import SwarmControl
 
 ROLES = ("all", "engine", "api", "ws")
 
@@ -182,7 +183,7 @@ async def serve(settings: Settings, *, role: str = "all",
         if services.engine is not None or services.engine_role is not None:
             actors = (services.engine.actor_ids if services.engine is not None
                       else [f"sphere/{sphere.name}" for sphere in settings.catalog.spheres])
-            metrics.read_engine(services.running_engine, actors)
+            metrics.read_engine(services.running_engine, actors, tick_s=1.0 / settings.tick_hz)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")
             if clustered:
@@ -194,7 +195,7 @@ async def serve(settings: Settings, *, role: str = "all",
                 Broadcaster(settings, bus, services.swarm, services.sessions).run,
                 name="broadcaster")
             services.ws_url = broadcaster.url
-            metrics.read_broadcaster(broadcaster.stats)
+            metrics.read_broadcaster(broadcaster.stats, settings.ws_max_connections)
             services.subscribers = lambda: broadcaster.stats.clients
             if clustered:
                 await stack.start(report_subscribers, coordinator, uuid.uuid4().hex[:12],

@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import trio
@@ -33,34 +33,9 @@ from .config import MIN_HZ, Settings
 from .errors import SupervisorEscalation, find
 from .supervisor import ChildSpec, Report, Supervisor
 from .swarm import ACTIVE, DISPERSED, Checkpoint, SwarmState
-from .swarm_view import LEVELS, SwarmView, dispersal_size  # noqa: F401 - LEVELS: for importers
+# LEVELS and SwarmControl: for importers that knew them here.
+from .swarm_view import LEVELS, SwarmControl, SwarmView, dispersal_size  # noqa: F401
 
-
-class SwarmControl(Protocol):
-    """What the API and the broadcasters need of the swarm. :class:`Engine` is one (in-process);
-    a process without the engine (``--role api|ws``) uses one that reads the bus and sends its
-    commands to the engine over it."""
-
-    @property
-    def ticking(self) -> bool: ...
-
-    async def disperse(self, level: str, sphere: str | None = None,
-                       command_id: str | None = None) -> dict[str, Any]: ...
-
-    async def regroup(self, command_id: str | None = None) -> dict[str, Any]: ...
-
-    async def retune(self, agent_id: int, hz: float,
-                     command_id: str | None = None) -> dict[str, Any]: ...
-
-    def agent(self, agent_id: int) -> dict[str, Any]: ...
-
-    def agents(self, sphere: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
-
-    def counts(self) -> dict[str, Any]: ...
-
-    def frequency_stats(self) -> dict[str, float]: ...
-
-    def roster(self) -> list[dict[str, Any]]: ...
 SPHERE_INTENSITY = 5      # restarts ...
 SPHERE_PERIOD_S = 10.0    # ... within this many seconds before the engine gives up
 SPHERE_SHUTDOWN_S = 1.0

@@ -67,7 +67,7 @@ from .store import EventRecord, Store
 from .supervisor import Report
 
 if TYPE_CHECKING:
-    from .engine import SwarmControl
+    from .swarm_view import SwarmControl
 
 log = logging.getLogger("atom_actors.safeguard")
 

@@ -33,7 +33,7 @@ from .ratelimit import TokenBuckets
 from .schemas import ErrorBody, ValidationErrorBody
 
 if TYPE_CHECKING:
-    from ..engine import SwarmControl
+    from ..swarm_view import SwarmControl
 
 log = logging.getLogger("atom_actors.api")
 

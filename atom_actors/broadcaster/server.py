@@ -30,7 +30,7 @@ import trio_websocket
 
 from ..bus import Bus
 from ..config import Settings
-from ..engine import SwarmControl
+from ..swarm_view import SwarmControl
 from ..errors import AtomError, BackendUnavailable, SessionError, StreamRefused, TooManySubscribers
 from ..sessions import Session, SessionService
 from . import handshake
