@@ -279,15 +279,17 @@ def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, loa
           " figures are indicative, ratios hold better")
     header = (f"{'server':<22}{'clients':>8}{'fps mean':>9}{'fps min':>8}{'gap p99':>8}"
               f"{'lat p50':>8}{'lat p99':>8}{'B/frame':>9}{'wire B':>8}{'kB/s/sub':>9}{'cpu':>7}"
+              f"{'cpu/frame':>10}"
               f"{'rss start':>10}{'rss end':>8}{'dropped (server)':>18}{'skipped':>9}")
     print(header)
     print(f"{'':<22}{'':>8}{'':>9}{'':>8}{'ms':>8}{'ms':>8}{'ms':>8}{'':>9}{'':>8}{'':>9}"
-          f"{'cores':>7}{'MB':>10}{'MB':>8}")
+          f"{'cores':>7}{'µs':>10}{'MB':>10}{'MB':>8}")
     for name, r, dropped in rows:
         print(f"{name:<22}{r['clients']:>8}{r['fps_mean']:>9.2f}{r['fps_min']:>8.2f}"
               f"{r['gap_p99_ms']:>8.1f}{r['lat_p50_ms']:>8.1f}{r['lat_p99_ms']:>8.1f}"
               f"{r['bytes_per_frame']:>9.0f}{r['wire_bytes_per_frame']:>8.0f}"
-              f"{r['kbytes_per_sub_s']:>9.1f}{r['cpu_cores']:>7.3f}{r['rss_start_mb']:>10.1f}"
+              f"{r['kbytes_per_sub_s']:>9.1f}{r['cpu_cores']:>7.3f}{cpu_per_frame_us(r):>10.2f}"
+              f"{r['rss_start_mb']:>10.1f}"
               f"{r['rss_end_mb']:>8.1f}{dropped:>18}{100 * r['skipped_frac']:>8.2f}%")
     peer = next((r for name, r, _ in rows if "peer" in name), None)
     if peer is not None:
@@ -310,9 +312,18 @@ def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, loa
             notes.append(f"RSS over the soak {r['rss_min_mb']:.1f}..{r['rss_max_mb']:.1f} MB "
                          f"({drift:.1f} %)")
         print(f"  {name}: " + "; ".join(notes))
+    print("  cpu/frame: server CPU per frame delivered to one subscriber (CPU / (fps mean x "
+          "clients)): comparable across rows when a busy machine delivers fewer frames to some")
+    if args.fps and args.fps < args.tick_hz:
+        print(f"  skipped: seq gaps seen by the clients; at {args.fps} of {args.tick_hz} fps, "
+              f"{100 * (1 - args.fps / args.tick_hz):.2f} % are the decimation itself")
     print("  result: " + "  ".join(
         f"{name}={r['bytes_per_frame']:.0f}B/frame,{r['fps_mean']:.2f}fps,{r['cpu_cores']:.3f}cores"
         for name, r, _ in rows))
+
+
+def cpu_per_frame_us(r: dict) -> float:
+    return r["cpu_cores"] * 1e6 / max(r["fps_mean"] * r["clients"], 1e-9)
 
 
 def disperse(api: str | None, session: str | None) -> Callable[[], None]:
