@@ -317,9 +317,42 @@ def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, loa
     if args.fps and args.fps < args.tick_hz:
         print(f"  skipped: seq gaps seen by the clients; at {args.fps} of {args.tick_hz} fps, "
               f"{100 * (1 - args.fps / args.tick_hz):.2f} % are the decimation itself")
+    for line in checks(rows, args):
+        print(f"  check: {line}")
     print("  result: " + "  ".join(
         f"{name}={r['bytes_per_frame']:.0f}B/frame,{r['fps_mean']:.2f}fps,{r['cpu_cores']:.3f}cores"
         for name, r, _ in rows))
+
+
+def checks(rows: list[tuple[str, dict, str]], args: argparse.Namespace) -> list[str]:
+    """Issue 11's targets against this run, each said met or not (and when the run is too short
+    or too small for one to apply)."""
+    fps = args.fps or args.tick_hz
+    verdict = {True: "met", False: "NOT MET"}
+    found = {name.rsplit(" ", 1)[-1] if "peer" not in name else name: r for name, r, _ in rows}
+    out = []
+    delta = found.get("delta")
+    if delta is not None and fps in DELTA_BYTES_TARGET:
+        full = args.seconds >= 60 and args.disperse_at
+        out.append(f"delta {delta['bytes_per_frame']:.0f} B/frame <= {DELTA_BYTES_TARGET[fps]} at "
+                   f"{fps} fps: {verdict[delta['bytes_per_frame'] <= DELTA_BYTES_TARGET[fps]]}"
+                   + ("" if full else " (indicative: the target is over --seconds 60 with "
+                                      "--disperse-at)"))
+    if delta is not None and args.clients >= 500 and fps == 60:
+        ok = delta["fps_mean"] >= TARGETS["fps_mean"] and delta["fps_min"] >= TARGETS["fps_min"]
+        out.append(f"delta fps {delta['fps_mean']:.2f} / worst {delta['fps_min']:.2f} >= "
+                   f"{TARGETS['fps_mean']} / {TARGETS['fps_min']}: {verdict[ok]}")
+    if delta is not None and "f32" in found:
+        out.append(f"delta CPU {delta['cpu_cores']:.3f} <= f32's {found['f32']['cpu_cores']:.3f}: "
+                   f"{verdict[delta['cpu_cores'] <= found['f32']['cpu_cores']]} (per frame sent "
+                   f"{cpu_per_frame_us(delta):.1f} vs {cpu_per_frame_us(found['f32']):.1f} µs)")
+    node = found.get("node peer f32")
+    if delta is not None and node is not None:
+        ratio = delta["cpu_cores"] / max(node["cpu_cores"], 1e-9)
+        out.append(f"delta CPU within 5 % of the Node ws peer on f32: x{ratio:.2f}: "
+                   f"{verdict[ratio <= 1.05]} (per frame sent {cpu_per_frame_us(delta):.1f} vs "
+                   f"{cpu_per_frame_us(node):.1f} µs)")
+    return out
 
 
 def cpu_per_frame_us(r: dict) -> float:
