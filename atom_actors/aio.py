@@ -6,6 +6,9 @@ shared by both backends. Only ``store/postgres.py`` and ``bus/redis.py`` call in
 
 A backend run on its own (a test, ``atom migrate``) opens a loop of its own: :func:`open_bridge`
 reuses the loop of the calling task's context when there is one.
+
+Importing this module does nothing: :func:`configure` (``main()`` calls it, before ``trio.run``)
+loads trio-asyncio and keeps plain asyncio working outside Trio.
 """
 
 from __future__ import annotations
@@ -14,30 +17,34 @@ import asyncio
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
-import trio_asyncio
 
-from .errors import BackendUnavailable
+from .errors import BackendUnavailable, sole
+
+if TYPE_CHECKING:
+    import trio_asyncio
 
 T = TypeVar("T")
 
 
-def _keep_plain_asyncio_outside_trio() -> None:
-    """Importing trio_asyncio makes ``asyncio.new_event_loop()`` outside Trio return its own
+def configure() -> None:
+    """Load trio-asyncio, and keep plain asyncio working outside Trio; once, before ``trio.run``.
+
+    Importing trio_asyncio makes ``asyncio.new_event_loop()`` outside Trio return its own
     synchronous loop unless a policy is set. Asyncio code of other libraries in this process (a
     browser driver in the tests, say) expects the standard loop: set the default policy, which
-    trio_asyncio then defers to outside Trio. Inside Trio nothing changes."""
+    trio_asyncio then defers to outside Trio. Inside Trio nothing changes. Called inside Trio,
+    it does nothing (the policy cannot be changed there)."""
+    import trio_asyncio  # noqa: F401 - its import installs its loop policy
+
     try:
         trio.lowlevel.current_task()
     except RuntimeError:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)   # the policy API, from 3.14
             asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
-
-
-_keep_plain_asyncio_outside_trio()
 
 
 class Bridge:
@@ -125,6 +132,8 @@ class GuardedCalls:
 @asynccontextmanager
 async def open_bridge() -> AsyncIterator[Bridge]:
     """Yield a :class:`Bridge` on the loop of this task's context, opening one if there is none."""
+    import trio_asyncio
+
     loop = trio_asyncio.current_loop.get()
     if loop is not None:
         yield Bridge(loop)
@@ -134,10 +143,4 @@ async def open_bridge() -> AsyncIterator[Bridge]:
             yield Bridge(loop)
     except BaseExceptionGroup as group:
         # open_loop's own nurseries wrap whatever the body raised: hand it on as itself.
-        raise _sole(group) from None
-
-
-def _sole(group: BaseExceptionGroup) -> BaseException:
-    while isinstance(group, BaseExceptionGroup) and len(group.exceptions) == 1:
-        group = group.exceptions[0]
-    return group
+        raise sole(group) from None

@@ -48,10 +48,10 @@ from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
 from .cluster import EngineRole, engine_alarms
-from .catalog import CATALOG
 from .compositor import TickStats
 from .config import Settings
-from .engine import Engine, SwarmControl
+from .engine import Engine
+from .swarm_view import SwarmControl
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
 from .persistence import EventLog, restore_from_store, snapshot_agents
@@ -166,7 +166,7 @@ async def serve(settings: Settings, *, role: str = "all",
             await _start_engine(stack, services)
         if services.engine is not None or services.engine_role is not None:
             actors = (services.engine.actor_ids if services.engine is not None
-                      else [f"sphere/{sphere.name}" for sphere in CATALOG.spheres])
+                      else [f"sphere/{sphere.name}" for sphere in settings.catalog.spheres])
             metrics.read_engine(services.running_engine, actors)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")

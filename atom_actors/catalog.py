@@ -2,14 +2,18 @@
 
 The catalog fixes the agent-id order: sphere after sphere, in the file's order, so that agent ids
 run 0..N-1 and each sphere owns a contiguous slice ``[first, first + count)``.
+
+It is read with the settings (``Settings.catalog``) and handed down from there; nothing reads
+the file at import. ``CATALOG`` (the shipped catalog, read on first use) is for scripts and tests.
 """
 
 from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
+from typing import Any
 
 _HERE = Path(__file__).resolve().parent
 # An installed wheel carries the catalog inside the package; a source checkout has it at the top.
@@ -62,4 +66,13 @@ class Catalog:
         return cls(tuple(spheres))
 
 
-CATALOG = Catalog.load()
+@cache
+def shipped() -> Catalog:
+    """The catalog shipped with the package, read once."""
+    return Catalog.load()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CATALOG":
+        return shipped()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

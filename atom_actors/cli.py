@@ -20,10 +20,10 @@ from functools import partial
 
 import trio
 
-from . import app, logs
+from . import aio, app, logs
 from . import watch as watch_
 from .config import Settings, load_settings
-from .errors import BackendUnavailable, ConfigError, SupervisorEscalation
+from .errors import BackendUnavailable, ConfigError, SupervisorEscalation, find
 from .protocol import ENCODINGS
 from .store.postgres import migrate
 
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"atom: bad setting {exc}", file=sys.stderr)
         return 2
     logs.configure(settings)
+    aio.configure()
     if args.command == "serve":
         return _serve(settings, args.role)
     if args.command == "migrate":
@@ -117,9 +118,9 @@ async def _serve_until_signal(settings: Settings, role: str = "all") -> None:
             # Surface an escalation or an unreachable backend as itself, not wrapped: the caller
             # prints one line.
             for kind in (SupervisorEscalation, BackendUnavailable):
-                found = group.split(kind)[0]
+                found = find(group, kind)
                 if found is not None:
-                    raise next(_leaves(found)) from None
+                    raise found from None
             raise
     if services is not None and services.broadcaster is not None:
         app.announce(f"broadcaster: {services.broadcaster.stats.summary()}")
@@ -147,14 +148,6 @@ async def _watch_until_signal(settings: Settings, args: argparse.Namespace) -> i
             nursery.start_soon(stop_on_signal)
             nursery.start_soon(run)
     return code
-
-
-def _leaves(group: BaseException):
-    if isinstance(group, BaseExceptionGroup):
-        for exc in group.exceptions:
-            yield from _leaves(exc)
-    else:
-        yield group
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from .engine import Engine
 from .errors import BackendUnavailable, CommandError
 from .persistence import (EventLog, apply_checkpoint, decode_checkpoint, encode_checkpoint,
                           encode_summary, restore_from_store, snapshot_agents)
+from .safeguard import OPEN, escalation_reason, overload_reason, safeguard_event
 from .store import Store
 from .supervisor import Report
 from .swarm import Checkpoint
@@ -220,17 +221,15 @@ def engine_alarms(bus: RedisBus, on_report: Callable[[Report], None] | None = No
     an escalated crash loop or a lasting overload goes out as a ``safeguard`` event opening the
     circuit, which every API process's circuit follows (``remote.share_safeguard``)."""
 
-    def alarm(reason: str) -> None:
-        bus.publish_event({"type": "event", "event": "safeguard", "state": "open", "reason": reason})
-
     def report(report: Report) -> None:
         if on_report is not None:
             on_report(report)
-        if report.kind == "escalated":
-            alarm(f"the engine gave up on {report.child} after {report.restarts} restarts")
+        reason = escalation_reason(report)
+        if reason is not None:
+            bus.publish_event(safeguard_event(OPEN, reason))
 
     def overload(seconds: float) -> None:
-        alarm(f"the engine overran its tick budget for {seconds:.1f} s")
+        bus.publish_event(safeguard_event(OPEN, overload_reason(seconds)))
 
     return report, overload
 

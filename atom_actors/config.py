@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 import pydantic
 from dotenv import dotenv_values
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator, model_validator
 
-from .catalog import CATALOG
+from .catalog import Catalog
 from .errors import ConfigError
 
 CANON_HZ = 999.0
@@ -29,9 +29,15 @@ MIN_SECRET_KEY_CHARS = 32
 
 
 class Settings(BaseModel):
-    """Every setting of CONTRACT.md §1. Field names are the lower-case environment names."""
+    """Every setting of CONTRACT.md §1. Field names are the lower-case environment names.
+
+    ``catalog`` is the sphere catalog (``config/spheres.toml``), read when the settings are made
+    (unless one is given) and checked against ESSAIM_SIZE: the parts take it from here.
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
+
+    catalog: InstanceOf[Catalog] = Field(exclude=True, repr=False)
 
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=0, le=65535)
@@ -39,7 +45,7 @@ class Settings(BaseModel):
     database_url: str = ""
     redis_url: str = ""
     frequency: float = Field(CANON_HZ, gt=MIN_HZ, le=20_000)
-    essaim_size: int = Field(CATALOG.size, ge=1)
+    essaim_size: int = Field(ge=1)    # default: the catalog's size
     sceau_duration: int = Field(2000, ge=0, description="milliseconds of touch that open a session")
     zero_log: bool = True
     secret_key: str = ""
@@ -63,6 +69,15 @@ class Settings(BaseModel):
     # the client's address from the N-th X-Forwarded-For entry from the right, which the proxies
     # set. Only ever used to key the session rate limit, never written anywhere.
     trusted_proxy_hops: int = Field(0, ge=0, le=8)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_catalog(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            catalog = data.get("catalog") or Catalog.load()
+            data = {**data, "catalog": catalog}
+            data.setdefault("essaim_size", catalog.size)
+        return data
 
     @field_validator("swarm_seed", mode="before")
     @classmethod
@@ -106,10 +121,11 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
-        if self.essaim_size != CATALOG.size:
+        if self.essaim_size != self.catalog.size:
             raise _SettingError(
                 "essaim_size",
-                f"{self.essaim_size} disagrees with the sphere distribution, which sums to {CATALOG.size}",
+                f"{self.essaim_size} disagrees with the sphere distribution, which sums to "
+                f"{self.catalog.size}",
             )
         if (self.database_url or self.redis_url) and len(self.secret_key) < MIN_SECRET_KEY_CHARS:
             raise _SettingError(
@@ -119,14 +135,6 @@ class Settings(BaseModel):
         if self.ws_port == self.api_port and self.api_port != 0:
             raise _SettingError("ws_port", f"{self.ws_port} is also API_PORT")
         return self
-
-    @property
-    def frame_interval_s(self) -> float:
-        return 1.0 / self.tick_hz
-
-    @property
-    def single_process(self) -> bool:
-        return not (self.database_url or self.redis_url)
 
     def with_ephemeral_key(self) -> tuple[Settings, bool]:
         """Return settings with a SECRET_KEY, making a random one if empty, and whether it was made."""
@@ -168,7 +176,7 @@ def load_settings(environ: Mapping[str, str] | None = None,
     if env_file is not None and Path(env_file).is_file():
         raw.update({k.upper(): v for k, v in dotenv_values(env_file).items() if v is not None})
     raw.update({k.upper(): v for k, v in environ.items()})
-    known = {name.upper(): name for name in Settings.model_fields}
+    known = {name.upper(): name for name in Settings.model_fields if name != "catalog"}
     values = {known[k]: v for k, v in raw.items() if k in known}
     try:
         return Settings.model_validate(values)

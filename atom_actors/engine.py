@@ -19,7 +19,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import trio
@@ -27,41 +27,15 @@ import trio
 from . import logs
 from .actors import Crash, Disperse, Regroup, Retune, SphereContext, SphereSlot, sphere_actor
 from .bus import Bus
-from .catalog import CATALOG, Catalog
 from .clock import WallClock
 from .compositor import Compositor, TickStats
 from .config import MIN_HZ, Settings
-from .errors import SupervisorEscalation
+from .errors import SupervisorEscalation, find
 from .supervisor import ChildSpec, Report, Supervisor
 from .swarm import ACTIVE, DISPERSED, Checkpoint, SwarmState
-from .swarm_view import LEVELS, SwarmView, dispersal_size  # noqa: F401 - LEVELS: for importers
+# LEVELS and SwarmControl: for importers that knew them here.
+from .swarm_view import LEVELS, SwarmControl, SwarmView, dispersal_size  # noqa: F401
 
-
-class SwarmControl(Protocol):
-    """What the API and the broadcasters need of the swarm. :class:`Engine` is one (in-process);
-    a process without the engine (``--role api|ws``) uses one that reads the bus and sends its
-    commands to the engine over it."""
-
-    @property
-    def ticking(self) -> bool: ...
-
-    async def disperse(self, level: str, sphere: str | None = None,
-                       command_id: str | None = None) -> dict[str, Any]: ...
-
-    async def regroup(self, command_id: str | None = None) -> dict[str, Any]: ...
-
-    async def retune(self, agent_id: int, hz: float,
-                     command_id: str | None = None) -> dict[str, Any]: ...
-
-    def agent(self, agent_id: int) -> dict[str, Any]: ...
-
-    def agents(self, sphere: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
-
-    def counts(self) -> dict[str, Any]: ...
-
-    def frequency_stats(self) -> dict[str, float]: ...
-
-    def roster(self) -> list[dict[str, Any]]: ...
 SPHERE_INTENSITY = 5      # restarts ...
 SPHERE_PERIOD_S = 10.0    # ... within this many seconds before the engine gives up
 SPHERE_SHUTDOWN_S = 1.0
@@ -82,13 +56,13 @@ class Engine(SwarmView):
     :meth:`checkpoint` and (before it runs) :meth:`restore`.
     """
 
-    def __init__(self, settings: Settings, bus: Bus, *, catalog: Catalog = CATALOG,
+    def __init__(self, settings: Settings, bus: Bus, *,
                  on_event: Callable[[dict], None] | None = None,
                  on_report: Callable[[Report], None] | None = None,
                  on_overload: Callable[[float], None] | None = None) -> None:
         self.settings = settings
         self.bus = bus
-        self.catalog = catalog
+        self.catalog = catalog = settings.catalog
         self.clock = WallClock()
         self.log = logs.logger("engine")
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
@@ -116,7 +90,7 @@ class Engine(SwarmView):
                 await nursery.start(logs.traced, "compositor", self.compositor.run)
                 task_status.started(self)
         except BaseExceptionGroup as group:
-            escalation = _find(group, SupervisorEscalation)
+            escalation = find(group, SupervisorEscalation)
             if escalation is None:
                 raise
             raise escalation from None
@@ -212,12 +186,3 @@ class Engine(SwarmView):
     def inject_crash(self, sphere: str, reason: str = "injected crash") -> None:
         """Make a sphere actor raise, as a real bug would: for tests and drills."""
         self.slots[self._sphere(sphere).index].mailbox.send_nowait(Crash(reason))
-
-
-def _find(group: BaseExceptionGroup, kind: type[BaseException]) -> Any:
-    for exc in group.exceptions:
-        if isinstance(exc, kind):
-            return exc
-        if isinstance(exc, BaseExceptionGroup) and (found := _find(exc, kind)) is not None:
-            return found
-    return None

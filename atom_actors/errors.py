@@ -31,9 +31,39 @@ The tree::
 
 Error messages say who and what (setting, sphere, agent, child), never anything that identifies a
 person: they may reach logs and clients.
+
+Trio's nurseries wrap what their tasks raise in exception groups; :func:`leaves`, :func:`find` and
+:func:`sole` are the one way this project looks inside them.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions ``exc`` carries, groups opened, depth first and in order (``exc`` itself
+    when it is not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
+
+
+def find(exc: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` among the :func:`leaves` of ``exc``, or None."""
+    return next((leaf for leaf in leaves(exc) if isinstance(leaf, kind)), None)
+
+
+def sole(exc: BaseException) -> BaseException:
+    """What a chain of one-member groups wraps (``exc`` itself when it is not such a group)."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class AtomError(Exception):

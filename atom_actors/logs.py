@@ -163,6 +163,7 @@ _TIMESTAMP = structlog.processors.TimeStamper(fmt="iso", utc=True, key="time")
 
 
 def _configure_structlog(level: int) -> None:
+    _State.structlog_set = True
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
@@ -195,6 +196,7 @@ def formatter() -> ProcessorFormatter:
 class _State:
     handler: logging.Handler | None = None
     excepthook: Callable[..., Any] | None = None
+    structlog_set: bool = False   # structlog has been configured (by us), at some level
 
 
 def level_of(settings: Settings) -> int:
@@ -254,7 +256,13 @@ def reset() -> None:
 
 
 def logger(actor: str, **context: Any) -> Any:
-    """A structlog logger for ``actor`` (``"sphere/transport"``, ``"agent/217"``, ``"api"``...)."""
+    """A structlog logger for ``actor`` (``"sphere/transport"``, ``"agent/217"``, ``"api"``...).
+
+    Until :func:`configure` runs (library use, unit tests) the trace is at WARNING: quiet, and
+    cheap; that set-up is made here, on first use, rather than when the module is imported.
+    """
+    if not _State.structlog_set:
+        _configure_structlog(logging.WARNING)
     return structlog.get_logger(TRACE_LOGGER).bind(actor=actor, **context)
 
 
@@ -373,6 +381,3 @@ async def report_stats(ticks_now: Callable[[], TickFigures | None], sends: SendF
                                  frames_sent=sends.frames_sent - sent)
             dropped, sent = sends.frames_dropped, sends.frames_sent
 
-
-# Until configure() runs (library use, unit tests) the trace is at WARNING: quiet, and cheap.
-_configure_structlog(logging.WARNING)

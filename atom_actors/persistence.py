@@ -23,7 +23,7 @@ import logging
 import math
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import trio
@@ -185,20 +185,34 @@ class EventLog:
                     await trio.sleep(EVENT_RETRY_S)
 
 
+# What a command leaves in the store's ``events``: one (kind, payload) per command id, built here
+# only, whether the API records it (it answered the command) or the engine's event log does.
+
+def dispersal_record(command_id: str, level: Any, sphere: Any, dispersed: Any) -> tuple[str, dict]:
+    return "dispersal", {"command_id": command_id, "level": level, "sphere": sphere,
+                         "dispersed": dispersed}
+
+
+def regroup_record(command_id: str, regrouped: Any) -> tuple[str, dict]:
+    return "regroup", {"command_id": command_id, "regrouped": regrouped}
+
+
+def retune_record(command_id: str, agent: Any, frequency: Any) -> tuple[str, dict]:
+    return "retune", {"command_id": command_id, "agent": agent, "frequency": frequency}
+
+
 def _command_record(event: dict) -> tuple[str, dict] | None:
-    """The ``events`` row of an engine event that answers a command, else None. Same kind and
-    payload as the API records on its side, so either record may be the one kept."""
+    """The ``events`` row of an engine event that answers a command, else None."""
     name, command_id = event.get("event"), event.get("command_id")
     if command_id is None:
         return None
     if name == "swarm.dispersal":
-        return "dispersal", {"command_id": command_id, "level": event.get("level"),
-                             "sphere": event.get("sphere"), "dispersed": event.get("count")}
+        return dispersal_record(command_id, event.get("level"), event.get("sphere"),
+                                event.get("count"))
     if name == "swarm.regroup":
-        return "regroup", {"command_id": command_id, "regrouped": event.get("count")}
+        return regroup_record(command_id, event.get("count"))
     if name == "agent.frequency":
-        return "retune", {"command_id": command_id, "agent": event.get("agent"),
-                          "frequency": event.get("frequency")}
+        return retune_record(command_id, event.get("agent"), event.get("frequency"))
     return None
 
 

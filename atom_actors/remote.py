@@ -22,11 +22,11 @@ from typing import Any
 import trio
 
 from .bus.redis import RedisBus
-from .catalog import CATALOG, Catalog
 from .config import MIN_HZ, Settings
 from .engine import new_command_id
 from .errors import BackendUnavailable
 from .persistence import decode_summary
+from .safeguard import CLOSED, OPEN, RESET_REASON, BriseCircuit
 from .swarm import DISPERSED, STATUS_CODES, SwarmState
 from .swarm_view import SwarmView, dispersal_size
 
@@ -47,10 +47,10 @@ class _Reply:
 class RemoteSwarm(SwarmView):
     """A :class:`~atom_actors.engine.SwarmControl` over a :class:`RedisBus`; ``run`` it."""
 
-    def __init__(self, settings: Settings, bus: RedisBus, *, catalog: Catalog = CATALOG) -> None:
+    def __init__(self, settings: Settings, bus: RedisBus) -> None:
         self.settings = settings
         self.bus = bus
-        self.catalog = catalog
+        self.catalog = catalog = settings.catalog
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self.summaries = 0
         self._summary_t = -math.inf       # engine time of the newest summary applied
@@ -159,10 +159,7 @@ class RemoteSwarm(SwarmView):
             del self._replies[command_id]
 
 
-RESET_REASON = "reset by an operator"   # what the Brise-Circuit says when an operator closes it
-
-
-async def share_safeguard(circuit: Any, bus: RedisBus, *,
+async def share_safeguard(circuit: BriseCircuit, bus: RedisBus, *,
                           task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """Keep this process's Brise-Circuit in step with the other processes', until cancelled.
 
@@ -176,10 +173,10 @@ async def share_safeguard(circuit: Any, bus: RedisBus, *,
         async for event in events:
             if event.get("event") != "safeguard":
                 continue
-            if event.get("state") == "open" and circuit.state != "open":
+            if event.get("state") == OPEN and circuit.state != OPEN:
                 circuit.trip("peer", str(event.get("reason") or "another process opened it"))
-            elif event.get("state") == "closed" and event.get("reason") == RESET_REASON \
-                    and circuit.state != "closed":
+            elif event.get("state") == CLOSED and event.get("reason") == RESET_REASON \
+                    and circuit.state != CLOSED:
                 circuit.reset()
 
 

@@ -54,7 +54,7 @@ from .store import EventRecord, Store
 from .supervisor import Report
 
 if TYPE_CHECKING:
-    from .engine import SwarmControl
+    from .swarm_view import SwarmControl
 
 log = logging.getLogger("atom_actors.safeguard")
 
@@ -63,6 +63,25 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 PROBE_RETRY_S = 1.0
 # Pending state changes for the task that records them; a change beyond it is counted, not kept.
 CHANGES_BUFFER = 64
+# The reason an operator's reset gives: the other processes' circuits close on it (and only on it).
+RESET_REASON = "reset by an operator"
+
+
+def escalation_reason(report: Report) -> str | None:
+    """Why a supervision report opens the circuit (an escalated crash loop), else None."""
+    if report.kind != "escalated":
+        return None
+    return f"the engine gave up on {report.child} after {report.restarts} restarts"
+
+
+def overload_reason(seconds: float) -> str:
+    """Why a compositor that overran its tick budget for ``seconds`` in a row opens the circuit."""
+    return f"the engine overran its tick budget for {seconds:.1f} s"
+
+
+def safeguard_event(state: str, reason: str) -> dict[str, Any]:
+    """The ``safeguard`` event every process publishes when a circuit changes (CONTRACT §4)."""
+    return {"type": "event", "event": "safeguard", "state": state, "reason": reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +203,7 @@ class Breaker:
         self._totals.clear()
         if self.state == CLOSED:
             return ()
-        return (self._move(CLOSED, "reset by an operator", "reset", now),)
+        return (self._move(CLOSED, RESET_REASON, "reset", now),)
 
     def _open(self, now: float, trigger: str, reason: str) -> Change:
         self.trips += 1
@@ -233,13 +252,13 @@ class BriseCircuit:
 
     def on_report(self, report: Report) -> None:
         """Supervision reports: an escalated crash loop trips the circuit."""
-        if report.kind == "escalated":
-            self.trip("escalation", f"the engine gave up on {report.child} after "
-                                    f"{report.restarts} restarts")
+        reason = escalation_reason(report)
+        if reason is not None:
+            self.trip("escalation", reason)
 
     def on_overload(self, seconds: float) -> None:
         """The compositor overran its tick budget for ``seconds`` in a row."""
-        self.trip("overload", f"the engine overran its tick budget for {seconds:.1f} s")
+        self.trip("overload", overload_reason(seconds))
 
     def trip(self, trigger: str, reason: str) -> None:
         self._apply(self.breaker.trip(trio.current_time(), trigger, reason))
@@ -327,8 +346,7 @@ class BriseCircuit:
     def _apply(self, changes: tuple[Change, ...]) -> None:
         for change in changes:
             log.warning("Brise-Circuit %s (%s): %s", change.state, change.trigger, change.reason)
-            self.bus.publish_event({"type": "event", "event": "safeguard", "state": change.state,
-                                    "reason": change.reason})
+            self.bus.publish_event(safeguard_event(change.state, change.reason))
             try:
                 self._send.send_nowait(change)
             except trio.WouldBlock:

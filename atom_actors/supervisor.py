@@ -7,7 +7,12 @@ child is "up" when it calls ``task_status.started()``), and watches them:
   child (right to left) and restarts them all; ``REST_FOR_ONE`` stops and restarts the children
   started after it.
 * restart type ``PERMANENT`` children are always restarted, ``TRANSIENT`` ones only after a crash,
-  ``TEMPORARY`` ones never.
+  ``TEMPORARY`` ones never — under every strategy, as in OTP: a temporary child stopped because
+  a sibling ended is not started again, and neither is a transient or temporary child that had
+  already ended for good (a transient one normally, a temporary one at all).
+* ``shutdown``: the seconds a stopped child gets to finish after it is cancelled; past them it is
+  left to end on its own (Trio cannot kill a task) and the supervisor goes on. ``BRUTAL_KILL``:
+  cancelled and not waited for at all.
 * more than ``intensity`` restarts within ``period`` seconds (of ``trio.current_time()``, so a
   MockClock drives it) and the supervisor gives up: it stops all its children, right to left, each
   within its ``shutdown`` timeout, and raises :class:`~atom_actors.errors.SupervisorEscalation`.
@@ -47,6 +52,8 @@ class Restart(enum.Enum):
 
 
 PERMANENT, TRANSIENT, TEMPORARY = Restart.PERMANENT, Restart.TRANSIENT, Restart.TEMPORARY
+# A child's ``shutdown`` that gives it no time at all: cancelled, never waited for.
+BRUTAL_KILL: float = 0.0
 ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE = Strategy.ONE_FOR_ONE, Strategy.ONE_FOR_ALL, Strategy.REST_FOR_ONE
 
 
@@ -61,7 +68,7 @@ class ChildSpec:
     id: str
     start: ChildStart
     restart: Restart = PERMANENT
-    shutdown: float = 5.0  # seconds a child gets to finish after it is cancelled
+    shutdown: float = 5.0  # seconds a child gets to finish after it is cancelled (BRUTAL_KILL: none)
 
 
 @dataclass(frozen=True)
@@ -108,6 +115,7 @@ class Supervisor:
         self.period = period
         self._report = on_report or (lambda report: None)
         self._running: dict[str, _Running] = {}
+        self._gone: set[str] = set()   # ended for good: never started again (OTP deletes them)
         self._restarts: deque[float] = deque()
         self.restart_count = 0
         self._ended: trio.MemorySendChannel[tuple[str, BaseException | None]]
@@ -178,6 +186,7 @@ class Supervisor:
         self._report(Report("crashed" if reason else "exited", self.name, child_id, reason,
                             self.restart_count))
         if spec.restart is TEMPORARY or (spec.restart is TRANSIENT and reason is None):
+            self._gone.add(child_id)
             return
         now = trio.current_time()
         self._restarts.append(now)
@@ -195,7 +204,12 @@ class Supervisor:
         else:
             to_restart = self.children[index:]
         await self._stop([c.id for c in to_restart if c.id in self._running])
+        # A temporary sibling stopped for this restart is gone, as in OTP; so is any child that
+        # had already ended for good. The child that ended is restarted: it may be.
+        self._gone.update(c.id for c in to_restart if c.restart is TEMPORARY)
         for c in to_restart:
+            if c.id in self._gone:
+                continue
             await self._start(nursery, c)
             if c.id in self._running:
                 self._report(Report("restarted", self.name, c.id, reason, self.restart_count))
@@ -208,8 +222,9 @@ class Supervisor:
             if running is None:
                 continue
             running.scope.cancel()
-            with trio.move_on_after(running.spec.shutdown):
-                await running.done.wait()
+            if running.spec.shutdown > 0:
+                with trio.move_on_after(running.spec.shutdown):
+                    await running.done.wait()
             self._report(Report("stopped", self.name, child_id, restarts=self.restart_count))
 
 

@@ -1,4 +1,5 @@
-"""Read-only answers about a swarm, and the checks of command arguments, in one place.
+"""What the API and the broadcasters use of a swarm (:class:`SwarmControl`); read-only answers
+about a swarm, and the checks of command arguments, in one place.
 
 Shared by :class:`~atom_actors.engine.Engine` (its own live state) and
 :class:`~atom_actors.remote.RemoteSwarm` (a mirror of the engine's state in another process), so
@@ -9,7 +10,7 @@ same errors.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -19,6 +20,33 @@ from .errors import FrequencyOutOfRange, UnknownAgent, UnknownLevel, UnknownSphe
 from .swarm import STATUS_NAMES, SwarmState
 
 LEVELS = {"partial": 0.2, "sectoral": 0.5, "total": 1.0}
+
+
+class SwarmControl(Protocol):
+    """What the API and the broadcasters need of the swarm. :class:`Engine` is one (in-process);
+    a process without the engine (``--role api|ws``) uses one that reads the bus and sends its
+    commands to the engine over it."""
+
+    @property
+    def ticking(self) -> bool: ...
+
+    async def disperse(self, level: str, sphere: str | None = None,
+                       command_id: str | None = None) -> dict[str, Any]: ...
+
+    async def regroup(self, command_id: str | None = None) -> dict[str, Any]: ...
+
+    async def retune(self, agent_id: int, hz: float,
+                     command_id: str | None = None) -> dict[str, Any]: ...
+
+    def agent(self, agent_id: int) -> dict[str, Any]: ...
+
+    def agents(self, sphere: str | None = None, status: str | None = None) -> list[dict[str, Any]]: ...
+
+    def counts(self) -> dict[str, Any]: ...
+
+    def frequency_stats(self) -> dict[str, float]: ...
+
+    def roster(self) -> list[dict[str, Any]]: ...
 
 
 def dispersal_size(level: str, count: int) -> int:

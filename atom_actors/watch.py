@@ -49,7 +49,7 @@ from rich.text import Text
 from trio_websocket import (ConnectionClosed, ConnectionRejected, HandshakeError,
                             WebSocketConnection, wrap_client_stream)
 
-from .errors import MalformedFrame, WatchUnreachable
+from .errors import MalformedFrame, WatchUnreachable, leaves
 from .protocol import ENCODING_IDS, HEADER, DeltaDecoder, Encoding
 
 FPS_WINDOW_S = 2.0            # live fps: frames received over the last two seconds
@@ -420,15 +420,8 @@ def _report(where: Endpoints, exc: BaseException) -> bool:
 
 
 def _only_leaf(group: BaseExceptionGroup) -> BaseException | None:
-    leaves = []
-    todo: list[BaseException] = [group]
-    while todo:
-        exc = todo.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            todo.extend(exc.exceptions)
-        elif not isinstance(exc, trio.Cancelled):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
+    found = [leaf for leaf in leaves(group) if not isinstance(leaf, trio.Cancelled)]
+    return found[0] if len(found) == 1 else None
 
 
 async def _sample(ws: Any, state: WatchState, seconds: float, min_fps: float,

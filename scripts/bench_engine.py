@@ -34,7 +34,7 @@ async def bench(seconds: float, tick_hz: int) -> None:
     lateness: list[float] = []
     async with trio.open_nursery() as nursery:
         await nursery.start(engine.run)
-        stats = engine.compositor.stats
+        stats = engine.stats
         await trio.sleep(1.0)  # warm-up
         frames0, missed0 = stats.frames, stats.missed
         stats.lateness.clear()

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: makes the virtualenv and installs the project with its test
-# dependencies when needed, then runs pytest (extra arguments go to pytest), then the JavaScript
-# SDK's type check and its tests (clients/js, `node --test` against real `atom serve` processes).
-# Fails when either fails.
+# dependencies when needed, checks the import layers (lint-imports), then runs pytest (extra
+# arguments go to pytest), then the JavaScript SDK's type check and its tests (clients/js,
+# `node --test` against real `atom serve` processes). Fails when any of them fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -10,6 +10,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 status=0
+# The import layers of pyproject.toml: a module that imports from a layer above its own fails the run.
+layers=$(.venv/bin/lint-imports --no-cache 2>&1) || { echo "$layers"; status=1; }
 .venv/bin/python -m pytest "$@" || status=$?
 
 command -v node >/dev/null && command -v npm >/dev/null \

@@ -5,12 +5,17 @@ from __future__ import annotations
 import pytest
 import trio
 
+from atom_actors import aio
 from atom_actors.bus import MemoryBus
 from atom_actors.config import Settings, load_settings
 from atom_actors.engine import Engine
 
 
 pytest_plugins = ["tests.servers"]   # real PostgreSQL and Redis, shared and throwaway
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    aio.configure()   # as `atom`'s main() does: trio-asyncio loaded, plain asyncio kept outside Trio
 
 
 def make_settings(**overrides: object) -> Settings:

@@ -6,8 +6,8 @@ import pytest
 import trio
 
 from atom_actors.errors import SupervisorEscalation
-from atom_actors.supervisor import (ONE_FOR_ALL, ONE_FOR_ONE, REST_FOR_ONE, TEMPORARY, TRANSIENT,
-                                    ChildSpec, Report, Supervisor)
+from atom_actors.supervisor import (BRUTAL_KILL, ONE_FOR_ALL, ONE_FOR_ONE, REST_FOR_ONE,
+                                    TEMPORARY, TRANSIENT, ChildSpec, Report, Supervisor)
 
 
 class Child:
@@ -142,6 +142,82 @@ async def test_crash_before_started_counts_and_escalates(autojump_clock):
     with pytest.raises(SupervisorEscalation):
         await sup.run()
     assert attempts == 3
+
+
+@pytest.mark.parametrize("strategy", [ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE])
+async def test_a_temporary_sibling_stopped_by_a_restart_stays_down(nursery, autojump_clock,
+                                                                   strategy):
+    """OTP: a temporary child is never restarted, even when a sibling's crash stops it."""
+    a, b, c = Child("a"), Child("b"), Child("c")
+    sup = Supervisor("s", [a.spec(), b.spec(), c.spec(restart=TEMPORARY)], strategy=strategy,
+                     intensity=3)
+    await nursery.start(sup.run)
+    kill(a)
+    await trio.sleep(0.01)
+    assert a.starts == 2 and sup.is_running("a")
+    assert c.starts == 1
+    assert sup.is_running("c") == (strategy is ONE_FOR_ONE)   # stopped by the others, for good
+    assert c.stopped == (0 if strategy is ONE_FOR_ONE else 1)
+
+
+@pytest.mark.parametrize("strategy", [ONE_FOR_ONE, ONE_FOR_ALL, REST_FOR_ONE])
+@pytest.mark.parametrize("restart", [TRANSIENT, TEMPORARY])
+async def test_a_child_that_ended_for_good_is_not_started_by_a_siblings_restart(
+        nursery, autojump_clock, strategy, restart):
+    """OTP: a transient child that exited normally, or a temporary one that ended, stays down
+    whatever a sibling does."""
+    a, b = Child("a"), Child("b")
+    sup = Supervisor("s", [a.spec(), b.spec(restart=restart)], strategy=strategy, intensity=3)
+    await nursery.start(sup.run)
+    b.exit.set()                          # ends normally
+    await trio.sleep(0.01)
+    kill(a)
+    await trio.sleep(0.01)
+    assert (a.starts, b.starts) == (2, 1)
+    assert sup.is_running("a") and not sup.is_running("b")
+
+
+@pytest.mark.parametrize("strategy", [ONE_FOR_ALL, REST_FOR_ONE])
+async def test_a_transient_sibling_still_running_is_restarted_with_the_others(
+        nursery, autojump_clock, strategy):
+    a, b = Child("a"), Child("b")
+    sup = Supervisor("s", [a.spec(), b.spec(restart=TRANSIENT)], strategy=strategy, intensity=3)
+    await nursery.start(sup.run)
+    kill(a)
+    await trio.sleep(0.01)
+    assert (a.starts, b.starts) == (2, 2) and b.stopped == 1
+
+
+class SlowToStop(Child):
+    """A child whose cancellation takes ``cleanup_s`` to finish (shielded)."""
+
+    def __init__(self, name: str, cleanup_s: float) -> None:
+        super().__init__(name)
+        self.cleanup_s = cleanup_s
+
+    async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        try:
+            await super().run(task_status=task_status)
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True):
+                await trio.sleep(self.cleanup_s)
+            raise
+
+
+@pytest.mark.parametrize("shutdown, restarted_after", [(5.0, 3.0), (1.0, 1.0), (BRUTAL_KILL, 0.0)])
+async def test_a_stopped_child_gets_its_shutdown_time_and_no_more(nursery, autojump_clock,
+                                                                  shutdown, restarted_after):
+    """A sibling is waited for up to its ``shutdown``; BRUTAL_KILL is not waited for at all."""
+    a, slow = Child("a"), SlowToStop("slow", cleanup_s=3.0)
+    sup = Supervisor("s", [a.spec(), slow.spec(shutdown=shutdown)], strategy=ONE_FOR_ALL,
+                     intensity=3)
+    await nursery.start(sup.run)
+    start = trio.current_time()
+    kill(a)
+    while a.starts < 2:
+        await trio.sleep(0.001)
+    assert trio.current_time() - start == pytest.approx(restarted_after, abs=0.01)
+    assert slow.starts == 2
 
 
 def test_duplicate_child_ids_are_refused():

@@ -26,7 +26,7 @@ from ..errors import AtomError, CommandError, OriginRefused, RateLimited, Reques
 from .cors import CorsPolicy
 from .ratelimit import TokenBuckets
 from .routes import BLUEPRINTS
-from .routes.swarm import retune_blueprint
+from .routes.swarm import catalog_blueprint
 from .web import SESSION_HEADER, Api, ApiInput, api, no_content
 
 log = logging.getLogger("atom_actors.api")
@@ -49,7 +49,7 @@ def create_app(parts: ApiInput) -> QuartTrio:
                 redoc_ui_path=None, scalar_ui_path=None,
                 security_schemes={"sceau": {"type": "apiKey", "in_": "header",
                                             "name": SESSION_HEADER}})
-    for blueprint in (*BLUEPRINTS, retune_blueprint(settings.frequency)):
+    for blueprint in (*BLUEPRINTS, catalog_blueprint(settings.catalog, settings.frequency)):
         app.register_blueprint(blueprint)
     app.before_request(_cors_gate)
     app.after_request(_cors_headers)

@@ -6,16 +6,15 @@ the 422 errors; response models only document what the routes return, in ``/open
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 
-from ..catalog import CATALOG
+from ..catalog import Catalog
 from ..config import MIN_HZ
 from ..swarm import STATUS_NAMES
 
 Level = Literal["partial", "sectoral", "total"]
-SphereName = Literal[tuple(s.name for s in CATALOG.spheres)]  # type: ignore[valid-type]
 Status = Literal[STATUS_NAMES]  # type: ignore[valid-type]
 SafeguardState = Literal["closed", "open", "half_open"]
 
@@ -42,11 +41,26 @@ class ActivateBody(_Request):
     duration_ms: JsonInt = Field(description="milliseconds of touch; below SCEAU_DURATION is refused (400)")
 
 
-class DisperseBody(_Request):
-    """A dispersal: of the whole swarm, or of one sphere."""
+def _sphere_name(catalog: Catalog) -> Any:
+    """A sphere's name: one of this deployment's catalog."""
+    return Optional[Literal[tuple(s.name for s in catalog.spheres)]]  # noqa: UP007 - built at run time
 
-    level: Level = Field(description="partial = 20 %, sectoral = 50 %, total = 100 %")
-    sphere: SphereName | None = Field(None, description="disperse only this sphere's agents")
+
+def disperse_body(catalog: Catalog) -> type[_Request]:
+    """The dispersal body, whose sphere is one of ``catalog``'s."""
+    return create_model(
+        "DisperseBody", __base__=_Request, __doc__="A dispersal: of the whole swarm, or of one sphere.",
+        level=(Level, Field(description="partial = 20 %, sectoral = 50 %, total = 100 %")),
+        sphere=(_sphere_name(catalog), Field(None, description="disperse only this sphere's agents")),
+    )
+
+
+def agent_filter(catalog: Catalog) -> type[_Request]:
+    """The agent list's query, whose sphere is one of ``catalog``'s."""
+    return create_model(
+        "AgentFilter", __base__=_Request, __doc__="Optional filters of the agent list.",
+        sphere=(_sphere_name(catalog), None), status=(Optional[Status], None),  # noqa: UP007
+    )
 
 
 def retune_body(max_hz: float) -> type[_Request]:
@@ -56,13 +70,6 @@ def retune_body(max_hz: float) -> type[_Request]:
         frequency=(float, Field(ge=MIN_HZ, le=max_hz, allow_inf_nan=False,
                                 description=f"Hz, in [{MIN_HZ:g}, {max_hz:g}]")),
     )
-
-
-class AgentFilter(_Request):
-    """Optional filters of the agent list."""
-
-    sphere: SphereName | None = None
-    status: Status | None = None
 
 
 # -- responses --------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from .ratelimit import TokenBuckets
 from .schemas import ErrorBody, ValidationErrorBody
 
 if TYPE_CHECKING:
-    from ..engine import SwarmControl
+    from ..swarm_view import SwarmControl
 
 log = logging.getLogger("atom_actors.api")
 
@@ -106,7 +106,7 @@ class Api:
         metrics = self.input.metrics
         return metrics.counted(command, level, command_id) if metrics else nullcontext(Counted())
 
-    async def command_done(self, kind: str, payload: dict[str, Any]) -> None:
+    async def command_done(self, record: tuple[str, dict[str, Any]]) -> None:
         """A swarm-changing command was carried out: forget cached views of the swarm, and keep
         the command in the store (swarm facts only, nobody's data).
 
@@ -115,6 +115,7 @@ class Api:
         retrying through the outage; the store keeps one record per command id."""
         # The sphere actors apply a command within a tick: views made before then are stale.
         self.settled_at = trio.current_time() + 1.0 / self.settings.tick_hz
+        kind, payload = record
         try:
             await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
         except BackendUnavailable as exc:

@@ -29,9 +29,8 @@ import trio
 import trio_websocket
 
 from ..bus import Bus
-from ..catalog import CATALOG, Catalog
 from ..config import Settings
-from ..engine import SwarmControl
+from ..swarm_view import SwarmControl
 from ..errors import AtomError, BackendUnavailable, SessionError, StreamRefused, TooManySubscribers
 from ..sessions import SessionService
 from . import handshake
@@ -57,14 +56,14 @@ class Broadcaster:
     """
 
     def __init__(self, settings: Settings, bus: Bus, swarm: SwarmControl,
-                 sessions: SessionService | None, *, catalog: Catalog = CATALOG) -> None:
+                 sessions: SessionService | None) -> None:
         if settings.ws_require_session and sessions is None:
             raise ValueError("WS_REQUIRE_SESSION needs a SessionService")
         self.settings = settings
         self.bus = bus
         self.swarm = swarm
         self.sessions = sessions
-        self.catalog = catalog
+        self.catalog = settings.catalog
         self.stats = BroadcastStats()
         self.fanout = Fanout(bus, settings.tick_hz, self.stats)
         self.origins = handshake.allowed_origins(settings.cors_origins, settings.api_host,

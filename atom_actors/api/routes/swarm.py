@@ -11,10 +11,11 @@ from typing import Any
 from quart import Blueprint, current_app, jsonify
 from quart_schema import document_response, tag
 
-from ...catalog import CATALOG
+from ...catalog import Catalog
 from ...engine import new_command_id
-from ..schemas import (Agent, AgentFilter, Dispersal, DisperseBody, FrequencyStats, Regroup,
-                       Sphere, SphereDetail, SwarmSummary, retune_body)
+from ...persistence import dispersal_record, regroup_record, retune_record
+from ..schemas import (Agent, Dispersal, FrequencyStats, Regroup, Sphere, SphereDetail,
+                       SwarmSummary, agent_filter, disperse_body, retune_body)
 from ..web import agent_id, api, document_errors, json_body, path_segment, query, requires_session
 
 bp = Blueprint("swarm", __name__, url_prefix="/api/v1")
@@ -41,17 +42,6 @@ async def summary() -> Any:
                     "safeguard": a.safeguard.state})
 
 
-@bp.get("/swarm/agents")
-@tag(["swarm"])
-@requires_session
-@query(AgentFilter)
-@document_response(list[Agent])
-async def agents(query: AgentFilter) -> Any:
-    """Every agent, in id order; ``sphere`` and ``status`` filter the list."""
-    body = api().agents_json(query.sphere, query.status)
-    return current_app.response_class(body, content_type="application/json")
-
-
 @bp.get("/swarm/agents/<agent>")
 @tag(["swarm"])
 @requires_session
@@ -61,29 +51,6 @@ async def agent(agent: str) -> Any:
     """One agent; an unknown id is a 404 agent_not_found."""
     with path_segment():
         return jsonify(api().control.agent(agent_id(agent)))
-
-
-@bp.post("/swarm/disperse")
-@tag(["swarm"])
-@requires_session
-@json_body(DisperseBody)
-@document_errors(*COMMAND_ERRORS)
-@document_response(Dispersal, 202)
-async def disperse(body: DisperseBody) -> Any:
-    """Disperse part of the swarm, or of one sphere: partial 20 %, sectoral 50 %, total 100 %.
-
-    Refused with 423 brise_circuit_open while the Brise-Circuit is open; a flood of commands or of
-    total dispersals opens it.
-    """
-    a = api()
-    command_id = new_command_id()
-    with a.counted("disperse", body.level, command_id) as counted:
-        async with a.safeguard.command(total=body.level == "total"):
-            result = await a.control.disperse(body.level, body.sphere, command_id=command_id)
-        counted.size = result["dispersed"]
-    await a.command_done("dispersal", {"command_id": result["command_id"], "level": result["level"],
-                                 "sphere": result["sphere"], "dispersed": result["dispersed"]})
-    return jsonify(result), 202
 
 
 @bp.post("/swarm/regroup")
@@ -99,8 +66,7 @@ async def regroup() -> Any:
         async with a.safeguard.command():
             result = await a.control.regroup(command_id=command_id)
         counted.size = result["regrouped"]
-    await a.command_done("regroup", {"command_id": result["command_id"],
-                               "regrouped": result["regrouped"]})
+    await a.command_done(regroup_record(result["command_id"], result["regrouped"]))
     return jsonify(result), 202
 
 
@@ -119,7 +85,7 @@ async def frequency() -> Any:
 @document_response(list[Sphere])
 async def spheres() -> Any:
     """The 15 spheres, in agent-id order."""
-    return jsonify([_sphere(s) for s in CATALOG.spheres])
+    return jsonify([_sphere(s) for s in api().settings.catalog.spheres])
 
 
 @bp.get("/spheres/<name>")
@@ -134,14 +100,49 @@ async def sphere(name: str) -> Any:
     by_status: dict[str, int] = {}
     for member in members:
         by_status[member["status"]] = by_status.get(member["status"], 0) + 1
-    return jsonify({**_sphere(CATALOG.by_name[name]), "by_status": by_status, "agents": members})
+    sphere = api().settings.catalog.by_name[name]
+    return jsonify({**_sphere(sphere), "by_status": by_status, "agents": members})
 
 
-def retune_blueprint(max_hz: float) -> Blueprint:
-    """The retune route, whose body is bounded by this deployment's FREQUENCY (so per app)."""
-    retune_bp = Blueprint("retune", __name__, url_prefix="/api/v1")
+def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
+    """The routes whose requests name this deployment's spheres or are bounded by its FREQUENCY
+    (so made per app): the agent list, dispersal and retune."""
+    catalog_bp = Blueprint("swarm_commands", __name__, url_prefix="/api/v1")
+    agent_query, disperse_model = agent_filter(catalog), disperse_body(catalog)
 
-    @retune_bp.put("/swarm/agents/<agent>/frequency")
+    @catalog_bp.get("/swarm/agents")
+    @tag(["swarm"])
+    @requires_session
+    @query(agent_query)
+    @document_response(list[Agent])
+    async def agents(query: Any) -> Any:
+        """Every agent, in id order; ``sphere`` and ``status`` filter the list."""
+        body = api().agents_json(query.sphere, query.status)
+        return current_app.response_class(body, content_type="application/json")
+
+    @catalog_bp.post("/swarm/disperse")
+    @tag(["swarm"])
+    @requires_session
+    @json_body(disperse_model)
+    @document_errors(*COMMAND_ERRORS)
+    @document_response(Dispersal, 202)
+    async def disperse(body: Any) -> Any:
+        """Disperse part of the swarm, or of one sphere: partial 20 %, sectoral 50 %, total 100 %.
+
+        Refused with 423 brise_circuit_open while the Brise-Circuit is open; a flood of commands
+        or of total dispersals opens it.
+        """
+        a = api()
+        command_id = new_command_id()
+        with a.counted("disperse", body.level, command_id) as counted:
+            async with a.safeguard.command(total=body.level == "total"):
+                result = await a.control.disperse(body.level, body.sphere, command_id=command_id)
+            counted.size = result["dispersed"]
+        await a.command_done(dispersal_record(result["command_id"], result["level"],
+                                              result["sphere"], result["dispersed"]))
+        return jsonify(result), 202
+
+    @catalog_bp.put("/swarm/agents/<agent>/frequency")
     @tag(["swarm"])
     @requires_session
     @document_errors(404, *COMMAND_ERRORS)
@@ -158,8 +159,7 @@ def retune_blueprint(max_hz: float) -> Blueprint:
             async with a.safeguard.command():
                 result = await a.control.retune(ident, body.frequency, command_id=command_id)
             counted.size = 1
-        await a.command_done("retune", {"command_id": command_id, "agent": ident,
-                                  "frequency": result["frequency"]})
+        await a.command_done(retune_record(command_id, ident, result["frequency"]))
         return jsonify(result)
 
-    return retune_bp
+    return catalog_bp
