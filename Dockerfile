@@ -6,7 +6,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY atom_actors ./atom_actors
-COPY config ./config
+COPY config/spheres.toml ./config/
 COPY clients/js/src ./clients/js/src
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
@@ -17,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     API_HOST=0.0.0.0 \
     API_PORT=8000 \
     WS_PORT=8001
-RUN useradd --system --uid 10001 --user-group --home-dir /home/atom --create-home \
+RUN groupadd --system --gid 10001 atom \
+    && useradd --system --uid 10001 --gid atom --home-dir /home/atom --create-home \
         --shell /usr/sbin/nologin atom
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels

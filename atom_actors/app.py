@@ -167,7 +167,7 @@ async def serve(settings: Settings, *, role: str = "all",
         if services.engine is not None or services.engine_role is not None:
             actors = (services.engine.actor_ids if services.engine is not None
                       else [f"sphere/{sphere.name}" for sphere in settings.catalog.spheres])
-            metrics.read_engine(services.running_engine, actors)
+            metrics.read_engine(services.running_engine, actors, tick_s=1.0 / settings.tick_hz)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")
             if isinstance(bus, RedisBus):
@@ -178,7 +178,7 @@ async def serve(settings: Settings, *, role: str = "all",
                 Broadcaster(settings, bus, services.swarm, services.sessions).run,
                 name="broadcaster")
             services.ws_url = broadcaster.url
-            metrics.read_broadcaster(broadcaster.stats)
+            metrics.read_broadcaster(broadcaster.stats, settings.ws_max_connections)
             services.subscribers = lambda: broadcaster.stats.clients
             if isinstance(bus, RedisBus):
                 await stack.start(report_subscribers, bus, services.subscribers, name="subscribers-out")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from functools import partial
 
 import trio
@@ -25,7 +26,7 @@ from . import watch as watch_
 from .config import Settings, load_settings
 from .errors import BackendUnavailable, ConfigError, SupervisorEscalation, find
 from .protocol import ENCODINGS
-from .store.postgres import migrate
+from .store.postgres import CONNECT_DEADLINE_S, migrate
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +84,8 @@ def _migrate(settings: Settings) -> int:
 def _serve(settings: Settings, role: str = "all") -> int:
     try:
         app.check_role(settings, role)
+        if settings.redis_url:
+            _reach_redis(settings.redis_url, CONNECT_DEADLINE_S)
         trio.run(_serve_until_signal, settings, role)
     except ConfigError as exc:
         print(f"atom: bad setting {exc}", file=sys.stderr)
@@ -94,6 +97,32 @@ def _serve(settings: Settings, role: str = "all") -> int:
         app.announce(f"ENGINE STOPPED: {exc}")
         return 1
     return 0
+
+
+def _reach_redis(url: str, deadline_s: float) -> None:
+    """Raise BackendUnavailable unless Redis answers a PING within ``deadline_s``.
+
+    At start only, as PostgreSQL is given CONNECT_DEADLINE_S: a REDIS_URL that points nowhere (a
+    wrong host, port or password) is a deployment error, said in one line with exit code 1, not a
+    process that stands by forever. An outage once running is retried instead (the bus's own).
+    """
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    deadline = time.monotonic() + deadline_s
+    try:
+        while True:
+            try:
+                client.ping()
+                return
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    raise BackendUnavailable("redis", f"{type(exc).__name__}: {exc}") from None
+            except redis.exceptions.ResponseError as exc:   # AUTH refused, and the like
+                raise BackendUnavailable("redis", str(exc)) from None
+            time.sleep(0.2)
+    finally:
+        client.close()
 
 
 async def _serve_until_signal(settings: Settings, role: str = "all") -> None:

@@ -17,8 +17,12 @@ about a client.
     atom_late_sphere_ticks_total            sphere-ticks that reused a previous slice
     atom_tick_lateness_seconds              histogram: how late each tick's frame went out
     atom_engine_ticking                     1 while the compositor runs
+    atom_engine_leading                     1 while this process runs the engine (the leader, or
+                                            the one engine of a single process); 0 on a standby
+    atom_tick_interval_seconds              one tick (1 / TICK_HZ): the lateness alert's bound
     atom_agents{status}                     agents by status
     atom_subscribers                        WebSocket clients connected
+    atom_ws_max_connections                 WS_MAX_CONNECTIONS: the most atom_subscribers can be
     atom_frames_sent_total                  frame messages written to subscribers
     atom_frames_dropped_total               frames a slow client never received (newest won)
     atom_ws_handshakes_refused_total{status}    handshakes refused (400, 401, 403, 404, 503)
@@ -111,22 +115,30 @@ class Metrics:
     def _collect(self, families: Callable[[], Iterable[Metric]]) -> None:
         self.registry.register(_Collector(families))
 
-    def read_engine(self, engine: Callable[[], EngineFigures | None], actors: Iterable[str]) -> None:
+    def read_engine(self, engine: Callable[[], EngineFigures | None], actors: Iterable[str], *,
+                    tick_s: float) -> None:
         """The engine's figures: ``engine()`` is the running engine, or None while there is none
-        here (a standby engine process). ``actors``: the sphere actors, shown at 0 from the start."""
+        here (a standby engine process). ``actors``: the sphere actors, shown at 0 from the start.
+        ``tick_s``: one tick (1 / TICK_HZ), what the lateness alert compares with."""
         for actor in actors:
             self.restarts.labels(actor=actor)
             self.crashes.labels(actor=actor)
 
         def families() -> Iterator[Metric]:
             current = engine()
+            yield GaugeMetricFamily("atom_engine_leading",
+                                    "1 while this process runs the engine, 0 while it stands by",
+                                    value=0.0 if current is None else 1.0)
+            yield GaugeMetricFamily("atom_tick_interval_seconds", "One tick: 1 / TICK_HZ",
+                                    value=tick_s)
             if current is not None:
                 yield from _engine_metrics(current)
 
         self._collect(families)
 
-    def read_broadcaster(self, stats: BroadcastFigures) -> None:
-        self._collect(lambda: _broadcaster_metrics(stats))
+    def read_broadcaster(self, stats: BroadcastFigures, max_connections: int) -> None:
+        """The broadcaster's figures; ``max_connections``: WS_MAX_CONNECTIONS."""
+        self._collect(lambda: _broadcaster_metrics(stats, max_connections))
 
     def read_safeguard(self, status: Callable[[], Mapping[str, Any]]) -> None:
         """The Brise-Circuit's state and trips, from its ``status()``."""
@@ -252,9 +264,12 @@ def _backend_metrics(parts: Iterable[Backend]) -> Iterator[Metric]:
     yield backend_errors
 
 
-def _broadcaster_metrics(stats: BroadcastFigures) -> Iterator[Metric]:
+def _broadcaster_metrics(stats: BroadcastFigures, max_connections: int) -> Iterator[Metric]:
     yield GaugeMetricFamily("atom_subscribers", "WebSocket clients connected",
                             value=float(stats.clients))
+    yield GaugeMetricFamily("atom_ws_max_connections",
+                            "WS_MAX_CONNECTIONS: subscribers this process admits at most",
+                            value=float(max_connections))
     yield CounterMetricFamily("atom_frames_dropped",
                               "Frames a slow client never received (the newest won)",
                               value=float(stats.frames_dropped))

@@ -59,6 +59,19 @@ def test_a_role_without_redis_stops_with_one_line(tmp_path):
     assert len(lines) == 1 and "REDIS_URL" in lines[0], done.stderr
 
 
+def test_redis_unreachable_at_start_stops_with_one_line(tmp_path):
+    """A REDIS_URL that points nowhere is a deployment error: one line, exit 1, once PostgreSQL's
+    start deadline has passed (not a process standing by forever). Its password is not said."""
+    url = f"redis://:hunter2-password@127.0.0.1:{free_port()}/0"
+    done = subprocess.run([*ATOM, "serve", "--role", "engine"],
+                          env=env(REDIS_URL=url, SECRET_KEY="k" * 40), cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("atom: redis is unavailable: "), done.stderr
+    assert "hunter2" not in done.stderr
+
+
 async def test_migrate_applies_then_finds_the_database_up_to_date(tmp_path, pg_url):
     for expected in ("applied migrations 1", "the database is up to date"):
         done = await trio.run_process([*ATOM, "migrate"], env=env(DATABASE_URL=pg_url, SECRET_KEY="k" * 40),

@@ -9,12 +9,14 @@ import trio
 from atom_actors.bus.redis import RedisBus
 from atom_actors.cluster import LEASE_TTL_S, EngineRole, engine_alarms
 from atom_actors.errors import SupervisorEscalation
+from atom_actors.metrics import Metrics
 from atom_actors.remote import RemoteSwarm
 from atom_actors.stack import open_service_stack
 from atom_actors.store import MemoryStore
 from atom_actors.swarm import DISPERSED
 
 from .conftest import make_settings
+from .test_metrics import scrape, value
 from .servers import SHARED_REDIS
 
 SETTINGS = make_settings(dispersal_dwell_s=600)
@@ -70,6 +72,8 @@ async def test_a_standby_takes_over_with_the_state_and_every_command_applied_onc
         first = await EngineProcess(SHARED_REDIS, redis_namespace, store).start(nursery)
         await first.role.leading.wait()
         second = await EngineProcess(SHARED_REDIS, redis_namespace, store).start(nursery)
+        metrics = Metrics()   # the second process's, read at scrape time as /metrics is
+        metrics.read_engine(lambda: second.role.engine, [], tick_s=1.0 / SETTINGS.tick_hz)
         control = await api_process(nursery, SHARED_REDIS, redis_namespace)
         await wait_for(lambda: control.ticking)
 
@@ -78,12 +82,14 @@ async def test_a_standby_takes_over_with_the_state_and_every_command_applied_onc
         assert agent["frequency"] == 600.0
         await wait_for(lambda: control.counts()["by_status"]["dispersed"] == 70)
         assert second.role.engine is None          # a hot standby: connected, not running
+        assert value(scrape(metrics), "atom_engine_leading") == 0
 
         first.stop()
         start = trio.current_time()
         await second.role.leading.wait()
         assert trio.current_time() - start < 1.0   # a clean stop hands the lease over at once
         assert second.role.restored_from == "checkpoint"
+        assert value(scrape(metrics), "atom_engine_leading") == 1
         engine = second.role.engine
         assert int((engine.state.status == DISPERSED).sum()) == 70
         assert engine.state.frequency[5] == 600.0

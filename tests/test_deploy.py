@@ -84,13 +84,33 @@ def test_compose_file_follows_the_compose_specification() -> None:
 def test_compose_has_the_seeds_services(compose: dict) -> None:
     assert set(compose["services"]) == {
         "atom-postgres", "atom-redis", "atom-migrate", "atom-engine", "atom-api", "atom-websocket",
-        "atom-nginx"}
+        "atom-nginx", "atom-prometheus"}
+    # Prometheus starts only with the monitoring profile; the rest always.
+    assert {name for name, s in compose["services"].items() if "profiles" in s} == {"atom-prometheus"}
+
+
+def test_the_monitoring_profile_scrapes_every_role_with_the_alert_rules(compose: dict) -> None:
+    prometheus = compose["services"]["atom-prometheus"]
+    assert prometheus["profiles"] == ["monitoring"]
+    assert set(prometheus["volumes"]) >= {
+        "./config/prometheus/prometheus.yml:/etc/prometheus/prometheus.yml:ro",
+        "./config/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"}
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    # It reaches the engine, which is on the internal network only.
+    assert "internal" in prometheus["networks"]
+    config = yaml.safe_load((ROOT / "config" / "prometheus" / "prometheus.yml").read_text())
+    assert config["rule_files"] == ["alerts.yml"]
+    scraped = {job["job_name"]: job["dns_sd_configs"][0] for job in config["scrape_configs"]}
+    assert {job: (sd["names"], sd["port"]) for job, sd in scraped.items()} == {
+        name: ([name], 8000) for name in ("atom-api", "atom-websocket", "atom-engine")}
 
 
 def test_only_nginx_publishes_ports_and_the_rest_expose_theirs(compose: dict) -> None:
     services = compose["services"]
     published = {name for name, s in services.items() if "ports" in s}
-    assert published == {"atom-nginx"}
+    assert published == {"atom-nginx", "atom-prometheus"}
+    # Prometheus's UI is for the host's operator only: published on its loopback.
+    assert services["atom-prometheus"]["ports"] == ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"]
     # Host side substitutable, container side fixed.
     assert [p.rsplit(":", 1)[1] for p in services["atom-nginx"]["ports"]] == ["80", "443"]
     assert services["atom-api"]["expose"] == ["8000"]
@@ -100,7 +120,7 @@ def test_only_nginx_publishes_ports_and_the_rest_expose_theirs(compose: dict) ->
 
 def test_long_running_services_have_a_healthcheck(compose: dict) -> None:
     for name in ("atom-postgres", "atom-redis", "atom-engine", "atom-api", "atom-websocket",
-                 "atom-nginx"):
+                 "atom-nginx", "atom-prometheus"):
         check = compose["services"][name]["healthcheck"]
         assert check["test"][0] in ("CMD", "CMD-SHELL"), name
         assert not check.get("disable"), name
@@ -310,10 +330,11 @@ async def wait_until_listening(port: int, process: trio.Process, what: str) -> N
             return
 
 
-@asynccontextmanager
-async def running_nginx(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, Path, Path],
-                        api: str, ws: str) -> AsyncIterator[Nginx]:
-    """A throwaway nginx with config/nginx.conf, its pid, temp and logs under its prefix."""
+def nginx_command(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, Path, Path],
+                  api: str, ws: str) -> list[str]:
+    """The command of a throwaway nginx with config/nginx.conf rendered for ``api`` and ``ws``
+    (host:port), its pid, temp and logs under its prefix; the configuration is written and
+    checked (``nginx -t``) here."""
     prefix = nginx.prefix
     nginx.log_dir.mkdir(parents=True)
     (prefix / "temp").mkdir()
@@ -332,9 +353,16 @@ async def running_nginx(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, 
     main = f"daemon off; pid {prefix / 'nginx.pid'};" + (" user root;" if os.geteuid() == 0 else "")
     command = [nginx_binary, "-p", str(prefix), "-c", str(conf), "-e",
                str(nginx.log_dir / "error.log"), "-g", main]
-    checked = await trio.run_process([*command, "-t"], capture_stdout=True, capture_stderr=True,
-                                     check=False)
-    assert checked.returncode == 0, checked.stderr.decode()
+    checked = subprocess.run([*command, "-t"], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    return command
+
+
+@asynccontextmanager
+async def running_nginx(nginx_binary: str, nginx: Nginx, tls: tuple[trustme.CA, Path, Path],
+                        api: str, ws: str) -> AsyncIterator[Nginx]:
+    """A throwaway nginx (:func:`nginx_command`) until the block ends."""
+    command = nginx_command(nginx_binary, nginx, tls, api, ws)
     process = await trio.lowlevel.open_process(command, stdin=subprocess.DEVNULL)
     try:
         await wait_until_listening(nginx.https_port, process, "nginx")

@@ -57,6 +57,8 @@ async def test_frames_and_tick_lateness_move_with_the_compositor(services, autoj
                     if name == "atom_tick_lateness_seconds_bucket")
     assert [v for _, v in bounds] == sorted(v for _, v in bounds)
     assert value(second, "atom_engine_ticking") == 1.0
+    assert value(second, "atom_engine_leading") == 1.0   # the one engine of a single process
+    assert value(second, "atom_tick_interval_seconds") == pytest.approx(1 / 60)
     assert value(second, "atom_agents", status="active") == 350
     assert ("process_resident_memory_bytes", ()) in second
 
@@ -103,6 +105,15 @@ async def test_commands_by_level_and_result(services, autojump_clock):
     assert commands("regroup", "", "unavailable") == 1
     assert sum(v for (name, _), v in samples.items() if name == "atom_commands_total") == 6
     assert 70 < value(samples, "atom_agents", status="dispersed") <= 70 + 25
+
+
+async def test_the_alerts_bounds_the_tick_and_the_subscriber_limit(nursery, autojump_clock):
+    """What the lateness and subscriber alerts compare with follows the settings."""
+    services = await nursery.start(app.serve, make_settings(ws_max_connections=40, tick_hz=50,
+                                                            **FREE_PORTS))
+    samples = scrape(services.metrics)
+    assert value(samples, "atom_ws_max_connections") == 40
+    assert value(samples, "atom_tick_interval_seconds") == pytest.approx(0.02)
 
 
 async def test_backend_errors_are_the_backends_own_counts(services, autojump_clock):
