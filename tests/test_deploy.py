@@ -499,6 +499,8 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                     assert page.headers["content-type"].startswith("text/html")
                     assert "/viewer/viewer.js" in page.text
                     assert (await http.get("/viewer/viewer.js")).status_code == 200
+                    sdk = await http.get("/viewer/sdk/index.js")   # the SDK the page imports
+                    assert sdk.status_code == 200 and "javascript" in sdk.headers["content-type"]
                 # The same site under a name CORS_ORIGINS does not list: the API accepts its own
                 # origin only if nginx hands it the public Host.
                 other = f"https://localhost:{nginx.https_port}"

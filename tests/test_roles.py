@@ -15,7 +15,7 @@ from atom_actors.bus.redis import RedisBus
 from atom_actors.catalog import CATALOG
 from atom_actors.coordinator.redis import RedisCoordinator
 from atom_actors.errors import BackendUnavailable
-from atom_actors.protocol import decode_binary
+from atom_actors.protocol import DeltaDecoder, decode_binary
 from atom_actors.remote import RemoteSwarm
 
 from .conftest import make_settings
@@ -227,3 +227,44 @@ async def test_redis_restarted_broadcasters_keep_their_clients_and_commands_fail
                 assert decode_binary(await messages_until(ws, is_frame))[0] > last
             r = await http.post("/api/v1/swarm/disperse", headers=session, json={"level": "partial"})
             assert r.status_code == 202
+
+
+async def test_a_ws_process_streams_delta_exactly_across_an_engine_failover(
+        nursery, atom_processes, redis_server):
+    """A ``ws`` process fed through Redis derives q16 and the deltas from the frames it receives;
+    when the engine leader is killed and the standby goes on (a seq jump, maybe a pause), every
+    delta frame still decodes to the q16 frame of the same seq."""
+    env = atom_env(REDIS_URL=redis_server.url, WS_REQUIRE_SESSION="false")
+    with trio.fail_after(120):
+        leader, _ = await leader_and_standby(atom_processes, env)
+        ws_process = await atom_processes(["serve", "--role", "ws"], env)
+        url = url_in(await ws_process.wait_for("serving:"), "ws")
+        truth: dict[int, bytes] = {}
+        decoded: list[tuple[int, bytes]] = []
+        decoder = DeltaDecoder()
+        async with open_websocket_url(f"{url}?encoding=q16") as q16, \
+                open_websocket_url(f"{url}?encoding=delta") as delta:
+            assert json.loads(await delta.get_message())["encoding"] == "delta"
+            await q16.get_message()
+
+            async def read_q16() -> None:
+                while True:
+                    frame = await messages_until(q16, is_frame)
+                    truth[decode_binary(frame)[0]] = frame[16:]
+
+            async def read_delta(count: int) -> None:
+                while len(decoded) < count:
+                    seq, _, q = decoder.decode(await messages_until(delta, is_frame))
+                    decoded.append((seq, q.tobytes()))
+
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read_q16)
+                await read_delta(60)
+                leader.kill()
+                await read_delta(len(decoded) + 180)   # the standby's frames, three seconds
+                readers.cancel_scope.cancel()
+    seqs = [seq for seq, _ in decoded]
+    assert max(b - a for a, b in zip(seqs, seqs[1:])) > 1, "the failover skipped frames"
+    compared = [seq for seq, q in decoded if seq in truth]
+    assert len(compared) > 200
+    assert all(truth[seq] == q for seq, q in decoded if seq in truth), "a delta frame differs"
