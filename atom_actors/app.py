@@ -4,16 +4,20 @@
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
 above it); stopping goes the other way, one part at a time (:mod:`atom_actors.stack`)::
 
-    store        in memory, or PostgreSQL (DATABASE_URL): sessions, events, agents snapshot
-    bus          in-process, or Redis (REDIS_URL)
-    engine       without Redis: the engine itself (restored from the store) with its event log
+    store        in memory, or PostgreSQL (DATABASE_URL): durable sessions, events, agents snapshot
+    bus          in-process, or Redis (REDIS_URL): frames and events
+    coordinator  in memory, or Redis (REDIS_URL): the lease, commands, checkpoints, sessions,
+                 the Brise-Circuit's state, presence
+    sessions     the Sceau sessions (live ones in the coordinator; written behind to the store)
+    engine       single process: the engine itself (restored from the store) with its event log
                  and snapshots; with Redis (role all or engine): an EngineRole, the leader or a hot
                  standby among the engine processes
     swarm        with Redis (role all, api or ws): a RemoteSwarm mirroring the engine
     safeguard    the Brise-Circuit's task (regroups on a trip, records every change); with Redis,
-                 also following the other processes' circuits
+                 its state shared by every API process through the coordinator
     broadcaster  the WebSocket server of L'Essaim (WS_PORT, /ws/swarm)
-    api          the REST API (Hypercorn, Trio worker)
+    api          the REST API (Hypercorn, Trio worker); the engine and ws roles serve only
+                 /metrics and health on API_PORT (``api/probes.py``)
     stats        once a second, the compositor's and broadcaster's figures in the trace log
                  (only when INFO is logged: ZERO_LOG=false)
 
@@ -33,6 +37,7 @@ when either is configured, one trio-asyncio loop is opened here, at the root, fo
 from __future__ import annotations
 
 import sys
+import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -44,24 +49,29 @@ import trio
 from . import logs
 from .aio import open_bridge
 from .api import ApiInput, serve_api
+from .api.health import OK, ping
+from .api.probes import ProbesApp, serve_probes
 from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
+from .clock import WallClock
 from .cluster import EngineRole, engine_alarms
 from .compositor import TickStats
 from .config import Settings
+from .coordinator import Coordinator, MemoryCoordinator
+from .coordinator.redis import RedisCoordinator
 from .engine import Engine
-from .swarm_view import SwarmControl
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
 from .persistence import EventLog, restore_from_store, snapshot_agents
-from .remote import RemoteSwarm, SubscriberTotal, report_subscribers, share_safeguard
+from .remote import RemoteSwarm, SubscriberTotal, follow_engine_alarms, report_subscribers
 from .safeguard import BriseCircuit
 from .sessions import SessionService
 from .stack import open_service_stack
 from .store import MemoryStore, Store
 from .store.postgres import PostgresStore
 from .supervisor import Report
+from .swarm_view import SwarmControl
 
 ROLES = ("all", "engine", "api", "ws")
 
@@ -74,6 +84,7 @@ class Services:
     settings: Settings
     bus: Bus
     role: str = "all"
+    coordinator: Coordinator | None = None
     engine: Engine | None = None           # the in-process engine (role all without Redis)
     engine_role: EngineRole | None = None  # with Redis: this process's engine seat
     swarm: SwarmControl | None = None      # what the API and the broadcaster use
@@ -118,11 +129,6 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError("--role", f"{role!r} is not one of {', '.join(ROLES)}")
     if role != "all" and not settings.redis_url:
         raise ConfigError("REDIS_URL", f"--role {role} needs Redis: the processes meet there")
-    if role == "api" and not settings.database_url:
-        raise ConfigError("DATABASE_URL", "--role api needs PostgreSQL: sessions are shared there")
-    if role == "ws" and settings.ws_require_session and not settings.database_url:
-        raise ConfigError("DATABASE_URL", "--role ws needs PostgreSQL to check the sessions the "
-                                          "API processes open (or WS_REQUIRE_SESSION=false)")
 
 
 def make_store(settings: Settings) -> Store:
@@ -133,7 +139,14 @@ def make_bus(settings: Settings, parts: set[str]) -> Bus:
     if not settings.redis_url:
         return MemoryBus()
     readers = bool(parts & {"api", "ws"})
-    return RedisBus(settings.redis_url, frames=readers, events=readers, summaries=readers)
+    return RedisBus(settings.redis_url, frames=readers, events=readers)
+
+
+def make_coordinator(settings: Settings, parts: set[str]) -> Coordinator:
+    if not settings.redis_url:
+        return MemoryCoordinator()
+    return RedisCoordinator(settings.redis_url, summaries=bool(parts & {"api", "ws"}),
+                            revocations="ws" in parts)
 
 
 async def serve(settings: Settings, *, role: str = "all",
@@ -147,21 +160,24 @@ async def serve(settings: Settings, *, role: str = "all",
     check_role(settings, role)
     settings, _ = settings.with_ephemeral_key()   # `atom serve` has said so already if it made one
     parts = {"engine", "api", "ws"} if role == "all" else {role}
+    clustered = bool(settings.redis_url)   # the engine is a leader or standby among processes
     backends = open_bridge() if settings.database_url or settings.redis_url else nullcontext()
     async with backends, open_service_stack() as stack:
         store = await stack.start(make_store(settings).run, name="store")
         bus = await stack.start(make_bus(settings, parts).run, name="bus")
+        coordinator = await stack.start(make_coordinator(settings, parts).run, name="coordinator")
         metrics = Metrics()
-        metrics.read_backends(store, bus)
-        services = Services(settings, bus, role=role, store=store, metrics=metrics)
-        services.sessions = SessionService(store, settings.secret_key,
-                                           sceau_duration_ms=settings.sceau_duration,
-                                           ttl_s=settings.session_ttl_s, frequency=settings.frequency)
+        metrics.read_backends(store, bus, coordinator)
+        services = Services(settings, bus, role=role, coordinator=coordinator, store=store,
+                            metrics=metrics)
+        services.sessions = await stack.start(SessionService(
+            coordinator, settings.secret_key, store=store, sceau_duration_ms=settings.sceau_duration,
+            ttl_s=settings.session_ttl_s, frequency=settings.frequency).run, name="sessions")
         if "api" in parts:
-            services.safeguard = BriseCircuit(settings, bus, store)
+            services.safeguard = BriseCircuit(settings, bus, store, coordinator=coordinator)
             metrics.read_safeguard(services.safeguard.status)
-        if isinstance(bus, RedisBus):
-            await _start_redis_parts(stack, services, parts)
+        if clustered:
+            await _start_cluster_parts(stack, services, parts)
         else:
             await _start_engine(stack, services)
         if services.engine is not None or services.engine_role is not None:
@@ -170,8 +186,9 @@ async def serve(settings: Settings, *, role: str = "all",
             metrics.read_engine(services.running_engine, actors, tick_s=1.0 / settings.tick_hz)
         if services.safeguard is not None:
             await stack.start(services.safeguard.run, services.swarm, name="safeguard")
-            if isinstance(bus, RedisBus):
-                await stack.start(share_safeguard, services.safeguard, bus, name="safeguard-peers")
+            if clustered:
+                await stack.start(follow_engine_alarms, services.safeguard, bus,
+                                  name="engine-alarms")
         if "ws" in parts:
             broadcaster = services.broadcaster = await stack.start(
                 logs.traced, "broadcaster",
@@ -180,25 +197,65 @@ async def serve(settings: Settings, *, role: str = "all",
             services.ws_url = broadcaster.url
             metrics.read_broadcaster(broadcaster.stats, settings.ws_max_connections)
             services.subscribers = lambda: broadcaster.stats.clients
-            if isinstance(bus, RedisBus):
-                await stack.start(report_subscribers, bus, services.subscribers, name="subscribers-out")
-        if "api" in parts and isinstance(bus, RedisBus):
+            if clustered:
+                await stack.start(report_subscribers, coordinator, uuid.uuid4().hex[:12],
+                                  services.subscribers, name="subscribers-out")
+        if "api" in parts and clustered:
             # Subscribers are counted over every ws process, this one's included.
-            services.subscribers = await stack.start(SubscriberTotal(bus).run, name="subscribers-in")
+            services.subscribers = await stack.start(SubscriberTotal(coordinator).run,
+                                                     name="subscribers-in")
         if "api" in parts:
             assert services.swarm is not None and services.safeguard is not None
             services.api_input = ApiInput(
                 settings, services.swarm, services.sessions, services.safeguard, store, bus,
-                metrics=metrics, subscribers=services.subscribers, ws_url=services.ws_url)
+                coordinator=coordinator, metrics=metrics, subscribers=services.subscribers, ws_url=services.ws_url)
             services.api_url = await stack.start(logs.traced, "api",
                                                  partial(serve_api, services.api_input), name="api")
             if services.broadcaster is not None:
                 # The API's own origin may always open the stream; with API_PORT=0 it is known only now.
                 services.broadcaster.allow_origin(services.api_url)
+        else:
+            services.api_url = await stack.start(
+                serve_probes, role_probes(services), settings.api_host, settings.api_port,
+                name="probes")
         sends = services.broadcaster.stats if services.broadcaster is not None else None
         await stack.start(logs.report_stats, services.tick_stats, sends, name="stats")
         task_status.started(services)
         await trio.sleep_forever()
+
+
+def role_probes(services: Services) -> ProbesApp:
+    """What an engine or ws process answers on API_PORT: metrics, liveness, readiness.
+
+    Ready: an engine that leads and ticks, or stands by with the coordinator answering; a ws
+    process whose bus delivers frames (one composed within FRAMES_FRESH_S) and whose coordinator
+    answers (it checks the sessions there)."""
+    clock = WallClock()
+    engine_role, bus, coordinator = services.engine_role, services.bus, services.coordinator
+
+    def health() -> dict[str, Any]:
+        if engine_role is not None:
+            return {"engine": "leading" if engine_role.engine is not None else "standing by"}
+        return {}
+
+    async def checks() -> dict[str, str]:
+        found = {"coordinator": await ping(coordinator)}
+        if engine_role is not None:
+            engine = engine_role.engine
+            found["engine"] = OK if engine is None or engine.ticking else "leading, not ticking"
+        else:
+            found["bus"] = await ping(bus)
+            frame = bus.latest_frame
+            age = None if frame is None else clock.now() - frame.t
+            found["frames"] = OK if age is not None and age < FRAMES_FRESH_S else \
+                "no frame yet" if age is None else f"no frame for {age:.1f} s"
+        return found
+
+    assert services.metrics is not None
+    return ProbesApp(services.role, services.metrics.render, checks, health)
+
+
+FRAMES_FRESH_S = 2.0
 
 
 async def _start_engine(stack: Any, services: Services) -> None:
@@ -221,16 +278,18 @@ async def _start_engine(stack: Any, services: Services) -> None:
     await stack.start(snapshot_agents, engine, store, name="snapshots")
 
 
-async def _start_redis_parts(stack: Any, services: Services, parts: set[str]) -> None:
+async def _start_cluster_parts(stack: Any, services: Services, parts: set[str]) -> None:
+    assert services.coordinator is not None and services.store is not None
     if "engine" in parts:
         trace_and_count = supervision_reporter(services.metrics)
         on_report, on_overload = engine_alarms(services.bus, trace_and_count)
         services.engine_role = await stack.start(
-            EngineRole(services.settings, services.bus, services.store, on_report=on_report,
-                       on_overload=on_overload, announce=announce).run, name="engine-role")
+            EngineRole(services.settings, services.bus, services.coordinator, services.store,
+                       on_report=on_report, on_overload=on_overload, announce=announce).run,
+            name="engine-role")
     if parts & {"api", "ws"}:
-        services.swarm = await stack.start(RemoteSwarm(services.settings, services.bus).run,
-                                           name="swarm")
+        services.swarm = await stack.start(
+            RemoteSwarm(services.settings, services.bus, services.coordinator).run, name="swarm")
 
 
 def announce(message: str) -> None:

@@ -1,5 +1,6 @@
 """The engine role of a Redis deployment: one leader among the engine processes, the rest hot
-standbys. Plain Trio over :class:`~atom_actors.bus.redis.RedisBus`.
+standbys. Plain Trio over a :class:`~atom_actors.coordinator.Coordinator` (Redis in a deployment;
+the memory one in the failover tests, under a MockClock), publishing on the bus.
 
 Tree of one engine process::
 
@@ -12,7 +13,7 @@ Tree of one engine process::
         └── Commander.run           commands from the stream → engine; checkpoints
 
 **Exactly once.** A command is acknowledged in the stream only by a checkpoint, the atomic script
-that also stores the swarm state it produced (``RedisBus.checkpoint``). Between applying commands
+that also stores the swarm state it produced (``Coordinator.checkpoint``). Between applying commands
 and checkpointing them the commander waits SETTLE_S, so that the agent tasks have acted on them,
 and applies nothing else: a checkpoint's state holds the effect of exactly the commands it
 acknowledges. A leader killed before its checkpoint leaves those commands pending; the next
@@ -30,13 +31,15 @@ checkpoints are refused by the script from that moment).
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from .bus.redis import RedisBus
+from .bus import Bus
 from .config import Settings
+from .coordinator import Coordinator
 from .engine import Engine
 from .errors import BackendUnavailable, CommandError
 from .persistence import (EventLog, apply_checkpoint, decode_checkpoint, encode_checkpoint,
@@ -60,10 +63,10 @@ FINAL_CHECKPOINT_S = 1.0
 class Lease:
     """The right to be the one engine."""
 
-    def __init__(self, bus: RedisBus, ttl_s: float = LEASE_TTL_S) -> None:
-        self.bus = bus
+    def __init__(self, coordinator: Coordinator, ttl_s: float = LEASE_TTL_S) -> None:
+        self.coordinator = coordinator
         self.ttl_s = ttl_s
-        self.token = bus.instance
+        self.token = uuid.uuid4().hex[:12]   # this process's, for this life
 
     async def acquire(self) -> None:
         """Return once this process holds the lease (hot standby until then)."""
@@ -71,10 +74,10 @@ class Lease:
         while True:
             try:
                 if trio.current_time() >= quiet_until:
-                    if await self.bus.lease_acquire(self.token, self.ttl_s):
+                    if await self.coordinator.lease_acquire(self.token, self.ttl_s):
                         return
                 else:
-                    await self.bus.ping()
+                    await self.coordinator.ping()
             except BackendUnavailable:
                 # Once Redis is back, give the incumbent a whole TTL to renew before asking.
                 quiet_until = trio.current_time() + self.ttl_s
@@ -89,7 +92,7 @@ class Lease:
         while True:
             await trio.sleep(RENEW_S)
             try:
-                result = await self.bus.lease_renew(self.token, self.ttl_s)
+                result = await self.coordinator.lease_renew(self.token, self.ttl_s)
             except BackendUnavailable:
                 continue
             if result == 0:
@@ -103,7 +106,7 @@ class Lease:
         """Give the lease up (a clean stop), so that a standby takes over at once."""
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             try:
-                await self.bus.lease_release(self.token)
+                await self.coordinator.lease_release(self.token)
             except BackendUnavailable:
                 pass
 
@@ -111,12 +114,13 @@ class Lease:
 class Commander:
     """Applies the stream's commands to the leading engine and checkpoints, in one task."""
 
-    def __init__(self, engine: Engine, bus: RedisBus, lease: Lease, leading: trio.CancelScope) -> None:
+    def __init__(self, engine: Engine, coordinator: Coordinator, lease: Lease,
+                 leading: trio.CancelScope) -> None:
         self.engine = engine
-        self.bus = bus
+        self.coordinator = coordinator
         self.lease = lease
         self.leading = leading
-        self.consumer = bus.instance
+        self.consumer = lease.token
         self.applied_count = 0
         self.skipped_count = 0      # duplicates and unreadable entries, acknowledged only
         self._acks: list[tuple[str, str]] = []
@@ -133,8 +137,8 @@ class Commander:
         applies none of them again; unsettled ones are left to the next leader.
         """
         try:
-            await self._retry(self.bus.ensure_group)
-            claimed = await self._retry(self.bus.claim_commands, self.consumer)
+            await self._retry(self.coordinator.ensure_group)
+            claimed = await self._retry(self.coordinator.claim_commands, self.consumer)
             if claimed:
                 log.warning("taking over %d unacknowledged commands", len(claimed))
                 await self._apply(claimed)
@@ -143,7 +147,7 @@ class Commander:
             due = trio.current_time() + CHECKPOINT_S
             while True:
                 try:
-                    entries = await self.bus.read_commands(self.consumer)
+                    entries = await self.coordinator.read_commands(self.consumer)
                 except BackendUnavailable:
                     await trio.sleep(RETRY_S)
                     entries = []
@@ -166,7 +170,7 @@ class Commander:
 
     async def _apply(self, entries: list[tuple[str, dict | None]]) -> None:
         ids = [c["command_id"] for _, c in entries if c and isinstance(c.get("command_id"), str)]
-        done = await self._retry(self.bus.applied, ids)
+        done = await self._retry(self.coordinator.applied, ids)
         self._settled = False
         pending = {c for _, c in self._acks}
         for entry, command in entries:
@@ -205,8 +209,8 @@ class Commander:
         state = encode_checkpoint(checkpoint.state, seq, now)
         summary = encode_summary(checkpoint.state, seq, now)
         try:
-            held = await self.bus.checkpoint(self.lease.token, state, summary, int(now * 1000), acks,
-                                             self.lease.ttl_s)
+            held = await self.coordinator.checkpoint(self.lease.token, state, summary,
+                                                     int(now * 1000), acks, self.lease.ttl_s)
         except BackendUnavailable:
             return
         if not held:
@@ -216,10 +220,11 @@ class Commander:
         del self._acks[:len(acks)]
 
 
-def engine_alarms(bus: RedisBus, on_report: Callable[[Report], None] | None = None):
+def engine_alarms(bus: Bus, on_report: Callable[[Report], None] | None = None):
     """``(on_report, on_overload)`` for an engine process, which has no Brise-Circuit of its own:
     an escalated crash loop or a lasting overload goes out as a ``safeguard`` event opening the
-    circuit, which every API process's circuit follows (``remote.share_safeguard``)."""
+    circuit (``safeguard.is_engine_alarm``), on which the API processes open the shared circuit
+    (``remote.follow_engine_alarms``)."""
 
     def report(report: Report) -> None:
         if on_report is not None:
@@ -234,14 +239,14 @@ def engine_alarms(bus: RedisBus, on_report: Callable[[Report], None] | None = No
     return report, overload
 
 
-async def restore(engine: Engine, bus: RedisBus, store: Store) -> str:
+async def restore(engine: Engine, coordinator: Coordinator, store: Store) -> str:
     """Put the newest saved state into ``engine`` (not running yet); say where it came from.
 
     Redis not answering: retried until it does (starting fresh would drop the swarm's state),
     while the lease keeper, already running, steps down if the lease is lost meanwhile."""
     while True:
         try:
-            data = await bus.load_checkpoint()
+            data = await coordinator.load_checkpoint()
             break
         except BackendUnavailable:
             await trio.sleep(RETRY_S)
@@ -268,18 +273,19 @@ class EngineRole:
     """One engine process of a Redis deployment. ``engine`` is the running engine while this
     process leads, else None; ``leading`` is set while it leads (a fresh Event each term)."""
 
-    def __init__(self, settings: Settings, bus: RedisBus, store: Store, *,
+    def __init__(self, settings: Settings, bus: Bus, coordinator: Coordinator, store: Store, *,
                  on_report: Callable[[Report], None] | None = None,
                  on_overload: Callable[[float], None] | None = None,
                  announce: Callable[[str], None] | None = None) -> None:
         self.settings = settings
         self.bus = bus
+        self.coordinator = coordinator
         self.store = store
         self.on_report = on_report
         self.on_overload = on_overload
         # Leading and standing by are said on stderr (operators and tests watch for them).
         self.announce = announce or (lambda message: log.warning("%s", message))
-        self.lease = Lease(bus)
+        self.lease = Lease(coordinator)
         self.engine: Engine | None = None
         self.commander: Commander | None = None
         self.restored_from: str | None = None
@@ -314,10 +320,11 @@ class EngineRole:
             engine_log = await nursery.start(EventLog(self.store).run)
             engine = Engine(self.settings, self.bus, on_event=engine_log.offer,
                             on_report=self.on_report, on_overload=self.on_overload)
-            self.restored_from = await restore(engine, self.bus, self.store)
+            self.restored_from = await restore(engine, self.coordinator, self.store)
             await nursery.start(engine.run)
             await nursery.start(snapshot_agents, engine, self.store)
-            self.commander = await nursery.start(Commander(engine, self.bus, self.lease, leading).run)
+            self.commander = await nursery.start(
+                Commander(engine, self.coordinator, self.lease, leading).run)
             self.engine = engine
             self.announce(f"engine leading (term {self.terms}, state from {self.restored_from})")
             self.leading.set()

@@ -26,7 +26,7 @@ about a client.
     atom_frames_sent_total                  frame messages written to subscribers
     atom_frames_dropped_total               frames a slow client never received (newest won)
     atom_ws_handshakes_refused_total{status}    handshakes refused (400, 401, 403, 404, 503)
-    atom_ws_closed_total{cause}             subscribers closed: stall, oversize, lagging
+    atom_ws_closed_total{cause}             subscribers closed: stall, oversize, lagging, session
     atom_actor_restarts_total{actor}        supervisor restarts of each actor
     atom_actor_crashes_total{actor}         crashes of each actor
     atom_supervisor_escalations_total{supervisor}
@@ -83,11 +83,12 @@ class BroadcastFigures(Protocol):
     closed_stall: int
     closed_oversize: int
     closed_lagging: int
+    closed_session: int
     refused: dict[int, int]
 
 
 class Backend(Protocol):
-    """A store or a bus: its name and the calls that found it unavailable."""
+    """A store, a bus or a coordinator: its name and the calls that found it unavailable."""
 
     name: str
     failures: int
@@ -145,7 +146,8 @@ class Metrics:
         self._collect(lambda: _safeguard_metrics(status()))
 
     def read_backends(self, *parts: Backend) -> None:
-        """The failures the store and the bus counted (the in-process ones are both "memory")."""
+        """The failures the store, the bus and the coordinator counted (the in-process ones are
+        all "memory", the Redis ones both "redis")."""
         self._collect(lambda: _backend_metrics(parts))
 
     def on_report(self, report: Report) -> None:
@@ -283,7 +285,7 @@ def _broadcaster_metrics(stats: BroadcastFigures, max_connections: int) -> Itera
     closed = CounterMetricFamily("atom_ws_closed", "Subscribers the server closed, by cause",
                                  labels=["cause"])
     for cause, count in (("stall", stats.closed_stall), ("oversize", stats.closed_oversize),
-                         ("lagging", stats.closed_lagging)):
+                         ("lagging", stats.closed_lagging), ("session", stats.closed_session)):
         closed.add_metric([cause], float(count))
     yield closed
 

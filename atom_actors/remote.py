@@ -7,7 +7,7 @@ use it exactly as they use an in-process :class:`~atom_actors.engine.Engine`.
   corrected by its ``agent.status`` / ``agent.frequency`` events in between; positions from the
   latest frame on the bus. Names, functions and spheres come from the catalog, as in the engine.
 * Commands are checked here (so a bad one is refused at once with the engine's own errors), then
-  appended to the command stream. Once appended, a command will be applied exactly once, by
+  appended to the coordinator's command stream. Once appended, a command will be applied exactly once, by
   whichever engine leads. The answer waits up to REPLY_TIMEOUT_S for the engine's event (the
   regroup count, the retuned agent); past that (a failover in progress) it is predicted from the
   mirror. Redis down: :class:`~atom_actors.errors.BackendUnavailable` (503) at once.
@@ -15,20 +15,24 @@ use it exactly as they use an in-process :class:`~atom_actors.engine.Engine`.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
 
 import trio
 
-from .bus.redis import RedisBus
+from .bus import Bus
 from .config import MIN_HZ, Settings
+from .coordinator import Coordinator
 from .engine import new_command_id
 from .errors import BackendUnavailable
 from .persistence import decode_summary
-from .safeguard import CLOSED, OPEN, RESET_REASON, BriseCircuit
+from .safeguard import OPEN, BriseCircuit, is_engine_alarm
 from .swarm import DISPERSED, STATUS_CODES, SwarmState
 from .swarm_view import SwarmView, dispersal_size
+
+log = logging.getLogger("atom_actors.remote")
 
 REPLY_TIMEOUT_S = 1.0
 SUMMARY_STALE_S = 1.5     # three missed summaries: the engine is not ticking (or not there)
@@ -45,11 +49,15 @@ class _Reply:
 
 
 class RemoteSwarm(SwarmView):
-    """A :class:`~atom_actors.engine.SwarmControl` over a :class:`RedisBus`; ``run`` it."""
+    """A :class:`~atom_actors.engine.SwarmControl` over the bus (frames, events) and the
+    coordinator (summaries, commands); ``run`` it."""
 
-    def __init__(self, settings: Settings, bus: RedisBus) -> None:
+    def __init__(self, settings: Settings, bus: Bus, coordinator: Coordinator, *,
+                 timeout_s: float = 1.0) -> None:
         self.settings = settings
         self.bus = bus
+        self.coordinator = coordinator
+        self.timeout_s = timeout_s
         self.catalog = catalog = settings.catalog
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self.summaries = 0
@@ -62,11 +70,11 @@ class RemoteSwarm(SwarmView):
         """Mirror the engine until cancelled: the last stored summary first (bounded: Redis may
         be down), then every summary and event. Errors: none expected; malformed summaries are
         skipped."""
-        self.bus.summary_listeners.append(self._on_summary)
+        self.coordinator.summary_listeners.append(self._on_summary)
         try:
-            with trio.move_on_after(self.bus.timeout_s):
+            with trio.move_on_after(self.timeout_s):
                 try:
-                    data = await self.bus.load_summary()
+                    data = await self.coordinator.load_summary()
                 except BackendUnavailable:
                     data = None
                 if data is not None:
@@ -76,7 +84,7 @@ class RemoteSwarm(SwarmView):
                 async for event in events:
                     self._on_event(event)
         finally:
-            self.bus.summary_listeners.remove(self._on_summary)
+            self.coordinator.summary_listeners.remove(self._on_summary)
 
     def _on_summary(self, data: bytes, fresh: bool = True) -> None:
         try:
@@ -151,7 +159,7 @@ class RemoteSwarm(SwarmView):
         command_id = command["command_id"]
         reply = self._replies[command_id] = _Reply(REPLY_EVENTS[command["kind"]])
         try:
-            await self.bus.add_command(command)
+            await self.coordinator.add_command(command)
             with trio.move_on_after(REPLY_TIMEOUT_S):
                 await reply.event.wait()
             return reply.value
@@ -159,38 +167,43 @@ class RemoteSwarm(SwarmView):
             del self._replies[command_id]
 
 
-async def share_safeguard(circuit: BriseCircuit, bus: RedisBus, *,
-                          task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-    """Keep this process's Brise-Circuit in step with the other processes', until cancelled.
+async def follow_engine_alarms(circuit: BriseCircuit, bus: Bus, *,
+                               task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Open the deployment's Brise-Circuit when an engine process raises the alarm, until
+    cancelled.
 
-    Every circuit publishes its changes as ``safeguard`` events, and engine processes publish one
-    when their engine escalates or overloads (``cluster.engine_alarms``). An opening elsewhere
-    opens ours (our own events come back too: already open, nothing happens); an operator's reset
-    elsewhere closes ours. The rate windows stay each process's own.
+    The circuit's state is shared through the coordinator, so the API processes need not follow
+    each other's ``safeguard`` events; but an engine process has no circuit of its own: when its
+    engine escalates or overloads it publishes a ``safeguard`` opening event whose reason says so
+    (``safeguard.is_engine_alarm``). Every API process hears it and asks the shared circuit to
+    open; the first one's swap opens it and carries out the effects, the others find it open
+    already. Errors: the coordinator unreachable → this alarm is logged and dropped (the engine's
+    next one comes again).
     """
     with bus.subscribe_events() as events:
         task_status.started()
         async for event in events:
-            if event.get("event") != "safeguard":
+            reason = event.get("reason")
+            if event.get("event") != "safeguard" or event.get("state") != OPEN \
+                    or not is_engine_alarm(reason) or circuit.state == OPEN:
                 continue
-            if event.get("state") == OPEN and circuit.state != OPEN:
-                circuit.trip("peer", str(event.get("reason") or "another process opened it"))
-            elif event.get("state") == CLOSED and event.get("reason") == RESET_REASON \
-                    and circuit.state != CLOSED:
-                circuit.reset()
+            try:
+                await circuit.trip_shared("alarm", reason)
+            except BackendUnavailable as exc:
+                log.warning("an engine's alarm could not open the Brise-Circuit: %s", exc.detail)
 
 
 SUBSCRIBERS_EVERY_S = 1.0
 
 
-async def report_subscribers(bus: RedisBus, count: Callable[[], int], *,
+async def report_subscribers(coordinator: Coordinator, process: str, count: Callable[[], int], *,
                              task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     """A ws process says, every second, how many subscribers it has (forgotten 3 s after it
     stops saying so: a dead process does not count). Errors: an outage skips a beat."""
     task_status.started()
     while True:
         try:
-            await bus.set_subscribers(count(), 3 * SUBSCRIBERS_EVERY_S)
+            await coordinator.set_subscribers(process, count(), 3 * SUBSCRIBERS_EVERY_S)
         except BackendUnavailable:
             pass
         await trio.sleep(SUBSCRIBERS_EVERY_S)
@@ -199,8 +212,8 @@ async def report_subscribers(bus: RedisBus, count: Callable[[], int], *,
 class SubscriberTotal:
     """The subscribers of every ws process, refreshed every second; call it for the number."""
 
-    def __init__(self, bus: RedisBus) -> None:
-        self.bus = bus
+    def __init__(self, coordinator: Coordinator) -> None:
+        self.coordinator = coordinator
         self.total = 0
 
     def __call__(self) -> int:
@@ -211,7 +224,7 @@ class SubscriberTotal:
         task_status.started(self)
         while True:
             try:
-                self.total = await self.bus.total_subscribers()
+                self.total = await self.coordinator.total_subscribers()
             except BackendUnavailable:
                 pass
             await trio.sleep(SUBSCRIBERS_EVERY_S)

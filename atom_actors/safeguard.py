@@ -27,19 +27,31 @@ wait (Retry-After of one second). The probe decides:
   circuit stays half_open for the next command.
 
 A trip empties the window, so the commands that caused it do not count again after the cooldown.
+A probe whose process never reports its outcome (it died) is forgotten after PROBE_TIMEOUT_S.
 
-:class:`BriseCircuit` is the shell: it reads Trio's clock, publishes a ``safeguard`` event on the bus
-at every state change, and its task (:meth:`BriseCircuit.run`) regroups the swarm to its safe state
-on every opening, records every change in the store, and turns the circuit half_open on time.
+:class:`BriseCircuit` is the shell: it reads the wall clock, publishes a ``safeguard`` event on the
+bus at every state change, and its task (:meth:`BriseCircuit.run`) regroups the swarm to its safe
+state on every opening, records every change in the store, and turns the circuit half_open on time.
+
+**One circuit per deployment.** The state and the windows live in the coordinator (a Redis hash in
+a deployment), changed only by compare-and-swap: each change reads the stored state, runs the
+:class:`Breaker` on it, and writes it back only over the version it read, retrying otherwise. So
+N API processes admit exactly the commands one process would, a trip opens it for all of them,
+and exactly one process — the one whose swap made the change — carries out its effects (regroup,
+record, event). Each process keeps a copy of the state for its synchronous readers (``state``,
+``status()``, metrics), refreshed every REFRESH_S; a trip or reset made here (``trip()``,
+``reset()``, synchronous: the engine's callbacks and the API call them) changes the copy at once
+and is written to the shared state by the next swap, which always applies it first.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -49,6 +61,7 @@ import trio
 from .bus import Bus
 from .clock import WallClock
 from .config import Settings
+from .coordinator import Coordinator, MemoryCoordinator
 from .errors import BackendUnavailable, CommandError, SafeguardOpen
 from .store import EventRecord, Store
 from .supervisor import Report
@@ -61,22 +74,39 @@ log = logging.getLogger("atom_actors.safeguard")
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # While half_open, the commands that arrive behind the probe retry after this long.
 PROBE_RETRY_S = 1.0
+# A probe admitted this long ago whose outcome never came (its process died) is forgotten.
+PROBE_TIMEOUT_S = 10.0
+# Each process's copy of the shared state is at most this old.
+REFRESH_S = 0.5
+# Compare-and-swap attempts before a change gives up (BackendUnavailable): contention that high
+# means something is wrong, not that three API processes are busy.
+SWAP_ATTEMPTS = 20
 # Pending state changes for the task that records them; a change beyond it is counted, not kept.
 CHANGES_BUFFER = 64
 # The reason an operator's reset gives: the other processes' circuits close on it (and only on it).
 RESET_REASON = "reset by an operator"
 
 
+# Every engine alarm's reason starts so: the API processes of a deployment open the shared circuit
+# on the ``safeguard`` events an engine process publishes, not on their own (``is_engine_alarm``).
+ENGINE_ALARM = "the engine "
+
+
 def escalation_reason(report: Report) -> str | None:
     """Why a supervision report opens the circuit (an escalated crash loop), else None."""
     if report.kind != "escalated":
         return None
-    return f"the engine gave up on {report.child} after {report.restarts} restarts"
+    return f"{ENGINE_ALARM}gave up on {report.child} after {report.restarts} restarts"
 
 
 def overload_reason(seconds: float) -> str:
     """Why a compositor that overran its tick budget for ``seconds`` in a row opens the circuit."""
-    return f"the engine overran its tick budget for {seconds:.1f} s"
+    return f"{ENGINE_ALARM}overran its tick budget for {seconds:.1f} s"
+
+
+def is_engine_alarm(reason: object) -> bool:
+    """Whether a ``safeguard`` event's reason is an engine's alarm (escalation, overload)."""
+    return isinstance(reason, str) and reason.startswith(ENGINE_ALARM)
 
 
 def safeguard_event(state: str, reason: str) -> dict[str, Any]:
@@ -87,7 +117,7 @@ def safeguard_event(state: str, reason: str) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class Change:
     """One state change: ``trigger`` is rate, total, escalation, overload, probe_failed,
-    cooldown, probe_ok or reset; ``at`` is Trio time."""
+    cooldown, probe_ok or reset; ``at`` is Unix seconds."""
 
     state: str
     reason: str
@@ -111,7 +141,8 @@ class Decision:
 
 
 class Breaker:
-    """The state machine, without I/O and without a clock of its own."""
+    """The state machine, without I/O and without a clock of its own (``now``: Unix seconds, so
+    that processes sharing it agree). :meth:`dump` / :meth:`load` carry it to the coordinator."""
 
     def __init__(self, *, max_commands: int, max_total: int, window_s: float,
                  cooldown_s: float) -> None:
@@ -127,6 +158,29 @@ class Breaker:
         self._totals: deque[float] = deque()
         self._generation = 0          # bumped at every change, so stale tickets are ignored
         self._probe_out = False
+        self._probe_at = -math.inf
+
+    def dump(self) -> bytes:
+        """The state and the windows, as JSON bytes (the limits are each process's settings)."""
+        return json.dumps({"state": self.state, "reason": self.reason,
+                           "changed_at": self.changed_at, "trips": self.trips,
+                           "commands": list(self._commands), "totals": list(self._totals),
+                           "generation": self._generation, "probe_out": self._probe_out,
+                           "probe_at": self._probe_at}).encode()
+
+    def load(self, data: bytes) -> None:
+        """Take the state and windows of :meth:`dump`; raises ValueError on anything else."""
+        try:
+            d = json.loads(data)
+            self.state, self.reason = str(d["state"]), str(d["reason"])
+            self.changed_at, self.trips = float(d["changed_at"]), int(d["trips"])
+            self._commands, self._totals = deque(map(float, d["commands"])), deque(map(float, d["totals"]))
+            self._generation, self._probe_out = int(d["generation"]), bool(d["probe_out"])
+            self._probe_at = float(d["probe_at"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"not a Brise-Circuit state: {exc}") from None
+        if self.state not in (CLOSED, OPEN, HALF_OPEN):
+            raise ValueError(f"not a Brise-Circuit state: {self.state!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Breaker:
@@ -162,6 +216,8 @@ class Breaker:
     def admit(self, now: float, *, total: bool) -> Decision:
         """Count a command and say whether it may run; a command over a limit trips the circuit."""
         changes = list(self.poll(now))
+        if self._probe_out and now - self._probe_at > PROBE_TIMEOUT_S:
+            self._probe_out = False   # its process never said how it went
         if self.state == OPEN or (self.state == HALF_OPEN and self._probe_out):
             return Decision(None, self.retry_after(now), tuple(changes))
         self._prune(now)
@@ -177,7 +233,8 @@ class Breaker:
         if total:
             self._totals.append(now)
         probe = self.state == HALF_OPEN
-        self._probe_out = self._probe_out or probe
+        if probe:
+            self._probe_out, self._probe_at = True, now
         return Decision(Ticket(probe, self._generation), 0.0, tuple(changes))
 
     def finish(self, now: float, ticket: Ticket, outcome: str) -> tuple[Change, ...]:
@@ -232,20 +289,29 @@ class BriseCircuit:
 
     Create it inside ``trio.run``; hand :meth:`on_report` and :meth:`on_overload` to the Engine;
     start :meth:`run` once the engine is up; wrap every swarm-changing command in :meth:`command`.
+    ``coordinator`` holds the state shared with the deployment's other API processes (a private
+    memory one when not given).
     """
 
     def __init__(self, settings: Settings, bus: Bus, store: Store, *,
-                 clock: WallClock | None = None) -> None:
-        self.breaker = Breaker.from_settings(settings)
+                 coordinator: Coordinator | None = None, clock: WallClock | None = None) -> None:
+        self.settings = settings
+        self.breaker = Breaker.from_settings(settings)   # the shared state, as last seen here
         self.bus = bus
         self.store = store
+        self.coordinator = coordinator or MemoryCoordinator()
         self.clock = clock or WallClock()
+        self.version = 0              # of the shared state the copy was made from
         self.unrecorded = 0           # changes the recording task could not keep up with
         self._send, self._receive = trio.open_memory_channel[Change](CHANGES_BUFFER)
+        # Trips and resets made here, not yet written to the shared state.
+        self._unshared: list[Callable[[Breaker], object]] = []
+        # One swap at a time per process: concurrent commands of one process would otherwise
+        # all read the same version and all but one retry (contention is for processes only).
+        self._swapping = trio.Lock()
 
     @property
     def state(self) -> str:
-        self._apply(self.breaker.poll(trio.current_time()))
         return self.breaker.state
 
     # -- what the engine calls (plain callables: they never block) ---------------------------------
@@ -261,7 +327,14 @@ class BriseCircuit:
         self.trip("overload", overload_reason(seconds))
 
     def trip(self, trigger: str, reason: str) -> None:
-        self._apply(self.breaker.trip(trio.current_time(), trigger, reason))
+        """Open the circuit now (here at once; everywhere with the next swap)."""
+        self._local(lambda b, now=self.clock.now(): b.trip(now, trigger, reason))
+
+    async def trip_shared(self, trigger: str, reason: str) -> None:
+        """Open the shared circuit, unless it is open already (an alarm several processes hear:
+        exactly one of them carries it out)."""
+        now = self.clock.now()
+        self._apply(await self._swap(lambda b: b.trip(now, trigger, reason)))
 
     # -- what the API calls ------------------------------------------------------------------------
 
@@ -271,9 +344,11 @@ class BriseCircuit:
 
         The block's outcome feeds the half_open probe: it returns → ``ok``; it raises a
         CommandError (the engine refused the arguments) or is cancelled → ``inconclusive``;
-        anything else → ``failed``.
+        anything else → ``failed``. Errors: the coordinator unreachable → BackendUnavailable,
+        before the block runs.
         """
-        decision = self.breaker.admit(trio.current_time(), total=total)
+        now = self.clock.now()
+        decision = await self._swap(lambda b: b.admit(now, total=total))
         self._apply(decision.changes)
         if decision.ticket is None:
             reason = self.breaker.reason if self.breaker.state == OPEN else \
@@ -289,22 +364,40 @@ class BriseCircuit:
             outcome = "failed"
             raise
         finally:
-            self._apply(self.breaker.finish(trio.current_time(), decision.ticket, outcome))
+            if decision.ticket.probe:
+                await self._finish(decision.ticket, outcome)
+
+    async def _finish(self, ticket: Ticket, outcome: str) -> None:
+        with trio.CancelScope(shield=True), trio.move_on_after(2 * REFRESH_S + 1):
+            now = self.clock.now()
+            try:
+                self._apply(await self._swap(lambda b: b.finish(now, ticket, outcome)))
+            except BackendUnavailable as exc:
+                # The probe is forgotten after PROBE_TIMEOUT_S: the next command probes again.
+                log.warning("the probe's outcome was not recorded: %s", exc.detail)
+
+    async def refresh(self) -> None:
+        """Bring this process's copy up to date with the shared state now (for an answer that
+        must be exact: ``GET /api/v1/safeguard``); the coordinator down: the copy stays."""
+        try:
+            await self._swap(lambda b: None)
+        except BackendUnavailable:
+            pass
 
     def reset(self) -> dict[str, Any]:
-        self._apply(self.breaker.reset(trio.current_time()))
+        """Close it now (here at once; everywhere with the next swap)."""
+        self._local(lambda b, now=self.clock.now(): b.reset(now))
         return self.status()
 
     def status(self) -> dict[str, Any]:
-        now = trio.current_time()
-        self._apply(self.breaker.poll(now))
+        now = self.clock.now()
         b = self.breaker
         commands, totals = b.window(now)
         retry = b.retry_after(now)
         return {
             "state": b.state,
             "reason": b.reason or None,
-            "since": round(self.clock.from_trio(b.changed_at), 3) if b.reason else None,
+            "since": round(b.changed_at, 3) if b.reason else None,
             "retry_after_s": round(retry, 3) if b.state != CLOSED else None,
             "trips": b.trips,
             "window": {"commands": commands, "total_dispersals": totals},
@@ -312,24 +405,72 @@ class BriseCircuit:
                        "window_s": b.window_s, "cooldown_s": b.cooldown_s},
         }
 
+    # -- the shared state --------------------------------------------------------------------------
+
+    def _local(self, op: Callable[[Breaker], tuple[Change, ...]]) -> None:
+        """A trip or reset made here: applied to the copy now, to the shared state by the next
+        swap (before whatever that swap does)."""
+        self._apply(op(self.breaker))
+        self._unshared.append(op)
+
+    async def _swap(self, fn: Callable[[Breaker], Any]) -> Any:
+        """Run ``fn`` on the shared state, atomically; return what it returned.
+
+        The trips and resets made here go first (their effects were carried out already). Raises
+        BackendUnavailable when the coordinator does not answer or the state is too contended.
+        """
+        async with self._swapping:
+            return await self._swap_once(fn)
+
+    async def _swap_once(self, fn: Callable[[Breaker], Any]) -> Any:
+        for _ in range(SWAP_ATTEMPTS):
+            version, data = await self.coordinator.load_breaker()
+            breaker = Breaker.from_settings(self.settings)
+            if data is not None:
+                try:
+                    breaker.load(data)
+                except ValueError as exc:
+                    log.error("the shared Brise-Circuit state is unreadable, starting over: %s", exc)
+            unshared = list(self._unshared)
+            for op in unshared:
+                op(breaker)
+            result = fn(breaker)
+            dumped = breaker.dump()
+            if dumped == data or await self.coordinator.swap_breaker(version, dumped):
+                del self._unshared[:len(unshared)]
+                self.breaker, self.version = breaker, version + (dumped != data)
+                return result
+        raise BackendUnavailable(self.coordinator.name, "the Brise-Circuit's state is too contended")
+
     # -- the task ----------------------------------------------------------------------------------
 
     async def run(self, control: SwarmControl, *,
                   task_status: trio.TaskStatus[BriseCircuit] = trio.TASK_STATUS_IGNORED) -> None:
-        """Carry out the effects of state changes, and open → half_open on time, until cancelled.
+        """Carry out the effects of state changes, keep the copy of the shared state fresh, and
+        turn it half_open on time, until cancelled.
 
-        On each change: record it in the store; on each opening, also regroup the swarm through
-        ``control``. Cancellation: stops at once; changes not yet recorded are lost (an escalation
-        stops the whole process right after its trip, so its record is best effort). Errors: a
-        store that does not answer is logged and the change skipped; anything else propagates.
+        On each change made here: record it in the store; on each opening, also regroup the swarm
+        through ``control``. Every REFRESH_S (and at the end of a cooldown) the shared state is
+        read again, the trips and resets made here written to it, and an open circuit whose
+        cooldown is over turned half_open (by exactly one process). Cancellation: stops at once;
+        changes not yet recorded are lost (an escalation stops the whole process right after its
+        trip, so its record is best effort). Errors: a store or coordinator that does not answer
+        is logged and skipped; anything else propagates.
         """
         task_status.started(self)
         while True:
-            with trio.move_on_at(self.breaker.half_open_at):
+            deadline = min(self.clock.to_trio(self.breaker.half_open_at),
+                           trio.current_time() + REFRESH_S)
+            with trio.move_on_at(deadline):
                 change = await self._receive.receive()
                 await self._carry_out(change, control)
-                continue
-            self._apply(self.breaker.poll(trio.current_time()))
+                if not self._unshared:
+                    continue
+            now = self.clock.now()
+            try:
+                self._apply(await self._swap(lambda b: b.poll(now)))
+            except BackendUnavailable:
+                pass   # the copy stays as it was; the next beat tries again
 
     async def _carry_out(self, change: Change, control: SwarmControl) -> None:
         if change.state == OPEN:
@@ -337,8 +478,7 @@ class BriseCircuit:
         payload = {"state": change.state, "reason": change.reason, "trigger": change.trigger,
                    "trips": self.breaker.trips}
         try:
-            await self.store.record_event(
-                EventRecord(self.clock.from_trio(change.at), "safeguard", payload))
+            await self.store.record_event(EventRecord(change.at, "safeguard", payload))
         except BackendUnavailable as exc:
             # The swarm is already safe; a missing audit line must not stop the breaker.
             log.warning("safeguard change not recorded: %s", exc)

@@ -279,15 +279,17 @@ def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, loa
           " figures are indicative, ratios hold better")
     header = (f"{'server':<22}{'clients':>8}{'fps mean':>9}{'fps min':>8}{'gap p99':>8}"
               f"{'lat p50':>8}{'lat p99':>8}{'B/frame':>9}{'wire B':>8}{'kB/s/sub':>9}{'cpu':>7}"
+              f"{'cpu/frame':>10}"
               f"{'rss start':>10}{'rss end':>8}{'dropped (server)':>18}{'skipped':>9}")
     print(header)
     print(f"{'':<22}{'':>8}{'':>9}{'':>8}{'ms':>8}{'ms':>8}{'ms':>8}{'':>9}{'':>8}{'':>9}"
-          f"{'cores':>7}{'MB':>10}{'MB':>8}")
+          f"{'cores':>7}{'µs':>10}{'MB':>10}{'MB':>8}")
     for name, r, dropped in rows:
         print(f"{name:<22}{r['clients']:>8}{r['fps_mean']:>9.2f}{r['fps_min']:>8.2f}"
               f"{r['gap_p99_ms']:>8.1f}{r['lat_p50_ms']:>8.1f}{r['lat_p99_ms']:>8.1f}"
               f"{r['bytes_per_frame']:>9.0f}{r['wire_bytes_per_frame']:>8.0f}"
-              f"{r['kbytes_per_sub_s']:>9.1f}{r['cpu_cores']:>7.3f}{r['rss_start_mb']:>10.1f}"
+              f"{r['kbytes_per_sub_s']:>9.1f}{r['cpu_cores']:>7.3f}{cpu_per_frame_us(r):>10.2f}"
+              f"{r['rss_start_mb']:>10.1f}"
               f"{r['rss_end_mb']:>8.1f}{dropped:>18}{100 * r['skipped_frac']:>8.2f}%")
     peer = next((r for name, r, _ in rows if "peer" in name), None)
     if peer is not None:
@@ -310,9 +312,51 @@ def print_table(rows: list[tuple[str, dict, str]], args: argparse.Namespace, loa
             notes.append(f"RSS over the soak {r['rss_min_mb']:.1f}..{r['rss_max_mb']:.1f} MB "
                          f"({drift:.1f} %)")
         print(f"  {name}: " + "; ".join(notes))
+    print("  cpu/frame: server CPU per frame delivered to one subscriber (CPU / (fps mean x "
+          "clients)): comparable across rows when a busy machine delivers fewer frames to some")
+    if args.fps and args.fps < args.tick_hz:
+        print(f"  skipped: seq gaps seen by the clients; at {args.fps} of {args.tick_hz} fps, "
+              f"{100 * (1 - args.fps / args.tick_hz):.2f} % are the decimation itself")
+    for line in checks(rows, args):
+        print(f"  check: {line}")
     print("  result: " + "  ".join(
         f"{name}={r['bytes_per_frame']:.0f}B/frame,{r['fps_mean']:.2f}fps,{r['cpu_cores']:.3f}cores"
         for name, r, _ in rows))
+
+
+def checks(rows: list[tuple[str, dict, str]], args: argparse.Namespace) -> list[str]:
+    """Issue 11's targets against this run, each said met or not (and when the run is too short
+    or too small for one to apply)."""
+    fps = args.fps or args.tick_hz
+    verdict = {True: "met", False: "NOT MET"}
+    found = {name.rsplit(" ", 1)[-1] if "peer" not in name else name: r for name, r, _ in rows}
+    out = []
+    delta = found.get("delta")
+    if delta is not None and fps in DELTA_BYTES_TARGET:
+        full = args.seconds >= 60 and args.disperse_at
+        out.append(f"delta {delta['bytes_per_frame']:.0f} B/frame <= {DELTA_BYTES_TARGET[fps]} at "
+                   f"{fps} fps: {verdict[delta['bytes_per_frame'] <= DELTA_BYTES_TARGET[fps]]}"
+                   + ("" if full else " (indicative: the target is over --seconds 60 with "
+                                      "--disperse-at)"))
+    if delta is not None and args.clients >= 500 and fps == 60:
+        ok = delta["fps_mean"] >= TARGETS["fps_mean"] and delta["fps_min"] >= TARGETS["fps_min"]
+        out.append(f"delta fps {delta['fps_mean']:.2f} / worst {delta['fps_min']:.2f} >= "
+                   f"{TARGETS['fps_mean']} / {TARGETS['fps_min']}: {verdict[ok]}")
+    if delta is not None and "f32" in found:
+        out.append(f"delta CPU {delta['cpu_cores']:.3f} <= f32's {found['f32']['cpu_cores']:.3f}: "
+                   f"{verdict[delta['cpu_cores'] <= found['f32']['cpu_cores']]} (per frame sent "
+                   f"{cpu_per_frame_us(delta):.1f} vs {cpu_per_frame_us(found['f32']):.1f} µs)")
+    node = found.get("node peer f32")
+    if delta is not None and node is not None:
+        ratio = delta["cpu_cores"] / max(node["cpu_cores"], 1e-9)
+        out.append(f"delta CPU within 5 % of the Node ws peer on f32: x{ratio:.2f}: "
+                   f"{verdict[ratio <= 1.05]} (per frame sent {cpu_per_frame_us(delta):.1f} vs "
+                   f"{cpu_per_frame_us(node):.1f} µs)")
+    return out
+
+
+def cpu_per_frame_us(r: dict) -> float:
+    return r["cpu_cores"] * 1e6 / max(r["fps_mean"] * r["clients"], 1e-9)
 
 
 def disperse(api: str | None, session: str | None) -> Callable[[], None]:

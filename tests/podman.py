@@ -105,10 +105,11 @@ def ensure_image() -> tuple[str, float]:
     if image_exists(name):
         return name, 0.0
     started = time.monotonic()
-    # --layers=false: no intermediate image per instruction (each a whole copy under vfs).
-    podman("build", "--pull=never", "--layers=false", "--network", "host", "--format", "docker",
-           *ULIMITS, "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "-t", name, "-f",
-           str(ROOT / "Dockerfile"), str(ROOT), timeout=900)
+    # --layers=false: no intermediate image per instruction (each a whole copy under vfs);
+    # --force-rm: no working container left behind by a failed build.
+    podman("build", "--pull=never", "--layers=false", "--force-rm", "--network", "host",
+           "--format", "docker", *ULIMITS, "-v", f"{CA_BUNDLE}:{CA_BUNDLE}:ro", "-t", name,
+           "-f", str(ROOT / "Dockerfile"), str(ROOT), timeout=900)
     took = time.monotonic() - started
     # Earlier builds of other sources are of no more use: keep the disk from filling up.
     for line in podman("images", "--format", "{{.Repository}}:{{.Tag}}",

@@ -91,12 +91,19 @@ def _pg_user() -> str | None:
 
 
 class RedisServer:
-    """A redis-server of our own on a free port, keeping nothing on disk."""
+    """A redis-server of our own on a free port, keeping nothing on disk; or, with
+    ``appendonly``, everything in an append-only file of its own directory, as a deployment's
+    Redis does (the command stream then survives a restart)."""
 
-    def __init__(self) -> None:
+    def __init__(self, appendonly: bool = False) -> None:
         self.binary = need_redis_server()
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.dir = tempfile.mkdtemp(prefix="atom-redis-") if appendonly else tempfile.gettempdir()
+        # everysec, Redis's default and the deployment's: "always" makes every write wait for
+        # the disk, which on a busy machine stalls Redis for seconds (and engines lose leases).
+        self.persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if appendonly \
+            else ["--appendonly", "no"]
 
     @property
     def url(self) -> str:
@@ -105,7 +112,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--daemonize", "no", "--dir", tempfile.gettempdir()],
+             *self.persistence, "--daemonize", "no", "--dir", self.dir],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = []
         # Its log says when it listens: reading it blocks until then, no polling needed.

@@ -32,6 +32,7 @@ from atom_actors.api.routes import meta
 from atom_actors.app import Services
 from atom_actors.bus import MemoryBus
 from atom_actors.catalog import CATALOG
+from atom_actors.coordinator import MemoryCoordinator
 from atom_actors.engine import Engine
 from atom_actors.safeguard import BriseCircuit
 from atom_actors.sessions import SessionService
@@ -182,15 +183,17 @@ async def test_health_and_readiness(autojump_clock, api):
                                                  "ws_port": ws_port, "sceau_duration_ms": 2000}
     r = await c.get("/api/v1/health/ready")
     assert r.status_code == 200
-    assert r.json() == {"status": "ready", "checks": {"engine": "ticking", "store": "ok", "bus": "ok"}}
+    assert r.json() == {"status": "ready", "checks": {"engine": "ok", "store": "ok", "bus": "ok",
+                                                      "coordinator": "ok"}}
 
 
 def parts(s, store=None) -> Services:
     """Services put together by hand, the engine made but not started."""
     bus = MemoryBus()
     store = store or MemoryStore()
-    services = Services(s, bus, store=store)
-    services.sessions = SessionService(store, "k" * 40, sceau_duration_ms=s.sceau_duration,
+    services = Services(s, bus, store=store, coordinator=MemoryCoordinator())
+    services.sessions = SessionService(MemoryCoordinator(), "k" * 40, store=store,
+                                       sceau_duration_ms=s.sceau_duration,
                                        ttl_s=s.session_ttl_s, frequency=s.frequency)
     services.safeguard = BriseCircuit(s, bus, store)
     services.engine = Engine(s, bus)
@@ -220,7 +223,7 @@ async def test_not_ready_while_the_store_does_not_answer(autojump_clock, nursery
     async with client(services) as c:
         body = assert_error(await c.get("/api/v1/health/ready"), 503, "not_ready")
     assert body["checks"]["store"].startswith("no answer within")
-    assert body["checks"]["engine"] == "ticking"
+    assert body["checks"]["engine"] == "ok"
 
 
 async def test_metrics_are_prometheus_text(autojump_clock, api):

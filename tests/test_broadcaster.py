@@ -733,3 +733,26 @@ async def test_delta_is_smaller_than_q16_on_the_wire(autojump_clock, serve):
     assert set(sizes["q16"]) == {16 + 350 * 6}
     assert sizes["delta"][0] == 16 + 350 * 12, "a keyframe first"
     assert np.mean(sizes["delta"][1:]) < 600
+
+
+async def test_a_delta_subscriber_that_talks_gets_the_same_treatment(autojump_clock, serve):
+    """Whatever a client sends is read and dropped; over 4 KiB closes it (1009). The other delta
+    subscriber of the group decodes on, undisturbed."""
+    services = await serve()
+    url = services.ws_url + "?encoding=delta"
+    with trio.fail_after(BOUND_S):
+        async with open_websocket_url(url) as talker, open_websocket_url(url) as listener:
+            await talker.get_message()
+            await listener.get_message()
+            decoder = DeltaDecoder()
+            decoder.decode(await next_frame(listener))
+            await talker.send_message(b"\x01\x04" + bytes(100))   # looks like a keyframe: ignored
+            await talker.send_message("x" * 4096)
+            await talker.send_message(b"x" * 4097)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await talker.get_message()
+            assert closed.value.reason.code == 1009
+            seqs = [decoder.decode(await next_frame(listener))[0] for _ in range(60)]
+    assert seqs == list(range(seqs[0], seqs[0] + 60)) and decoder.keyframes == 1
+    assert services.broadcaster.stats.closed_oversize == 1

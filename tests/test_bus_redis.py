@@ -68,13 +68,13 @@ async def test_publishing_never_blocks_and_the_newest_frame_wins(nursery, redis_
         assert (await sub.receive()).seq == 999
 
 
-async def test_a_command_while_redis_is_down_fails_at_once():
+async def test_a_call_while_redis_is_down_fails_at_once():
     async with trio.open_nursery() as nursery:
         bus = await start_bus(nursery, f"redis://127.0.0.1:{free_port()}/0", frames=False, events=False)
         start = trio.current_time()
         with trio.fail_after(5):
             with pytest.raises(BackendUnavailable) as caught:
-                await bus.add_command({"kind": "regroup", "command_id": "x"})
+                await bus.ping()
         assert caught.value.status == 503 and caught.value.backend == "redis"
         assert trio.current_time() - start < 0.5
         # Publishing while down neither blocks nor raises.
@@ -112,63 +112,14 @@ async def test_frames_flow_again_within_two_seconds_of_a_redis_restart(nursery, 
         assert again.seq - latest >= 25
 
 
-async def test_commands_are_redelivered_until_a_checkpoint_acknowledges_them(nursery, redis_namespace):
-    with trio.fail_after(10):
-        bus = await start_bus(nursery, namespace=redis_namespace, frames=False, events=False)
-        await bus.add_command({"kind": "regroup", "command_id": "c-before-any-engine"})
-        await bus.ensure_group()
-        await bus.add_command({"kind": "retune", "agent": 1, "frequency": 500.0, "command_id": "c2"})
-        first = await bus.read_commands("engine-a", block_ms=100)
-        assert [c["command_id"] for _, c in first] == ["c-before-any-engine", "c2"]
-        assert await bus.read_commands("engine-a", block_ms=100) == []
-        # engine-a dies without a checkpoint: engine-b, the new leader, claims both.
-        assert await bus.lease_acquire("engine-b", 5.0)
-        claimed = await bus.claim_commands("engine-b")
-        assert [e for e, _ in claimed] == [e for e, _ in first]
-        assert await bus.checkpoint("engine-b", b"state", b"summary", 1000,
-                                    [(first[0][0], "c-before-any-engine"), (first[1][0], "c2")])
-        assert await bus.claim_commands("engine-c") == []
-        assert await bus.applied(["c2", "c9"]) == {"c2"}
-        assert await bus.applied_log() == ["c-before-any-engine", "c2"]
-        assert await bus.load_checkpoint() == b"state"
-        assert await bus.load_summary() == b"summary"
-
-
-async def test_a_checkpoint_without_the_lease_writes_nothing(nursery, redis_namespace):
-    with trio.fail_after(10):
-        bus = await start_bus(nursery, namespace=redis_namespace, frames=False, events=False)
-        await bus.ensure_group()
-        entry = await bus.add_command({"kind": "regroup", "command_id": "c1"})
-        await bus.read_commands("old-leader", block_ms=100)
-        assert await bus.lease_acquire("new-leader", 5.0)
-        assert not await bus.checkpoint("old-leader", b"stale", b"stale", 1000, [(entry, "c1")])
-        assert await bus.load_checkpoint() is None
-        assert [e for e, _ in await bus.claim_commands("new-leader")] == [entry]
-
-
-async def test_the_lease_has_one_holder(nursery, redis_namespace):
-    with trio.fail_after(10):
-        bus = await start_bus(nursery, namespace=redis_namespace, frames=False, events=False)
-        assert await bus.lease_acquire("a", 5.0)
-        assert not await bus.lease_acquire("b", 5.0)
-        assert await bus.lease_renew("a", 5.0) == 1
-        assert await bus.lease_renew("b", 5.0) == 0
-        await bus.lease_release("b")                 # not b's: nothing happens
-        assert await bus.lease_holder() == "a"
-        await bus.lease_release("a")
-        assert await bus.lease_holder() is None
-        assert await bus.lease_renew("a", 5.0) == 2  # vanished (a Redis restart): taken back
-        assert await bus.lease_holder() == "a"
-
-
 async def test_unreadable_messages_are_counted_not_fatal(nursery, redis_namespace):
     with trio.fail_after(10):
         reader = await start_bus(nursery, namespace=redis_namespace)
         other = await start_bus(nursery, namespace=redis_namespace, frames=False, events=False)
         await subscribed(reader)
         from atom_actors.bus import redis as redis_bus
-        await other._call(redis_bus._aio_publish, reader.keys.frames, b"garbage")
-        await other._call(redis_bus._aio_publish, reader.keys.events, b"{not json")
+        await other.link.call(redis_bus._aio_publish, reader.keys.frames, b"garbage")
+        await other.link.call(redis_bus._aio_publish, reader.keys.events, b"{not json")
         sub = reader.subscribe_frames()
         other.publish_frame(frame(5))
         assert (await sub.receive()).seq == 5

@@ -4,11 +4,15 @@ applied exactly once across a handover, fencing, and a Redis restart under a run
 
 from __future__ import annotations
 
+import pytest
 import trio
 
+from atom_actors.bus import Bus, MemoryBus
 from atom_actors.bus.redis import RedisBus
-from atom_actors.cluster import LEASE_TTL_S, EngineRole, engine_alarms
-from atom_actors.errors import SupervisorEscalation
+from atom_actors.cluster import LEASE_TTL_S, STANDBY_POLL_S, EngineRole, engine_alarms
+from atom_actors.coordinator import Coordinator, MemoryCoordinator
+from atom_actors.coordinator.redis import RedisCoordinator
+from atom_actors.errors import BackendUnavailable, SupervisorEscalation
 from atom_actors.metrics import Metrics
 from atom_actors.remote import RemoteSwarm
 from atom_actors.stack import open_service_stack
@@ -22,12 +26,34 @@ from .servers import SHARED_REDIS
 SETTINGS = make_settings(dispersal_dwell_s=600)
 
 
-class EngineProcess:
-    """One engine process: its own bus connection and role, stopped on its own."""
+class Deployment:
+    """Where the processes meet: a Redis namespace, or (``url`` None) shared memory: one
+    in-process bus and one memory coordinator's state, each process with a handle of its own."""
 
-    def __init__(self, url: str, namespace: str, store: MemoryStore) -> None:
-        self.url, self.namespace, self.store = url, namespace, store
-        self.bus: RedisBus
+    def __init__(self, url: str | None = None, namespace: str = "atom") -> None:
+        self.url, self.namespace = url, namespace
+        self.memory_bus = MemoryBus()
+        self.memory = MemoryCoordinator()
+
+    async def connect(self, stack, *, reader: bool) -> tuple[Bus, Coordinator]:
+        if self.url is None:
+            return self.memory_bus, MemoryCoordinator(self.memory.shared)
+        bus = await stack.start(RedisBus(self.url, namespace=self.namespace, frames=reader,
+                                         events=reader).run)
+        coordinator = await stack.start(RedisCoordinator(self.url, namespace=self.namespace,
+                                                         summaries=reader).run)
+        if reader and not bus.up:
+            await bus.subscribed.wait()
+        return bus, coordinator
+
+
+class EngineProcess:
+    """One engine process: its own connections and role, stopped (or killed) on its own."""
+
+    def __init__(self, deployment: Deployment, store: MemoryStore) -> None:
+        self.deployment, self.store = deployment, store
+        self.bus: Bus
+        self.coordinator: Coordinator
         self.role: EngineRole
 
     async def start(self, nursery: trio.Nursery) -> EngineProcess:
@@ -36,22 +62,31 @@ class EngineProcess:
 
     async def _run(self, *, task_status) -> None:
         with trio.CancelScope() as scope:
-            async with open_service_stack() as stack:   # the role stops before its bus
-                self.bus = await stack.start(
-                    RedisBus(self.url, namespace=self.namespace, frames=False, events=False).run)
-                self.role = await stack.start(EngineRole(SETTINGS, self.bus, self.store).run)
+            async with open_service_stack() as stack:   # the role stops before its connections
+                self.bus, self.coordinator = await self.deployment.connect(stack, reader=False)
+                self.role = await stack.start(EngineRole(SETTINGS, self.bus, self.coordinator,
+                                                         self.store).run)
                 task_status.started(scope)
                 await trio.sleep_forever()
 
     def stop(self) -> None:
         self.scope.cancel()
 
+    def kill(self) -> None:
+        """As kill -9: its coordinator handle is cut off first, so nothing is given back."""
+        assert isinstance(self.coordinator, MemoryCoordinator)
+        self.coordinator.sever()
+        self.scope.cancel()
 
-async def api_process(nursery: trio.Nursery, url: str, namespace: str) -> RemoteSwarm:
-    bus = await nursery.start(RedisBus(url, namespace=namespace, summaries=True).run)
-    if not bus.up:
-        await bus.subscribed.wait()
-    return await nursery.start(RemoteSwarm(SETTINGS, bus).run)
+
+async def api_process(nursery: trio.Nursery, deployment: Deployment) -> RemoteSwarm:
+    async def run(*, task_status) -> None:
+        async with open_service_stack() as stack:
+            bus, coordinator = await deployment.connect(stack, reader=True)
+            task_status.started(await stack.start(RemoteSwarm(SETTINGS, bus, coordinator).run))
+            await trio.sleep_forever()
+
+    return await nursery.start(run)
 
 
 async def wait_for(predicate, poll_s: float = 0.02) -> None:
@@ -59,22 +94,98 @@ async def wait_for(predicate, poll_s: float = 0.02) -> None:
         await trio.sleep(poll_s)
 
 
-async def committed(bus: RedisBus, expected: list[str]) -> None:
+async def committed(coordinator: Coordinator, expected: list[str]) -> None:
     """Wait until the applied-commands log is ``expected``; it must never hold more."""
-    while (log := await bus.applied_log()) != expected:
+    while (log := await coordinator.applied_log()) != expected:
         assert len(log) < len(expected), log
         await trio.sleep(0.02)
 
 
+# -- the failover logic, on the memory coordinator and virtual time ------------------------------
+
+async def test_a_killed_leader_is_replaced_within_a_lease_and_no_command_is_lost_or_doubled(
+        autojump_clock, nursery):
+    deployment, store = Deployment(), MemoryStore()
+    leader = await EngineProcess(deployment, store).start(nursery)
+    await leader.role.leading.wait()
+    standby = await EngineProcess(deployment, store).start(nursery)
+    control = await api_process(nursery, deployment)
+    await wait_for(lambda: control.ticking)
+
+    sent: list[str] = []
+
+    async def send(first: int, last: int) -> None:
+        for i in range(first, last):
+            await control.retune(i, 500.0 + i, command_id=f"c{i}")
+            sent.append(f"c{i}")
+            await trio.sleep(0.05)
+
+    await send(0, 10)
+    leader.kill()
+    killed = trio.current_time()
+    async with trio.open_nursery() as sending:
+        sending.start_soon(send, 10, 30)       # accepted meanwhile: the stream keeps them
+        await standby.role.leading.wait()
+        assert trio.current_time() - killed <= LEASE_TTL_S + STANDBY_POLL_S + 0.1
+    assert standby.role.restored_from == "checkpoint"
+    await committed(standby.coordinator, sent)
+    engine = standby.role.engine
+    assert [engine.state.frequency[i] for i in range(30)] == [500.0 + i for i in range(30)]
+
+
+async def test_a_clean_stop_hands_over_at_once_and_nothing_is_applied_twice(autojump_clock, nursery):
+    deployment, store = Deployment(), MemoryStore()
+    first = await EngineProcess(deployment, store).start(nursery)
+    await first.role.leading.wait()
+    second = await EngineProcess(deployment, store).start(nursery)
+    control = await api_process(nursery, deployment)
+    await control.disperse("partial", command_id="d1")
+    await committed(first.coordinator, ["d1"])
+    first.stop()
+    stopped = trio.current_time()
+    await second.role.leading.wait()
+    assert trio.current_time() - stopped <= STANDBY_POLL_S + 0.1
+    await control.regroup(command_id="r1")
+    await committed(second.coordinator, ["d1", "r1"])
+    assert second.role.commander.applied_count == 1
+
+
+async def test_a_severed_leader_steps_down_when_it_finds_its_lease_taken(autojump_clock, nursery):
+    """A leader cut off from the coordinator longer than its lease finds another leader when it
+    comes back, and stands by (its checkpoints would be refused anyway)."""
+    deployment, store = Deployment(), MemoryStore()
+    first = await EngineProcess(deployment, store).start(nursery)
+    await first.role.leading.wait()
+    second = await EngineProcess(deployment, store).start(nursery)
+    first.coordinator.sever()
+    await second.role.leading.wait()
+    first.coordinator.severed = False
+    await wait_for(lambda: first.role.engine is None)
+    assert await first.coordinator.lease_holder() == second.role.lease.token
+
+
+async def test_commands_while_the_coordinator_is_unreachable_are_refused_at_once(
+        autojump_clock, nursery):
+    deployment = Deployment()
+    leader = await EngineProcess(deployment, MemoryStore()).start(nursery)
+    await leader.role.leading.wait()
+    control = await api_process(nursery, deployment)
+    control.coordinator.sever()
+    with pytest.raises(BackendUnavailable):
+        await control.regroup()
+
+
+# -- the same over real Redis ---------------------------------------------------------------------
+
 async def test_a_standby_takes_over_with_the_state_and_every_command_applied_once(nursery, redis_namespace):
     store = MemoryStore()
     with trio.fail_after(30):
-        first = await EngineProcess(SHARED_REDIS, redis_namespace, store).start(nursery)
+        first = await EngineProcess(Deployment(SHARED_REDIS, redis_namespace), store).start(nursery)
         await first.role.leading.wait()
-        second = await EngineProcess(SHARED_REDIS, redis_namespace, store).start(nursery)
+        second = await EngineProcess(Deployment(SHARED_REDIS, redis_namespace), store).start(nursery)
         metrics = Metrics()   # the second process's, read at scrape time as /metrics is
         metrics.read_engine(lambda: second.role.engine, [], tick_s=1.0 / SETTINGS.tick_hz)
-        control = await api_process(nursery, SHARED_REDIS, redis_namespace)
+        control = await api_process(nursery, Deployment(SHARED_REDIS, redis_namespace))
         await wait_for(lambda: control.ticking)
 
         assert (await control.disperse("partial", command_id="d1"))["dispersed"] == 70
@@ -96,43 +207,43 @@ async def test_a_standby_takes_over_with_the_state_and_every_command_applied_onc
 
         result = await control.regroup(command_id="r1")
         assert result == {"regrouped": 70, "command_id": "r1"}
-        await committed(second.bus, ["d1", "t1", "r1"])
+        await committed(second.coordinator, ["d1", "t1", "r1"])
 
 
 async def test_commands_accepted_while_no_engine_runs_are_applied_when_one_leads(nursery, redis_namespace):
     with trio.fail_after(30):
-        control = await api_process(nursery, SHARED_REDIS, redis_namespace)
+        control = await api_process(nursery, Deployment(SHARED_REDIS, redis_namespace))
         predicted = await control.disperse("sectoral", "transport", command_id="early")
         assert predicted["dispersed"] == 25                    # answered without an engine
-        engine = await EngineProcess(SHARED_REDIS, redis_namespace, MemoryStore()).start(nursery)
+        engine = await EngineProcess(Deployment(SHARED_REDIS, redis_namespace), MemoryStore()).start(nursery)
         await engine.role.leading.wait()
         await wait_for(lambda: len(control.agents(sphere="transport", status="dispersed")) == 25)
-        await committed(engine.bus, ["early"])
+        await committed(engine.coordinator, ["early"])
 
 
 async def test_a_command_sent_twice_is_applied_once(nursery, redis_namespace):
     with trio.fail_after(30):
-        engine = await EngineProcess(SHARED_REDIS, redis_namespace, MemoryStore()).start(nursery)
+        engine = await EngineProcess(Deployment(SHARED_REDIS, redis_namespace), MemoryStore()).start(nursery)
         await engine.role.leading.wait()
         for _ in range(2):
-            await engine.bus.add_command({"kind": "disperse", "level": "total", "sphere": "privacy",
+            await engine.coordinator.add_command({"kind": "disperse", "level": "total", "sphere": "privacy",
                                           "command_id": "same"})
-        await engine.bus.add_command({"kind": "regroup", "command_id": "after"})
-        await committed(engine.bus, ["same", "after"])
+        await engine.coordinator.add_command({"kind": "regroup", "command_id": "after"})
+        await committed(engine.coordinator, ["same", "after"])
         assert engine.role.commander.applied_count == 2
         assert engine.role.commander.skipped_count == 1
 
 
 async def test_a_leader_whose_lease_is_taken_steps_down(nursery, redis_namespace):
     with trio.fail_after(30):
-        engine = await EngineProcess(SHARED_REDIS, redis_namespace, MemoryStore()).start(nursery)
+        engine = await EngineProcess(Deployment(SHARED_REDIS, redis_namespace), MemoryStore()).start(nursery)
         await engine.role.leading.wait()
         token = engine.role.lease.token
-        await engine.bus.lease_release(token)
-        assert await engine.bus.lease_acquire("intruder", 60)
+        await engine.coordinator.lease_release(token)
+        assert await engine.coordinator.lease_acquire("intruder", 60)
         await wait_for(lambda: engine.role.engine is None)
-        assert await engine.bus.lease_holder() == "intruder"   # stepping down left it alone
-        await engine.bus.lease_release("intruder")
+        assert await engine.coordinator.lease_holder() == "intruder"   # stepping down left it alone
+        await engine.coordinator.lease_release("intruder")
         await engine.role.leading.wait()
         assert engine.role.terms == 2
 
@@ -140,9 +251,9 @@ async def test_a_leader_whose_lease_is_taken_steps_down(nursery, redis_namespace
 async def test_the_leader_keeps_its_lease_through_a_redis_restart(nursery, redis_server):
     with trio.fail_after(30):
         store = MemoryStore()
-        leader = await EngineProcess(redis_server.url, "atom", store).start(nursery)
+        leader = await EngineProcess(Deployment(redis_server.url), store).start(nursery)
         await leader.role.leading.wait()
-        standby = await EngineProcess(redis_server.url, "atom", store).start(nursery)
+        standby = await EngineProcess(Deployment(redis_server.url), store).start(nursery)
         engine = leader.role.engine
         await redis_server.astop()
         await trio.sleep(0.5)
@@ -150,10 +261,10 @@ async def test_the_leader_keeps_its_lease_through_a_redis_restart(nursery, redis
         await trio.sleep(LEASE_TTL_S + 0.5)
         assert leader.role.engine is engine and engine.ticking
         assert standby.role.engine is None
-        assert await leader.bus.lease_holder() == leader.role.lease.token
-        control = await api_process(nursery, redis_server.url, "atom")
+        assert await leader.coordinator.lease_holder() == leader.role.lease.token
+        control = await api_process(nursery, Deployment(redis_server.url))
         assert (await control.regroup(command_id="after-restart"))["command_id"] == "after-restart"
-        await committed(leader.bus, ["after-restart"])
+        await committed(leader.coordinator, ["after-restart"])
 
 
 async def test_an_engine_crash_loop_raises_the_alarm_for_every_brise_circuit(nursery, redis_namespace):
@@ -162,10 +273,11 @@ async def test_an_engine_crash_loop_raises_the_alarm_for_every_brise_circuit(nur
     async def engine_process(*, task_status) -> None:
         try:
             async with open_service_stack() as stack:
-                bus = await stack.start(RedisBus(SHARED_REDIS, namespace=redis_namespace,
-                                                 frames=False, events=False).run)
+                bus, coordinator = await Deployment(SHARED_REDIS, redis_namespace).connect(
+                    stack, reader=False)
                 on_report, on_overload = engine_alarms(bus)
-                role = await stack.start(EngineRole(SETTINGS, bus, MemoryStore(), on_report=on_report,
+                role = await stack.start(EngineRole(SETTINGS, bus, coordinator, MemoryStore(),
+                                                    on_report=on_report,
                                                     on_overload=on_overload).run)
                 await role.leading.wait()
                 task_status.started(role)

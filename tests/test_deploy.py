@@ -490,7 +490,8 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
             atom_command(services["atom-migrate"]["command"]), cwd=tmp_path,
             env=atom_environ(**backends), capture_stderr=True, check=False)
         assert migrated.returncode == 0, migrated.stderr.decode()
-        async with atom_serve(nursery, tmp_path, services["atom-engine"]["command"], **backends), \
+        async with atom_serve(nursery, tmp_path, services["atom-engine"]["command"],
+                              **backends) as engine, \
                 atom_serve(nursery, tmp_path, services["atom-api"]["command"], **backends) as api, \
                 atom_serve(nursery, tmp_path, services["atom-websocket"]["command"],
                            **backends) as ws:
@@ -509,6 +510,8 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                     assert page.headers["content-type"].startswith("text/html")
                     assert "/viewer/viewer.js" in page.text
                     assert (await http.get("/viewer/viewer.js")).status_code == 200
+                    sdk = await http.get("/viewer/sdk/index.js")   # the SDK the page imports
+                    assert sdk.status_code == 200 and "javascript" in sdk.headers["content-type"]
                 # The same site under a name CORS_ORIGINS does not list: the API accepts its own
                 # origin only if nginx hands it the public Host.
                 other = f"https://localhost:{nginx.https_port}"
@@ -545,19 +548,21 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                             seqs.append(seq)
                     assert seqs == sorted(seqs) and len(set(seqs)) == 10
 
-            # The compose healthchecks and the image's, run against these very processes.
-            api_port, ws_port = api_address.rsplit(":", 1)[1], ws_address.rsplit(":", 1)[1]
+            # The compose healthchecks and the image's, run against these very processes: every
+            # role answers its readiness on its own API_PORT (CONTRACT §2.2).
+            api_port = api_address.rsplit(":", 1)[1]
+            ws_port, engine_port = (p.address("api").rsplit(":", 1)[1] for p in (ws, engine))
             api_check = healthcheck_command(services["atom-api"])
             ws_check = healthcheck_command(services["atom-websocket"])
             engine_check = healthcheck_command(services["atom-engine"])
             assert run_healthcheck(api_check, API_PORT=api_port) == 0
             assert run_healthcheck(dockerfile_healthcheck(), API_PORT=api_port) == 0
-            assert run_healthcheck(ws_check, WS_PORT=ws_port) == 0
-            assert run_healthcheck(engine_check, REDIS_URL=redis_server.url) == 0
+            assert run_healthcheck(ws_check, API_PORT=ws_port) == 0
+            assert run_healthcheck(engine_check, API_PORT=engine_port) == 0
             assert run_healthcheck(api_check, API_PORT=str(free_port())) != 0
-            assert run_healthcheck(ws_check, WS_PORT=str(free_port())) != 0
-        # The engine has stopped and given its lease back: no engine leads.
-        assert run_healthcheck(engine_check, REDIS_URL=redis_server.url) != 0
+            assert run_healthcheck(ws_check, API_PORT=str(free_port())) != 0
+        # The engine has stopped: nothing answers its health check.
+        assert run_healthcheck(engine_check, API_PORT=engine_port) != 0
 
     logs = nginx.logs()
     assert "POST /api/v1/sceau/activate 201" in logs and "GET /ws/swarm 101" in logs

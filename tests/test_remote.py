@@ -9,6 +9,7 @@ import trio
 
 from atom_actors.bus.redis import RedisBus
 from atom_actors.cluster import EngineRole
+from atom_actors.coordinator.redis import RedisCoordinator
 from atom_actors.errors import (BackendUnavailable, FrequencyOutOfRange, UnknownAgent, UnknownLevel,
                                 UnknownSphere)
 from atom_actors.remote import SUMMARY_STALE_S, RemoteSwarm
@@ -32,16 +33,19 @@ async def engine_and_control(nursery: trio.Nursery, namespace: str):
             async with open_service_stack() as stack:
                 bus = await stack.start(RedisBus(SHARED_REDIS, namespace=namespace, frames=False,
                                                  events=False).run)
-                role = await stack.start(EngineRole(SETTINGS, bus, MemoryStore()).run)
+                coordinator = await stack.start(RedisCoordinator(SHARED_REDIS, namespace=namespace,
+                                                                 summaries=False).run)
+                role = await stack.start(EngineRole(SETTINGS, bus, coordinator, MemoryStore()).run)
                 await role.leading.wait()
                 task_status.started((role, scope))
                 await trio.sleep_forever()
 
     role, scope = await nursery.start(engine_process)
-    bus = await nursery.start(RedisBus(SHARED_REDIS, namespace=namespace, summaries=True).run)
+    bus = await nursery.start(RedisBus(SHARED_REDIS, namespace=namespace).run)
+    coordinator = await nursery.start(RedisCoordinator(SHARED_REDIS, namespace=namespace).run)
     if not bus.up:
         await bus.subscribed.wait()
-    control = await nursery.start(RemoteSwarm(SETTINGS, bus).run)
+    control = await nursery.start(RemoteSwarm(SETTINGS, bus, coordinator).run)
     await wait_for(lambda: control.ticking and bus.latest_frame is not None)
     return role, scope, control
 
@@ -83,7 +87,8 @@ async def test_commands_answer_like_the_engine(nursery, redis_namespace):
 ])
 async def test_bad_commands_are_refused_here_without_redis(call, error):
     # The bus is not even running: a refusal of the arguments never needs Redis.
-    control = RemoteSwarm(SETTINGS, RedisBus(f"redis://127.0.0.1:{free_port()}/0"))
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    control = RemoteSwarm(SETTINGS, RedisBus(url), RedisCoordinator(url))
     with pytest.raises(error):
         await call(control)
     with pytest.raises(UnknownAgent):
@@ -93,8 +98,10 @@ async def test_bad_commands_are_refused_here_without_redis(call, error):
 
 
 async def test_a_command_while_redis_is_down_is_a_503_at_once(nursery):
-    bus = await nursery.start(RedisBus(f"redis://127.0.0.1:{free_port()}/0", summaries=True).run)
-    control = await nursery.start(RemoteSwarm(SETTINGS, bus).run)
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    bus = await nursery.start(RedisBus(url).run)
+    control = await nursery.start(RemoteSwarm(SETTINGS, bus, await nursery.start(
+        RedisCoordinator(url).run)).run)
     assert not control.ticking
     for command in (control.disperse("partial"), control.regroup(), control.retune(1, 500.0)):
         start = trio.current_time()

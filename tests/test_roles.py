@@ -13,8 +13,9 @@ import trio
 
 from atom_actors.bus.redis import RedisBus
 from atom_actors.catalog import CATALOG
+from atom_actors.coordinator.redis import RedisCoordinator
 from atom_actors.errors import BackendUnavailable
-from atom_actors.protocol import decode_binary
+from atom_actors.protocol import DeltaDecoder, decode_binary
 from atom_actors.remote import RemoteSwarm
 
 from .conftest import make_settings
@@ -27,8 +28,9 @@ TAKEOVER_S = 3.0
 
 async def api_side(nursery: trio.Nursery, url: str) -> RemoteSwarm:
     """What an api process runs to reach the engine, in the test's own trio.run."""
-    bus = await nursery.start(RedisBus(url, summaries=True).run)
-    control = await nursery.start(RemoteSwarm(SETTINGS, bus).run)
+    bus = await nursery.start(RedisBus(url).run)
+    coordinator = await nursery.start(RedisCoordinator(url).run)
+    control = await nursery.start(RemoteSwarm(SETTINGS, bus, coordinator).run)
     while not control.ticking:
         await trio.sleep(0.05)
     return control
@@ -88,11 +90,11 @@ async def test_kill_9_of_the_leader_the_standby_takes_over_and_applies_every_com
         await all_sent.wait()
         assert len(accepted) == 60                      # Redis was up: every command accepted
 
-        log = await control.bus.applied_log()
+        log = await control.coordinator.applied_log()
         while Counter(log) != Counter(accepted):
             assert not set(log) - set(accepted) and max(Counter(log).values(), default=1) == 1, log
             await trio.sleep(0.1)
-            log = await control.bus.applied_log()
+            log = await control.coordinator.applied_log()
         while any(control.state.frequency[a] != hz for a, hz in retuned.items()):
             await trio.sleep(0.1)
         # The event log holds each command once, whichever leader applied it.
@@ -113,7 +115,7 @@ async def test_a_clean_stop_hands_the_lease_over_at_once(nursery, atom_processes
         assert trio.current_time() - stopping < 1.5
         while control.state.frequency[7] != 888.0 or not control.ticking:
             await trio.sleep(0.05)
-        assert await control.bus.applied_log() == ["before"]   # not applied again
+        assert await control.coordinator.applied_log() == ["before"]   # not applied again
         assert await second.stop() == 0
 
 
@@ -225,3 +227,44 @@ async def test_redis_restarted_broadcasters_keep_their_clients_and_commands_fail
                 assert decode_binary(await messages_until(ws, is_frame))[0] > last
             r = await http.post("/api/v1/swarm/disperse", headers=session, json={"level": "partial"})
             assert r.status_code == 202
+
+
+async def test_a_ws_process_streams_delta_exactly_across_an_engine_failover(
+        nursery, atom_processes, redis_server):
+    """A ``ws`` process fed through Redis derives q16 and the deltas from the frames it receives;
+    when the engine leader is killed and the standby goes on (a seq jump, maybe a pause), every
+    delta frame still decodes to the q16 frame of the same seq."""
+    env = atom_env(REDIS_URL=redis_server.url, WS_REQUIRE_SESSION="false")
+    with trio.fail_after(120):
+        leader, _ = await leader_and_standby(atom_processes, env)
+        ws_process = await atom_processes(["serve", "--role", "ws"], env)
+        url = url_in(await ws_process.wait_for("serving:"), "ws")
+        truth: dict[int, bytes] = {}
+        decoded: list[tuple[int, bytes]] = []
+        decoder = DeltaDecoder()
+        async with open_websocket_url(f"{url}?encoding=q16") as q16, \
+                open_websocket_url(f"{url}?encoding=delta") as delta:
+            assert json.loads(await delta.get_message())["encoding"] == "delta"
+            await q16.get_message()
+
+            async def read_q16() -> None:
+                while True:
+                    frame = await messages_until(q16, is_frame)
+                    truth[decode_binary(frame)[0]] = frame[16:]
+
+            async def read_delta(count: int) -> None:
+                while len(decoded) < count:
+                    seq, _, q = decoder.decode(await messages_until(delta, is_frame))
+                    decoded.append((seq, q.tobytes()))
+
+            async with trio.open_nursery() as readers:
+                readers.start_soon(read_q16)
+                await read_delta(60)
+                leader.kill()
+                await read_delta(len(decoded) + 180)   # the standby's frames, three seconds
+                readers.cancel_scope.cancel()
+    seqs = [seq for seq, _ in decoded]
+    assert max(b - a for a, b in zip(seqs, seqs[1:])) > 1, "the failover skipped frames"
+    compared = [seq for seq, q in decoded if seq in truth]
+    assert len(compared) > 200
+    assert all(truth[seq] == q for seq, q in decoded if seq in truth), "a delta frame differs"

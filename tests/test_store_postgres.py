@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import trio
 
+from atom_actors.coordinator import MemoryCoordinator
 from atom_actors.errors import BackendUnavailable, SessionInvalid
 from atom_actors.sessions import SessionService
 from atom_actors.store import AgentRow, EventRecord, SessionRecord
@@ -14,6 +15,19 @@ from atom_actors.store.postgres import PostgresStore, migrate, migrations
 from .servers import free_port, sql
 
 KEY = "k" * 40
+
+
+async def sessions_on(nursery: trio.Nursery, store: PostgresStore) -> SessionService:
+    """Sessions as one process keeps them: live in its own (memory) coordinator, durable in
+    ``store``."""
+    return await nursery.start(SessionService(MemoryCoordinator(), KEY, store=store,
+                                              sceau_duration_ms=2000, ttl_s=3600,
+                                              frequency=999).run)
+
+
+async def recorded(service: SessionService) -> None:
+    while service.durable_pending:
+        await trio.sleep(0.05)
 
 
 async def started(nursery: trio.Nursery, url: str, **kwargs) -> PostgresStore:
@@ -51,14 +65,15 @@ async def test_sessions_survive_a_restart_of_the_store(pg_url):
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
             store = await started(nursery, pg_url)
-            service = SessionService(store, KEY, sceau_duration_ms=2000, ttl_s=3600, frequency=999)
+            service = await sessions_on(nursery, store)
             kept = await service.activate(2000)
             revoked = await service.activate(2500)
             await service.revoke(revoked.token)
+            await recorded(service)
             nursery.cancel_scope.cancel()
         async with trio.open_nursery() as nursery:
             store = await started(nursery, pg_url)
-            service = SessionService(store, KEY, sceau_duration_ms=2000, ttl_s=3600, frequency=999)
+            service = await sessions_on(nursery, store)   # a new process: its coordinator is empty
             assert (await service.verify(kept.token)).id == kept.id
             with pytest.raises(SessionInvalid, match="revoked"):
                 await service.verify(revoked.token)
@@ -113,22 +128,29 @@ async def test_agents_are_saved_in_one_batch_and_replaced(nursery, pg_url):
         assert loaded == rows(500.0, "dispersed")
 
 
-async def test_an_outage_is_a_503_at_once_and_the_store_recovers(nursery, pg_server):
+async def test_an_outage_is_a_503_at_once_sessions_go_on_and_are_recorded_after(nursery, pg_server):
     with trio.fail_after(60):
         store = await started(nursery, pg_server.url)
-        service = SessionService(store, KEY, sceau_duration_ms=2000, ttl_s=3600, frequency=999)
+        service = await sessions_on(nursery, store)
         before = await service.activate(2000)
+        await recorded(service)
         await pg_server.astop()
         start = trio.current_time()
-        for operation in (service.activate(2000), store.ping(), store.load_agents()):
+        for operation in (store.ping(), store.load_agents()):
             with pytest.raises(BackendUnavailable) as caught:
                 await operation
             assert caught.value.status == 503 and caught.value.code == "backend_unavailable"
         assert trio.current_time() - start < 3 * store.timeout_s
+        # Sessions live in the coordinator: opened, checked and revoked without PostgreSQL.
+        during = await service.activate(2000)
+        await service.verify(before.token)
+        await service.revoke(before.token)
+        assert service.durable_pending == 2
         await pg_server.astart()
-        await store.ping()
-        assert (await service.verify(before.token)).id == before.id   # durable across the outage
-        await service.activate(2000)
+        await recorded(service)                  # written behind once the server is back
+        rows = {r["id"]: r["revoked"] for r in await sql(pg_server.url,
+                                                         "SELECT id, revoked FROM sessions")}
+        assert rows == {before.id: True, during.id: False}
 
 
 async def test_an_unreachable_server_at_start_is_reported_after_the_deadline():

@@ -364,11 +364,21 @@ def test_the_operator_picks_the_streams_fps(server, new_page):
     page.select_option("#fps-select", "20")
     page.wait_for_function("() => atomViewer.stats().fps === 20 && atomViewer.stats().connections === 1"
                            " && atomViewer.stats().framesReceived > 60")
-    page.wait_for_timeout(1500)   # a whole window of the meters at 20 fps
+    assert "20 fps, delta" in page.locator("#events").inner_text()   # the new hello says so
+    # One frame in three of the 60 fps tick: every seq the page draws is 3 apart (or a multiple
+    # of 3, when a busy machine made the server drop one), and no more than 20 come a second.
+    seqs = page.evaluate("""() => new Promise((done) => {
+        const seen = [];
+        const timer = setInterval(() => {
+            const seq = atomViewer.stats().seq;
+            if (seen[seen.length - 1] !== seq) seen.push(seq);
+        }, 4);
+        setTimeout(() => { clearInterval(timer); done(seen); }, 1500);
+    })""")
+    gaps = np.diff(seqs)
+    assert len(seqs) >= 5 and set(gaps % 3) == {0}, seqs
     stats = page.evaluate("atomViewer.stats()")
-    assert 15 <= stats["streamFps"] <= 25, stats
-    assert stats["renderFps"] > 20, "a 20 fps stream still renders at the display's rate"
-    assert "20 fps" in page.locator("#events").inner_text()
+    assert stats["streamFps"] <= 25, stats
 
 
 @needs_servers
@@ -396,7 +406,7 @@ def test_a_revoked_session_sends_the_page_back_to_the_sceau(server, new_page):
     wait_live(page)
     status, _ = server.request("DELETE", "/api/v1/sceau/session", token=session["token"])
     assert status == 204
-    page.evaluate("atomViewer.socket.send('x'.repeat(5000))")   # drop it; the reconnect gets a 401
+    # The server closes the stream at once (4401, session ended); the reconnect gets a 401.
     page.wait_for_selector("body[data-screen=sceau]")
     assert "session has ended" in page.locator("#sceau-message").inner_text()
     shot(page, "sceau-session-ended")

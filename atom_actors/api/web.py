@@ -22,6 +22,7 @@ from quart_schema import document_querystring, document_request, document_respon
 from ..bus import Bus
 from ..clock import WallClock
 from ..config import Settings
+from ..coordinator import Coordinator
 from ..errors import BackendUnavailable, BodyNotJSON, RequestInvalid, UnknownAgent, UnknownSphere
 from ..metrics import Counted, Metrics
 from ..safeguard import BriseCircuit
@@ -48,8 +49,9 @@ class ApiInput:
     :func:`~atom_actors.api.serve_api` take.
 
     ``control``: the swarm (the engine, or a remote one); ``store``: where commands are recorded
-    and what readiness pings, with ``bus``; ``metrics``: served on /metrics and counting
-    commands (none: nothing counted, an empty /metrics); ``subscribers``: the WebSocket
+    and what readiness pings, with ``bus`` and ``coordinator``; ``metrics``: served on
+    /metrics and counting commands (none: nothing counted, an empty /metrics); ``subscribers``:
+    the WebSocket
     subscribers now (none: 0); ``ws_url``: the broadcaster's, whose port /health tells.
     """
 
@@ -59,6 +61,7 @@ class ApiInput:
     safeguard: BriseCircuit
     store: Store
     bus: Bus
+    coordinator: Coordinator | None = None
     metrics: Metrics | None = None
     subscribers: Callable[[], int] | None = None
     ws_url: str | None = None

@@ -58,6 +58,7 @@ class BroadcastStats:
     closed_stall: int = 0       # subscribers closed after WS_STALL_TIMEOUT_S without progress
     closed_oversize: int = 0    # subscribers closed (1009) for a message over the limit
     closed_lagging: int = 0     # subscribers closed (1008) for an event backlog over the bound
+    closed_session: int = 0     # subscribers closed (4401): their session was revoked or expired
     handshakes_failed: int = 0  # connections that never completed a handshake (timeout, garbage)
     refused: dict[int, int] = field(default_factory=dict)   # refused handshakes by HTTP status
     errors: int = 0             # connections ended by an unexpected error (logged)
@@ -69,7 +70,8 @@ class BroadcastStats:
                 f"frames dropped {self.frames_dropped}, keyframes {self.keyframes}, "
                 f"events sent {self.events_sent}, "
                 f"closed stall {self.closed_stall} oversize {self.closed_oversize} "
-                f"lagging {self.closed_lagging}, handshakes failed {self.handshakes_failed}, "
+                f"lagging {self.closed_lagging} session {self.closed_session}, "
+                f"handshakes failed {self.handshakes_failed}, "
                 f"refused {refused}, errors {self.errors}")
 
 

@@ -37,9 +37,10 @@ from ..errors import (AtomError, BackendUnavailable, HostNotAllowed, SessionErro
 from ..netlimits import QuietListener, connection_budget, json_response
 from ..origins import OriginPolicy
 from ..swarm_view import SwarmControl
-from ..sessions import SessionService
+from ..sessions import Session, SessionService
 from . import handshake
 from .fanout import BroadcastStats, Fanout, Subscriber
+from .guard import SESSION_ENDED, SessionGuard
 from .handshake import PATH, StreamRequest
 from .pending import PendingHandshakes
 from .wsraw import RawStream, open_request, request_host
@@ -72,6 +73,8 @@ class Broadcaster:
         self.catalog = settings.catalog
         self.stats = BroadcastStats()
         self.fanout = Fanout(bus, settings.tick_hz, self.stats)
+        # Streams end with their session (4401), when sessions are checked at all.
+        self.guard = SessionGuard(sessions) if settings.ws_require_session and sessions else None
         host = settings.api_host
         self.origins = OriginPolicy(
             settings.cors_origins, settings.allowed_hosts,
@@ -121,6 +124,8 @@ class Broadcaster:
                     await front.start(partial(trio.serve_listeners, self._connection, listeners,
                                               handler_nursery=handlers))
                     await front.start(self.fanout.run)
+                    if self.guard is not None:
+                        await front.start(self.guard.run)
                     task_status.started(self)
             finally:
                 self._shut_down(handlers)
@@ -193,12 +198,14 @@ class Broadcaster:
                 await raw.aclose()
 
     async def _admit(self, request: trio_websocket.WebSocketRequest
-                     ) -> tuple[trio_websocket.WebSocketConnection, StreamRequest] | None:
+                     ) -> tuple[trio_websocket.WebSocketConnection, StreamRequest,
+                                Session | None] | None:
         """Accept the handshake, or refuse it with its HTTP status (None).
 
         An accepted subscriber holds one of the WS_MAX_CONNECTIONS slots; the caller frees it.
         """
         reserved = False
+        session = None
         try:
             wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz,
                                              request_host(request))
@@ -209,7 +216,7 @@ class Broadcaster:
             reserved = True
             if self.settings.ws_require_session:
                 assert self.sessions is not None
-                await self.sessions.verify(wanted.session)
+                session = await self.sessions.verify(wanted.session)
         except (StreamRefused, HostNotAllowed, SessionError, BackendUnavailable) as exc:
             # BackendUnavailable: the store that knows the sessions is down (503, not a crash).
             if reserved:
@@ -228,7 +235,7 @@ class Broadcaster:
         if conn is None:
             self.stats.handshakes_failed += 1
             return None
-        return conn, wanted
+        return conn, wanted, session
 
     async def _refuse(self, request: trio_websocket.WebSocketRequest, error: AtomError) -> None:
         self.stats.refused[error.status] = self.stats.refused.get(error.status, 0) + 1
@@ -238,14 +245,14 @@ class Broadcaster:
                                  body=handshake.error_body(error))
 
     async def _stream(self, conn: trio_websocket.WebSocketConnection, wanted: StreamRequest,
-                      raw: RawStream) -> None:
+                      session: Session | None, raw: RawStream) -> None:
         """Send the hello, then let the fan-out stream until the subscriber or the server ends it."""
         sub = Subscriber(raw, self.fanout.group(wanted.encoding, wanted.fps), self.stats)
         self._subscribers.add(sub)
         if self.closing:
             sub.kick("shutdown", 1001)
         try:
-            with sub.scope:
+            with sub.scope, self._guarded(session, sub):
                 try:
                     await conn.send_message(self._hello(wanted))
                 except trio_websocket.ConnectionClosed:
@@ -256,6 +263,8 @@ class Broadcaster:
                         tasks.start_soon(sub.write_behind)
                         tasks.start_soon(self._read_client, conn, sub)
                         tasks.start_soon(self._keepalive, conn, sub)
+                        if session is not None and self.guard is not None:
+                            tasks.start_soon(self.guard.expire, session, sub)
         finally:
             self.fanout.discard(sub)
             self._subscribers.discard(sub)
@@ -263,6 +272,14 @@ class Broadcaster:
             if sub.close_code is not None and conn.closed is None and not raw.stalled:
                 with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT_S):
                     await conn.aclose(sub.close_code, _CLOSE_REASONS.get(sub.close_code))
+
+    @contextlib.contextmanager
+    def _guarded(self, session: Session | None, sub: Subscriber) -> Iterator[None]:
+        if session is None or self.guard is None:
+            yield
+        else:
+            with self.guard.watch(session, sub):
+                yield
 
     async def _read_client(self, conn: trio_websocket.WebSocketConnection, sub: Subscriber) -> None:
         # Clients need not send anything; whatever they send is read and dropped, so that pongs
@@ -293,6 +310,8 @@ class Broadcaster:
             self.stats.closed_oversize += 1
         elif sub.end == "lagging":
             self.stats.closed_lagging += 1
+        elif sub.end == "session":
+            self.stats.closed_session += 1
 
     def _hello(self, wanted: StreamRequest) -> str:
         key = (wanted.fps, wanted.encoding)
@@ -310,4 +329,5 @@ class Broadcaster:
 
 _BUSY_RESPONSE: Final = json_response(503, "Service Unavailable",
                                      handshake.error_body(TooManyHandshakes()), b"retry-after: 1")
-_CLOSE_REASONS: Final = {1001: "server shutting down", 1008: "too slow for the event stream"}
+_CLOSE_REASONS: Final = {1001: "server shutting down", 1008: "too slow for the event stream",
+                          SESSION_ENDED: "session ended"}

@@ -47,6 +47,9 @@ _OUTAGES: tuple[type[BaseException], ...] = (
     asyncpg.CannotConnectNowError,             # starting up or shutting down
     asyncpg.exceptions.OperatorInterventionError,   # admin shutdown, crash shutdown
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections
+    # A connection dropped mid-query can leave asyncpg's protocol state behind ("cannot switch to
+    # state 15; another operation is in progress") when the pool resets it: an outage too.
+    asyncpg.exceptions.InternalClientError,
 )
 
 

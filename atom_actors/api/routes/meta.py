@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import trio
 from prometheus_client import CONTENT_TYPE_LATEST
 from quart import Blueprint, current_app, jsonify, send_from_directory
 from quart_schema import document_response, hide, tag
 from werkzeug.exceptions import NotFound
 
-from ...errors import BackendUnavailable
 from ..docs import render_docs
+from ..health import OK, ping, readiness
 from ..schemas import Health, NotReady, Ready
 from ..web import api
 
@@ -26,7 +25,6 @@ VIEWER_DIR = Path(__file__).resolve().parent.parent.parent / "viewer"
 # The SDK's modules (clients/js/src): the wheel carries them as atom_actors/_sdk/, a source
 # checkout has them where they live. One copy of the decoder for the SDK and the page alike.
 SDK_DIRS = (VIEWER_DIR.parent / "_sdk", VIEWER_DIR.parent.parent / "clients" / "js" / "src")
-READY_TIMEOUT_S = 2.0
 
 
 @bp.get("/api/v1/health")
@@ -48,26 +46,13 @@ async def health() -> Any:
 async def ready() -> Any:
     """Readiness: 200 only when the engine ticks and every configured backend answers, else 503."""
     a = api()
-    checks = {"engine": "ticking" if a.control.ticking else "not ticking"}
-    for name, part in (("store", a.store), ("bus", a.input.bus)):
-        checks[name] = await _ping(part)
-    if all(v in ("ok", "ticking") for v in checks.values()):
-        return jsonify({"status": "ready", "checks": checks})
-    failing = ", ".join(f"{k} {v}" for k, v in checks.items() if v not in ("ok", "ticking"))
-    return jsonify({"error": "not_ready", "detail": f"not ready: {failing}", "checks": checks}), 503
-
-
-async def _ping(part: Any) -> str:
-    ping = getattr(part, "ping", None)
-    if ping is None:
-        return "ok"
-    with trio.move_on_after(READY_TIMEOUT_S):
-        try:
-            await ping()
-        except BackendUnavailable as exc:
-            return exc.detail
-        return "ok"
-    return f"no answer within {READY_TIMEOUT_S:g} s"
+    checks = {"engine": OK if a.control.ticking else "not ticking"}
+    for name, part in (("store", a.store), ("bus", a.input.bus),
+                       ("coordinator", a.input.coordinator)):
+        if part is not None:
+            checks[name] = await ping(part)
+    status, body = readiness(checks)
+    return jsonify(body), status
 
 
 @bp.get("/metrics")

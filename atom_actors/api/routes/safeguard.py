@@ -19,7 +19,9 @@ bp = Blueprint("safeguard", __name__, url_prefix="/api/v1/safeguard")
 @document_response(SafeguardStatus)
 async def status() -> Any:
     """The Brise-Circuit's state (closed, open, half_open), why, and what it counts."""
-    return jsonify(api().safeguard.status())
+    safeguard = api().safeguard
+    await safeguard.refresh()   # shared by every API process: as it is now, not as last seen
+    return jsonify(safeguard.status())
 
 
 @bp.post("/reset")

@@ -302,6 +302,7 @@ export class SwarmClient {
       // Refused before any hello: perhaps the session is gone (the browser hides the 401).
       this._setState("reconnecting", why);
       this._checkSession().then((dead) => {
+        if (this.state !== "reconnecting" || this.socket !== null) return;   // closed meanwhile
         if (dead) this._stop("unauthorized", "the API says the session is no longer valid");
         else this._schedule(why);
       });

@@ -1,0 +1,211 @@
+"""The in-process coordinator: the single-process default, and the fake that the failover tests
+run on under a MockClock.
+
+Several :class:`MemoryCoordinator` handles may share one :class:`Shared` state, as several
+processes share one Redis: ``MemoryCoordinator(shared=other.shared)``. :meth:`sever` cuts one
+handle off (every call then raises BackendUnavailable), which is how a test kills a process
+without letting it say goodbye. Times are Trio's clock (virtual under a MockClock).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+import trio
+
+from ..errors import BackendUnavailable
+from ..store import SessionRecord
+from .base import Coordinator, Entry
+
+APPLIED_KEEP_S = 3600.0
+LOG_KEEP = 10_000
+
+
+@dataclass
+class Shared:
+    """What the handles of one memory deployment share."""
+
+    lease: tuple[str, float] | None = None                # (holder, expires at, Trio time)
+    entries: OrderedDict[str, dict | None] = field(default_factory=OrderedDict)
+    next_entry: int = 0
+    delivered: int = 0                                   # entries delivered so far (by count)
+    pending: dict[str, str] = field(default_factory=dict)   # entry id -> consumer
+    applied: dict[str, float] = field(default_factory=dict)  # command id -> applied at
+    log: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_KEEP))
+    checkpoint: bytes | None = None
+    summary: bytes | None = None
+    sessions: dict[str, SessionRecord] = field(default_factory=dict)
+    breaker: tuple[int, bytes | None] = (0, None)
+    presence: dict[str, tuple[int, float]] = field(default_factory=dict)
+    handles: list[MemoryCoordinator] = field(default_factory=list)
+    new_entry: trio.Event = field(default_factory=trio.Event)
+
+
+class MemoryCoordinator(Coordinator):
+    name = "memory"
+
+    def __init__(self, shared: Shared | None = None) -> None:
+        super().__init__()
+        self.shared = shared if shared is not None else Shared()
+        self.shared.handles.append(self)
+        self.severed = False
+
+    def sever(self) -> None:
+        """Cut this handle off: every call raises BackendUnavailable from now on."""
+        self.severed = True
+
+    def _check(self) -> Shared:
+        if self.severed:
+            self.failures += 1
+            raise BackendUnavailable(self.name, "this handle is severed")
+        return self.shared
+
+    # -- lease --------------------------------------------------------------------------------------
+
+    def _holder(self) -> str | None:
+        lease = self.shared.lease
+        if lease is None or lease[1] <= trio.current_time():
+            return None
+        return lease[0]
+
+    async def lease_acquire(self, token: str, ttl_s: float) -> bool:
+        shared = self._check()
+        if self._holder() is not None:
+            return False
+        shared.lease = (token, trio.current_time() + ttl_s)
+        return True
+
+    async def lease_renew(self, token: str, ttl_s: float) -> int:
+        shared = self._check()
+        holder = self._holder()
+        if holder not in (None, token):
+            return 0
+        shared.lease = (token, trio.current_time() + ttl_s)
+        return 1 if holder == token else 2
+
+    async def lease_release(self, token: str) -> None:
+        shared = self._check()
+        if self._holder() == token:
+            shared.lease = None
+
+    async def lease_holder(self) -> str | None:
+        self._check()
+        return self._holder()
+
+    # -- commands -----------------------------------------------------------------------------------
+
+    async def add_command(self, command: dict) -> str:
+        shared = self._check()
+        shared.next_entry += 1
+        entry = f"{shared.next_entry}-0"
+        # Through JSON, as through Redis: what the engine reads is a copy.
+        shared.entries[entry] = json.loads(json.dumps(command))
+        shared.new_entry.set()
+        shared.new_entry = trio.Event()
+        return entry
+
+    async def read_commands(self, consumer: str, count: int = 64,
+                            block_s: float = 0.5) -> list[Entry]:
+        shared = self._check()
+        if shared.delivered >= shared.next_entry:
+            with trio.move_on_after(block_s):
+                await shared.new_entry.wait()
+            shared = self._check()
+        fresh = [(entry, command) for entry, command in shared.entries.items()
+                 if int(entry.split("-")[0]) > shared.delivered][:count]
+        for entry, _ in fresh:
+            shared.pending[entry] = consumer
+            shared.delivered = int(entry.split("-")[0])
+        return fresh
+
+    async def claim_commands(self, consumer: str) -> list[Entry]:
+        shared = self._check()
+        for entry in shared.pending:
+            shared.pending[entry] = consumer
+        return [(entry, shared.entries.get(entry)) for entry in shared.pending]
+
+    async def applied(self, command_ids: list[str]) -> set[str]:
+        shared = self._check()
+        return {c for c in command_ids if c in shared.applied}
+
+    async def applied_log(self) -> list[str]:
+        return list(self._check().log)
+
+    async def checkpoint(self, token: str, state: bytes, summary: bytes, now_ms: int,
+                         acks: list[tuple[str, str]], lease_ttl_s: float) -> bool:
+        shared = self._check()
+        holder = self._holder()
+        if holder not in (None, token):
+            return False
+        if holder is None:
+            shared.lease = (token, trio.current_time() + lease_ttl_s)
+        shared.checkpoint, shared.summary = state, summary
+        now_s = now_ms / 1000
+        for entry, command_id in acks:
+            shared.pending.pop(entry, None)
+            shared.entries.pop(entry, None)
+            if command_id:
+                shared.applied[command_id] = now_s
+                shared.log.append(command_id)
+        horizon = now_s - APPLIED_KEEP_S
+        for command_id in [c for c, t in shared.applied.items() if t < horizon]:
+            del shared.applied[command_id]
+        for handle in shared.handles:
+            if not handle.severed:
+                handle._deliver_summary(summary)
+        return True
+
+    async def load_checkpoint(self) -> bytes | None:
+        return self._check().checkpoint
+
+    async def load_summary(self) -> bytes | None:
+        return self._check().summary
+
+    # -- sessions -------------------------------------------------------------------------------------
+
+    async def save_session(self, record: SessionRecord) -> None:
+        shared = self._check()
+        if len(shared.sessions) % 1024 == 1023:   # forget the expired now and then
+            now = record.created_at
+            shared.sessions = {k: v for k, v in shared.sessions.items() if v.expires_at > now}
+        shared.sessions[record.id] = record
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        return self._check().sessions.get(session_id)
+
+    async def revoke_session(self, session_id: str) -> bool:
+        shared = self._check()
+        record = shared.sessions.get(session_id)
+        if record is None:
+            return False
+        shared.sessions[session_id] = dataclasses.replace(record, revoked=True)
+        for handle in shared.handles:
+            if not handle.severed:
+                handle._deliver_revocation(session_id)
+        return True
+
+    # -- the Brise-Circuit ----------------------------------------------------------------------------
+
+    async def load_breaker(self) -> tuple[int, bytes | None]:
+        return self._check().breaker
+
+    async def swap_breaker(self, version: int, data: bytes) -> bool:
+        shared = self._check()
+        if shared.breaker[0] != version:
+            return False
+        shared.breaker = (version + 1, data)
+        return True
+
+    # -- presence -------------------------------------------------------------------------------------
+
+    async def set_subscribers(self, process: str, count: int, ttl_s: float) -> None:
+        self._check().presence[process] = (count, trio.current_time() + ttl_s)
+
+    async def total_subscribers(self) -> int:
+        now = trio.current_time()
+        return sum(count for count, until in self._check().presence.values() if until > now)
+
+

@@ -1,0 +1,361 @@
+"""The Redis coordinator (REDIS_URL=redis://…): ``redis.asyncio``, bridged into Trio.
+
+What it keeps, under a namespace (``atom`` unless told otherwise)::
+
+    atom:commands           stream    API processes' commands; consumer group ``engine``
+    atom:engine:lease       key       which engine process leads (token, expiring)
+    atom:engine:checkpoint  key       the leader's whole swarm state, for the next leader
+    atom:engine:applied     zset      command ids applied in the last hour (idempotence)
+    atom:engine:log         list      the last 10,000 applied command ids, in order
+    atom:summary            key       statuses + frequencies of every agent (the last one), and
+                            pub/sub   each new one, twice a second, to the processes without it
+    atom:session:<sha256>   hash      a Sceau session: created, expires, frequency, revoked;
+                                      expiring with it (PEXPIREAT)
+    atom:sessions:revoked   pub/sub   the id of each session revoked
+    atom:safeguard          hash      the Brise-Circuit's state (JSON) and its version
+    atom:subscribers:<id>   key       a ws process's subscriber count, expiring
+
+Atomic steps are Lua scripts: the checkpoint (state + acknowledgements + applied ids + summary,
+only while the caller holds the lease), the lease's renewal and release, a revocation (flag +
+publish), and the Brise-Circuit's compare-and-swap.
+
+Every call is bounded: a refused, dropped or silent connection raises
+:class:`~atom_actors.errors.BackendUnavailable` at once or within ``timeout_s``, never a hang.
+The subscription (summaries, revocations) reconnects every RETRY_S; each time it is made again
+the revocation readers get a RESYNC, since revocations published meanwhile were missed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import redis.exceptions
+import trio
+
+from ..redislink import OnRedis, RedisLink
+from ..store import SessionRecord
+from .base import RESYNC, Coordinator, Entry
+
+log = logging.getLogger("atom_actors.coordinator")
+
+TIMEOUT_S = 1.0           # socket timeout of every call; connecting gets half of it
+RETRY_S = 0.2             # after a failure, the subscription tries again this soon
+GROUP = "engine"
+APPLIED_KEEP_MS = 3_600_000
+LOG_KEEP = 10_000
+
+# Stores the state the leader produced, acknowledges and records the commands it applied, and
+# publishes the summary: all or nothing, and only while the caller still holds the lease (a lease
+# that vanished, as in a Redis restart, is taken back as a renewal would).
+_CHECKPOINT = """
+local holder = redis.call('GET', KEYS[1])
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[6])
+elseif holder ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[3], ARGV[3])
+for i = 7, #ARGV, 2 do
+  redis.call('XACK', KEYS[4], ARGV[5], ARGV[i])
+  redis.call('XDEL', KEYS[4], ARGV[i])
+  if ARGV[i + 1] ~= '' then
+    redis.call('ZADD', KEYS[5], ARGV[4], ARGV[i + 1])
+    redis.call('RPUSH', KEYS[6], ARGV[i + 1])
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[4]) - %d)
+redis.call('LTRIM', KEYS[6], -%d, -1)
+redis.call('PUBLISH', KEYS[3], ARGV[3])
+return 1
+""" % (APPLIED_KEEP_MS, LOG_KEEP)
+
+# 1: renewed; 2: the key had gone (Redis restarted) and is ours again; 0: another holder.
+_RENEW = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+return 0
+"""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# A revocation: flag the session (if it is still there) and tell every process.
+_REVOKE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'revoked', '1')
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return 1
+"""
+
+# The Brise-Circuit's compare-and-swap: write version ARGV[1] + 1 only over version ARGV[1].
+_SWAP = """
+local version = tonumber(redis.call('HGET', KEYS[1], 'version') or '0')
+if version ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'version', version + 1, 'state', ARGV[2])
+return 1
+"""
+
+
+class Keys:
+    def __init__(self, namespace: str) -> None:
+        self.summary = f"{namespace}:summary"
+        self.commands = f"{namespace}:commands"
+        self.lease = f"{namespace}:engine:lease"
+        self.checkpoint = f"{namespace}:engine:checkpoint"
+        self.applied = f"{namespace}:engine:applied"
+        self.log = f"{namespace}:engine:log"
+        self.session = f"{namespace}:session:"         # + the session id (its token's sha256)
+        self.revoked = f"{namespace}:sessions:revoked"
+        self.safeguard = f"{namespace}:safeguard"
+        self.subscribers = f"{namespace}:subscribers:"  # + a ws process's id
+
+
+class RedisCoordinator(OnRedis, Coordinator):
+    """The :class:`~atom_actors.coordinator.base.Coordinator` on Redis.
+
+    ``summaries`` / ``revocations``: whether this process subscribes to them (a process without
+    the engine mirrors the summaries; a ws process watches revocations).
+    """
+
+    name = "redis"
+
+    def __init__(self, url: str, *, namespace: str = "atom", summaries: bool = True,
+                 revocations: bool = True, timeout_s: float = TIMEOUT_S) -> None:
+        super().__init__()
+        self.url = url
+        self.keys = Keys(namespace)
+        self.timeout_s = timeout_s
+        self.instance = uuid.uuid4().hex[:12]
+        self._channels = [k for k, on in ((self.keys.summary, summaries),
+                                          (self.keys.revoked, revocations)) if on]
+        self.link = RedisLink(url, name="coordinator", timeout_s=timeout_s, log=log,
+                              scripts={"checkpoint": _CHECKPOINT, "renew": _RENEW,
+                                       "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP})
+        self.subscribed = trio.Event()     # set each time the subscription is (re)established
+        self._subscriptions = 0
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[Coordinator] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the subscription until cancelled, then close the connection (bounded).
+
+        Starts without waiting for Redis: an outage at start is like one later."""
+        async with self.link.open(), trio.open_nursery() as nursery:
+            if self._channels:
+                handlers = {self.keys.summary: self._deliver_summary,
+                            self.keys.revoked: self._on_revoked}
+                nursery.start_soon(self.link.listen,
+                                   {c.encode(): handlers[c] for c in self._channels},
+                                   self._subscribed, RETRY_S, name="coordinator/subscription")
+            task_status.started(self)
+            await trio.sleep_forever()   # the connection serves calls until cancelled
+
+    async def ping(self) -> None:
+        await self.link.call(_aio_ping)
+
+    def _subscribed(self) -> None:
+        self.link.mark_up()
+        self._subscriptions += 1
+        if self._subscriptions > 1:
+            self._deliver_revocation(RESYNC)   # what was published meanwhile never came
+        self.subscribed.set()
+        self.subscribed = trio.Event()
+
+    def _on_revoked(self, data: bytes) -> None:
+        session_id = data.decode(errors="replace")
+        if session_id:
+            self._deliver_revocation(session_id)
+
+    # -- lease ------------------------------------------------------------------------------------
+
+    async def lease_acquire(self, token: str, ttl_s: float) -> bool:
+        return await self.link.call(_aio_set_nx, self.keys.lease, token, int(ttl_s * 1000))
+
+    async def lease_renew(self, token: str, ttl_s: float) -> int:
+        return await self.link.script("renew", [self.keys.lease], [token, int(ttl_s * 1000)])
+
+    async def lease_release(self, token: str) -> None:
+        await self.link.script("release", [self.keys.lease], [token])
+
+    async def lease_holder(self) -> str | None:
+        holder = await self.link.call(_aio_get, self.keys.lease)
+        return holder.decode() if holder is not None else None
+
+    # -- commands and checkpoints -----------------------------------------------------------------
+
+    async def add_command(self, command: dict) -> str:
+        return await self.link.call(_aio_xadd, self.keys.commands, json.dumps(command).encode())
+
+    async def ensure_group(self) -> None:
+        await self.link.call(_aio_group, self.keys.commands, GROUP)
+
+    async def read_commands(self, consumer: str, count: int = 64,
+                            block_s: float = 0.5) -> list[Entry]:
+        return await self.link.call(_aio_xreadgroup, self.keys.commands, GROUP, consumer, count,
+                                int(block_s * 1000))
+
+    async def claim_commands(self, consumer: str) -> list[Entry]:
+        return await self.link.call(_aio_xautoclaim, self.keys.commands, GROUP, consumer)
+
+    async def applied(self, command_ids: list[str]) -> set[str]:
+        if not command_ids:
+            return set()
+        return await self.link.call(_aio_applied, self.keys.applied, command_ids)
+
+    async def applied_log(self) -> list[str]:
+        return await self.link.call(_aio_lrange, self.keys.log)
+
+    async def checkpoint(self, token: str, state: bytes, summary: bytes, now_ms: int,
+                         acks: list[tuple[str, str]], lease_ttl_s: float) -> bool:
+        k = self.keys
+        args: list[Any] = [token, state, summary, now_ms, GROUP, int(lease_ttl_s * 1000)]
+        for entry, command in acks:
+            args += [entry, command]
+        done = await self.link.script("checkpoint", [k.lease, k.checkpoint, k.summary, k.commands,
+                                                    k.applied, k.log], args)
+        return bool(done)
+
+    async def load_checkpoint(self) -> bytes | None:
+        return await self.link.call(_aio_get, self.keys.checkpoint)
+
+    async def load_summary(self) -> bytes | None:
+        return await self.link.call(_aio_get, self.keys.summary)
+
+    # -- sessions -----------------------------------------------------------------------------------
+
+    async def save_session(self, record: SessionRecord) -> None:
+        fields = {"created_at": repr(record.created_at), "expires_at": repr(record.expires_at),
+                  "frequency": repr(record.frequency), "revoked": "1" if record.revoked else "0"}
+        await self.link.call(_aio_hset_expire, self.keys.session + record.id, fields,
+                             int(record.expires_at * 1000))
+
+    async def get_session(self, session_id: str) -> SessionRecord | None:
+        fields = await self.link.call(_aio_hgetall, self.keys.session + session_id)
+        try:
+            return SessionRecord(id=session_id, created_at=float(fields[b"created_at"]),
+                                 expires_at=float(fields[b"expires_at"]),
+                                 frequency=float(fields[b"frequency"]),
+                                 revoked=fields.get(b"revoked") == b"1")
+        except (KeyError, ValueError):
+            return None   # gone (expired), or never there
+
+    async def revoke_session(self, session_id: str) -> bool:
+        done = await self.link.script("revoke", [self.keys.session + session_id, self.keys.revoked],
+                                      [session_id])
+        return bool(done)
+
+    # -- the Brise-Circuit ----------------------------------------------------------------------------
+
+    async def load_breaker(self) -> tuple[int, bytes | None]:
+        version, state = await self.link.call(_aio_hmget, self.keys.safeguard, ["version", "state"])
+        return int(version or 0), state
+
+    async def swap_breaker(self, version: int, data: bytes) -> bool:
+        done = await self.link.script("swap", [self.keys.safeguard], [version, data])
+        return bool(done)
+
+    # -- presence -------------------------------------------------------------------------------------
+
+    async def set_subscribers(self, process: str, count: int, ttl_s: float) -> None:
+        await self.link.call(_aio_set_px, self.keys.subscribers + process, count, int(ttl_s * 1000))
+
+    async def total_subscribers(self) -> int:
+        return await self.link.call(_aio_sum_keys, self.keys.subscribers + "*")
+
+
+def _decode_entry(fields: dict) -> dict | None:
+    try:
+        command = json.loads(fields[b"c"])
+    except (KeyError, ValueError):
+        return None
+    return command if isinstance(command, dict) else None
+
+
+# -- the asyncio side: the only code here that touches redis.asyncio objects ----------------------
+
+async def _aio_ping(client: Any) -> None:
+    await client.ping()
+
+
+async def _aio_get(client: Any, key: str) -> bytes | None:
+    return await client.get(key)
+
+
+async def _aio_hmget(client: Any, key: str, fields: list[str]) -> list[bytes | None]:
+    return await client.hmget(key, fields)
+
+
+async def _aio_hgetall(client: Any, key: str) -> dict[bytes, bytes]:
+    return await client.hgetall(key)
+
+
+async def _aio_hset_expire(client: Any, key: str, fields: dict[str, str], at_ms: int) -> None:
+    async with client.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping=fields)
+        pipe.pexpireat(key, at_ms)
+        await pipe.execute()
+
+
+async def _aio_set_px(client: Any, key: str, value: int, ttl_ms: int) -> None:
+    await client.set(key, value, px=ttl_ms)
+
+
+async def _aio_sum_keys(client: Any, pattern: str) -> int:
+    keys = [key async for key in client.scan_iter(match=pattern, count=100)]
+    return sum(int(v) for v in await client.mget(keys) if v is not None) if keys else 0
+
+
+async def _aio_set_nx(client: Any, key: str, value: str, ttl_ms: int) -> bool:
+    return bool(await client.set(key, value, nx=True, px=ttl_ms))
+
+
+async def _aio_xadd(client: Any, stream: str, data: bytes) -> str:
+    return (await client.xadd(stream, {"c": data})).decode()
+
+
+async def _aio_group(client: Any, stream: str, group: str) -> None:
+    try:
+        # From id 0: commands added before any engine ever started are not skipped.
+        await client.xgroup_create(stream, group, id="0", mkstream=True)
+    except redis.exceptions.ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def _aio_xreadgroup(client: Any, stream: str, group: str, consumer: str, count: int,
+                          block_ms: int) -> list[Entry]:
+    try:
+        reply = await client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+    except redis.exceptions.ResponseError as exc:
+        if "NOGROUP" not in str(exc):
+            raise
+        await _aio_group(client, stream, group)   # Redis restarted empty: make the group again
+        return []
+    return [(entry.decode(), _decode_entry(fields)) for _, entries in reply or []
+            for entry, fields in entries]
+
+
+async def _aio_xautoclaim(client: Any, stream: str, group: str, consumer: str) -> list[Entry]:
+    claimed: list[Entry] = []
+    start = "0-0"
+    while True:
+        reply = await client.xautoclaim(stream, group, consumer, min_idle_time=0,
+                                        start_id=start, count=100)
+        start, entries = reply[0], reply[1]
+        claimed += [(entry.decode(), _decode_entry(fields)) for entry, fields in entries
+                    if fields is not None]
+        if start in (b"0-0", "0-0"):
+            return claimed
+
+
+async def _aio_applied(client: Any, key: str, command_ids: list[str]) -> set[str]:
+    scores = await client.zmscore(key, command_ids)
+    return {c for c, score in zip(command_ids, scores) if score is not None}
+
+
+async def _aio_lrange(client: Any, key: str) -> list[str]:
+    return [v.decode() for v in await client.lrange(key, 0, -1)]

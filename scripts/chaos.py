@@ -1,0 +1,532 @@
+#!/usr/bin/env python3
+"""Chaos run of the split topology: faults on a schedule under load, then one table.
+
+    cp -r ../shared/peers ... is done for you: the Node load client is copied to a temporary
+    directory and `npm install`ed there (never into this repository).
+    .venv/bin/python scripts/chaos.py                  # full: 6 minutes, 200 subscribers
+    .venv/bin/python scripts/chaos.py --mode short     # ~40 s (the test suite runs this one)
+
+What it starts, all on free ports and all its own (never the machine's shared servers):
+
+* a throwaway ``redis-server`` keeping an append-only file (as a deployment's Redis does: the
+  command stream survives a restart) and a throwaway PostgreSQL (``initdb`` in a temporary
+  directory, as ``tests/servers.py`` does);
+* ``atom serve --role engine`` twice (a leader and a hot standby), ``--role ws`` twice and
+  ``--role api`` once, with REDIS_URL and DATABASE_URL;
+* ``--subscribers`` subscribers of the Node load client, spread over the two ws processes, and
+  one probe subscriber per ws process (this script's own: it timestamps every frame);
+* a command driver: disperse (partial, sectoral, of a sphere or not) and regroup, about
+  ``--rate`` a second, through the api process (the commands whose answer names their
+  ``command_id``, so that each can be followed to the engine and the events table).
+
+The faults, on a schedule (seconds from the start of the load; full mode): the leader killed
+with SIGKILL three times (40, 110, 180; the killed engine is started again as a standby), Redis
+stopped and started again (150), PostgreSQL stopped for 10 s (230), a session revoked while it
+streams on both ws processes (270), a ws process killed (300). Short mode runs each once, sooner.
+
+Then the table: per fault, the longest gap between two frames at a probe and how long after the
+fault (after its end, for Redis) the stream was back; and the command accounting: sent,
+accepted, refused (by status), applied exactly once, lost, duplicated — from the engine's
+applied-commands log in Redis — and recorded in PostgreSQL's ``events`` table. Targets: 0 lost, 0
+duplicated, 0 refused while only PostgreSQL is down, stream back <= 2 s after a leader's kill
+and <= 1 s after Redis returns, 4401 <= 1 s after a revocation on every ws process.
+
+Everything it started is stopped by PID at the end (SIGTERM, then SIGKILL), even on Ctrl-C.
+``--json`` prints the figures as one JSON line as well (the test suite reads it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import trio
+import trio_websocket
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.servers import PostgresServer, RedisServer, sql  # noqa: E402
+
+PEERS_SOURCE = ROOT.parent / "shared" / "peers"
+SPHERES = ("personal", "business", "transport", "creative_studio", "my_team", "scholar")
+MAX_IN_FLIGHT = 32        # commands the driver has sent and not yet had answered
+
+
+@dataclass
+class Schedule:
+    duration_s: float
+    leader_kills: tuple[float, ...]
+    redis_restart: float
+    redis_down_s: float
+    pg_stop: float
+    pg_down_s: float
+    revocation: float
+    ws_kill: float
+
+
+SCHEDULES = {
+    "full": Schedule(360, (40, 110, 180), 150, 2.0, 230, 10.0, 270, 300),
+    "short": Schedule(38, (6,), 13, 1.0, 19, 5.0, 27, 31),
+}
+
+
+@dataclass
+class Atom:
+    """One ``atom serve --role`` process."""
+
+    role: str
+    proc: subprocess.Popen
+    lines: list[str] = field(default_factory=list)
+    api_url: str = ""
+    ws_url: str = ""
+
+    def said(self, text: str, after: int = 0) -> bool:
+        return any(text in line for line in self.lines[after:])
+
+
+@dataclass
+class Fault:
+    name: str
+    at: float                  # when it began (monotonic)
+    back_from: float           # the moment "back" is measured from (its end, for an outage)
+    gap_s: float | None = None
+    back_s: float | None = None
+    note: str = ""
+
+
+@dataclass
+class Tally:
+    sent: int = 0
+    accepted: list[str] = field(default_factory=list)
+    refused: Counter = field(default_factory=Counter)   # by status (or "error")
+    refused_while_pg_down: int = 0
+
+
+class Chaos:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.schedule = SCHEDULES[args.mode]
+        self.tmp = Path(tempfile.mkdtemp(prefix="atom-chaos-"))
+        self.redis: RedisServer | None = None
+        self.pg: PostgresServer | None = None
+        self.env: dict[str, str] = {}
+        self.atoms: list[Atom] = []
+        self.loaders: list[subprocess.Popen] = []
+        self.frames: dict[str, list[float]] = {}    # probe (ws url) -> frame arrival times
+        self.faults: list[Fault] = []
+        self.tally = Tally()
+        self.pg_down = False
+        self.t0 = 0.0
+        self.loader_results: list[dict] = []
+        self.token = ""
+
+    # -- processes -------------------------------------------------------------------------------
+
+    async def start_atom(self, role: str, wait_for: str = "serving:") -> Atom:
+        proc = subprocess.Popen([sys.executable, "-m", "atom_actors", "serve", "--role", role],
+                                env=self.env, cwd=str(self.tmp), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+        atom = Atom(role, proc)
+        self.atoms.append(atom)
+        threading.Thread(target=_read, args=(proc.stderr, atom.lines), daemon=True).start()
+        with trio.fail_after(60):
+            while not (atom.said(wait_for) and atom.said("serving:")):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{role} ended:\n" + "\n".join(atom.lines))
+                await trio.sleep(0.05)
+        line = next(line for line in atom.lines if "serving:" in line)
+        found = {k: v for k, v in re.findall(r"\b(api|ws) ((?:http|ws)://[^\s,]+)", line)}
+        atom.api_url, atom.ws_url = found.get("api", ""), found.get("ws", "")
+        return atom
+
+    def leader(self) -> Atom | None:
+        """The live engine process whose last word was that it leads."""
+        for atom in self.atoms:
+            if atom.role == "engine" and atom.proc.poll() is None:
+                said = [line for line in atom.lines if "engine leading" in line
+                        or "engine standing by" in line]
+                if said and "engine leading" in said[-1]:
+                    return atom
+        return None
+
+    def start_loaders(self, ws_urls: list[str], token: str) -> None:
+        if self.args.subscribers <= 0:
+            return
+        peers = self.tmp / "peers"
+        shutil.copytree(self.args.peers, peers, ignore=shutil.ignore_patterns("node_modules"))
+        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=peers,
+                       check=True, stdout=subprocess.DEVNULL)
+        share = self.args.subscribers // len(ws_urls)
+        for i, url in enumerate(ws_urls):
+            clients = share + (i < self.args.subscribers % len(ws_urls))
+            proc = subprocess.Popen(
+                ["node", str(peers / "loadclient.js"), "--url", f"{url}?session={token}",
+                 "--clients", str(clients), "--seconds", str(self.schedule.duration_s),
+                 "--ramp-ms", "2000", "--warmup-ms", "500", "--deflate", "0"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            self.loaders.append(proc)
+
+    def stop_everything(self) -> None:
+        """Every process this run started, by PID: SIGTERM, then SIGKILL after 10 s. The load
+        clients end their window by themselves first (bounded), so that they report."""
+        deadline = time.monotonic() + 15
+        for loader in self.loaders:
+            while loader.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+        procs = [a.proc for a in self.atoms] + self.loaders
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in procs:
+            while proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if proc.poll() is None:
+                proc.kill()
+        for loader in self.loaders:
+            out, _ = loader.communicate()
+            self.loader_results += [json.loads(line) for line in out.splitlines()
+                                    if line.startswith("{")]
+        if self.redis is not None:
+            self.redis.kill()
+        if self.pg is not None:
+            self.pg.destroy()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- the run ---------------------------------------------------------------------------------
+
+    async def run(self) -> dict:
+        self.redis = await trio.to_thread.run_sync(lambda: RedisServer(appendonly=True).start())
+        self.pg = await trio.to_thread.run_sync(lambda: PostgresServer().start())
+        self.env = {k: v for k, v in os.environ.items()
+                    if not k.isupper() or k in ("PATH", "HOME", "LANG")}
+        self.env.update(REDIS_URL=self.redis.url, DATABASE_URL=self.pg.url, API_PORT="0",
+                        WS_PORT="0", PYTHONUNBUFFERED="1", SECRET_KEY="chaos-" + "k" * 40,
+                        WS_MAX_CONNECTIONS=str(self.args.subscribers + 50),
+                        SAFEGUARD_MAX_COMMANDS="100000", SAFEGUARD_MAX_TOTAL="100000",
+                        DISPERSAL_DWELL_S="3", PYTHONPATH=str(ROOT))
+        async with trio.open_nursery() as nursery:
+            await self.start_atom("engine", "engine leading")
+            await self.start_atom("engine", "engine standing by")
+            ws = [await self.start_atom("ws") for _ in range(2)]
+            api = await self.start_atom("api")
+            async with httpx.AsyncClient(base_url=api.api_url, timeout=10) as http:
+                with trio.fail_after(30):
+                    while (await http.get("/api/v1/health/ready")).status_code != 200:
+                        await trio.sleep(0.1)
+                token = (await http.post("/api/v1/sceau/activate",
+                                         json={"duration_ms": 2000})).json()["session"]
+                await trio.to_thread.run_sync(self.start_loaders, [w.ws_url for w in ws], token)
+                for w in ws:
+                    nursery.start_soon(self.probe, w.ws_url, token)
+                await trio.sleep(3)           # the load connects; the probes see frames
+                self.t0 = trio.current_time()
+                async with trio.open_nursery() as run:
+                    run.start_soon(self.drive, http)
+                    await self.faults_on_schedule(nursery, http, ws)
+                    run.cancel_scope.cancel()
+                figures = await self.account()
+            nursery.cancel_scope.cancel()
+        return figures
+
+    async def faults_on_schedule(self, nursery: trio.Nursery, http: httpx.AsyncClient,
+                                 ws: list[Atom]) -> None:
+        s = self.schedule
+        plan = [(t, "kill", None) for t in s.leader_kills] + [
+            (s.redis_restart, "redis", None), (s.pg_stop, "pg", None),
+            (s.revocation, "revoke", None), (s.ws_kill, "ws", None)]
+        for at, kind, _ in sorted(plan):
+            await trio.sleep_until(self.t0 + at)
+            if kind == "kill":
+                await self.kill_leader(nursery)
+            elif kind == "redis":
+                begun = trio.current_time()
+                await trio.to_thread.run_sync(self.redis.stop)
+                await trio.sleep(s.redis_down_s)
+                await trio.to_thread.run_sync(self.redis.start)
+                self.faults.append(Fault(f"Redis restarted ({s.redis_down_s:g} s down)", begun,
+                                         trio.current_time()))
+            elif kind == "pg":
+                begun = trio.current_time()
+                await trio.to_thread.run_sync(self.pg.stop)
+                self.pg_down = True
+                await trio.sleep(s.pg_down_s)
+                await trio.to_thread.run_sync(self.pg.start)
+                self.pg_down = False
+                self.faults.append(Fault(f"PostgreSQL stopped {s.pg_down_s:g} s", begun, begun))
+            elif kind == "revoke":
+                await self.revoke(http, ws)
+            elif kind == "ws":
+                victim = ws[-1]
+                begun = trio.current_time()
+                victim.proc.kill()
+                self.faults.append(Fault("a ws process killed (-9)", begun, begun,
+                                         note="its subscribers are gone; the other's stream on"))
+        await trio.sleep_until(self.t0 + s.duration_s)
+
+    async def kill_leader(self, nursery: trio.Nursery) -> None:
+        leader = self.leader()
+        if leader is None:
+            return
+        standby = next(a for a in self.atoms if a.role == "engine" and a is not leader
+                       and a.proc.poll() is None)
+        mark = len(standby.lines)
+        begun = trio.current_time()
+        leader.proc.kill()
+        fault = Fault(f"engine leader kill -9 #{sum('kill' in f.name for f in self.faults) + 1}",
+                      begun, begun)
+        self.faults.append(fault)
+        with trio.move_on_after(10):
+            while not standby.said("engine leading", mark):
+                await trio.sleep(0.02)
+        fault.note = f"new leader said so after {trio.current_time() - begun:.2f} s"
+        # A new standby, started beside the schedule (it takes seconds on a busy machine).
+        nursery.start_soon(self.restart_engine)
+
+    async def restart_engine(self) -> None:
+        """Start an engine process again, as a deployment's supervisor would (``restart:
+        unless-stopped``): a start that fails (PostgreSQL down at that moment: a process
+        refuses to start without its database) is retried a second later."""
+        for _ in range(30):
+            try:
+                await self.start_atom("engine", "engine standing by")
+                return
+            except RuntimeError:
+                await trio.sleep(1.0)
+
+    async def revoke(self, http: httpx.AsyncClient, ws: list[Atom]) -> None:
+        """A session streaming on both ws processes is revoked: each must close with 4401."""
+        token = (await http.post("/api/v1/sceau/activate",
+                                 json={"duration_ms": 2000})).json()["session"]
+        closed: dict[str, float] = {}
+        async with trio.open_nursery() as nursery:
+            async def watch(url: str, task_status=trio.TASK_STATUS_IGNORED) -> None:
+                async with trio_websocket.open_websocket_url(f"{url}?session={token}&fps=6") as conn:
+                    await conn.get_message()
+                    task_status.started()
+                    try:
+                        while True:
+                            await conn.get_message()
+                    except trio_websocket.ConnectionClosed as gone:
+                        if gone.reason.code == 4401:
+                            closed[url] = trio.current_time()
+
+            for w in ws:
+                await nursery.start(watch, w.ws_url)
+            begun = trio.current_time()
+            await http.delete("/api/v1/sceau/session", headers={"X-Sceau-Session": token})
+            with trio.move_on_after(5):
+                while len(closed) < len(ws):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        slowest = max((t - begun for t in closed.values()), default=None)
+        self.faults.append(Fault("a session revoked (4401 on both ws)", begun, begun,
+                                 back_s=slowest, note=f"{len(closed)}/{len(ws)} closed 4401"))
+
+    # -- the load's measuring parts --------------------------------------------------------------
+
+    async def probe(self, url: str, token: str) -> None:
+        """A subscriber that timestamps every frame, reconnecting after a failure."""
+        arrivals = self.frames.setdefault(url, [])
+        while True:
+            try:
+                async with trio_websocket.open_websocket_url(
+                        f"{url}?session={token}&encoding=q16") as conn:
+                    while True:
+                        if isinstance(await conn.get_message(), bytes):
+                            arrivals.append(trio.current_time())
+            except (OSError, trio_websocket.HandshakeError, trio_websocket.ConnectionClosed):
+                await trio.sleep(0.2)
+
+    async def drive(self, http: httpx.AsyncClient) -> None:
+        """About ``--rate`` commands a second (Poisson arrivals), each sent without waiting for
+        the ones before it (at most MAX_IN_FLIGHT at once), with one session."""
+        rng = random.Random(7)
+        self.token = (await http.post("/api/v1/sceau/activate",
+                                      json={"duration_ms": 2000})).json()["session"]
+        in_flight = trio.Semaphore(MAX_IN_FLIGHT)
+        async with trio.open_nursery() as nursery:
+            while True:
+                if rng.random() < 0.7:
+                    body = {"level": rng.choice(("partial", "sectoral"))}
+                    if rng.random() < 0.5:
+                        body["sphere"] = rng.choice(SPHERES)
+                    request = ("/api/v1/swarm/disperse", body)
+                else:
+                    request = ("/api/v1/swarm/regroup", None)
+                await in_flight.acquire()
+                nursery.start_soon(self.send, http, request, in_flight)
+                await trio.sleep(rng.expovariate(self.args.rate))
+
+    async def send(self, http: httpx.AsyncClient, request: tuple[str, dict | None],
+                   in_flight: trio.Semaphore) -> None:
+        try:
+            self.tally.sent += 1
+            pg_down = self.pg_down and not self.redis_down()
+            try:
+                r = await http.post(request[0], json=request[1],
+                                    headers={"X-Sceau-Session": self.token})
+                status: int | str = r.status_code
+            except httpx.HTTPError as exc:
+                status = type(exc).__name__
+            if status == 202:
+                self.tally.accepted.append(r.json()["command_id"])
+                return
+            self.tally.refused[status] += 1
+            self.tally.refused_while_pg_down += pg_down
+            if status == 401:      # the session was lost with Redis's data: open another
+                self.token = (await http.post("/api/v1/sceau/activate",
+                                              json={"duration_ms": 2000})).json()["session"]
+        finally:
+            in_flight.release()
+
+    def redis_down(self) -> bool:
+        return self.redis is not None and self.redis.proc is None
+
+    # -- the figures -----------------------------------------------------------------------------
+
+    def measure_faults(self) -> None:
+        for fault in self.faults:
+            times = sorted(t for arrivals in self._surviving_probes(fault) for t in arrivals
+                           if fault.at - 1 <= t <= fault.at + 15)
+            gaps = [(b - a, b) for a, b in zip(times, times[1:])]
+            if gaps:
+                fault.gap_s = max(g for g, _ in gaps)
+            after = [t for t in times if t > fault.back_from]
+            if fault.back_s is None and after and "PostgreSQL" not in fault.name:
+                # Back: the end of the longest gap that spans the fault's moment, or the first
+                # frame after it.
+                spanning = [end for g, end in gaps if end - g <= fault.back_from < end]
+                fault.back_s = (spanning[0] if spanning else after[0]) - fault.back_from
+
+    def _surviving_probes(self, fault: Fault) -> list[list[float]]:
+        probes = list(self.frames.values())
+        return probes[:1] if "ws process" in fault.name else probes
+
+    async def account(self) -> dict:
+        """Wait until the engine has applied what was accepted (or 30 s), then count."""
+        import redis.asyncio as aredis   # the test venv's client, for this check only
+
+        from atom_actors.aio import open_bridge
+
+        async def applied_log() -> list[str]:
+            client = aredis.Redis.from_url(self.redis.url)
+            try:
+                return [v.decode() for v in await client.lrange("atom:engine:log", 0, -1)]
+            finally:
+                await client.aclose()
+
+        accepted = set(self.tally.accepted)
+        async with open_bridge() as bridge:
+            with trio.move_on_after(30):
+                while not accepted <= set(log := await bridge.call(applied_log)):
+                    await trio.sleep(0.5)
+        counts = Counter(log)
+        with trio.move_on_after(30):
+            while True:
+                rows = await sql(self.pg.url, "SELECT payload->>'command_id' AS id FROM events "
+                                              "WHERE kind IN ('dispersal', 'regroup', 'retune')")
+                recorded = {r["id"] for r in rows}
+                if accepted <= recorded:
+                    break
+                await trio.sleep(0.5)
+        self.measure_faults()
+        loaders = self.loader_results
+        tracebacks = [f"{atom.role}: {line}" for atom in self.atoms for line in atom.lines
+                      if "Traceback" in line or '"level": "error"' in line]
+        return {
+            "mode": self.args.mode, "subscribers": self.args.subscribers,
+            "sent": self.tally.sent, "accepted": len(accepted),
+            "refused": {str(k): v for k, v in self.tally.refused.items()},
+            "refused_while_only_postgresql_down": self.tally.refused_while_pg_down,
+            "applied_once": sum(1 for c in accepted if counts[c] == 1),
+            "lost": sum(1 for c in accepted if counts[c] == 0),
+            "duplicated": sum(1 for c in accepted if counts[c] > 1),
+            "in_events_table": len(accepted & recorded),
+            "faults": [{"fault": f.name, "at_s": round(f.at - self.t0, 1),
+                        "longest_gap_s": _r(f.gap_s), "back_after_s": _r(f.back_s),
+                        "note": f.note} for f in self.faults],
+            "load": loaders,
+            "errors_logged": tracebacks,
+        }
+
+
+def _read(stream, lines: list[str]) -> None:
+    """Keep a process's stderr lines (a thread: the pipe is drained for the process's life)."""
+    for line in iter(stream.readline, ""):
+        lines.append(line.rstrip("\n"))
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(x, 2)
+
+
+def print_table(figures: dict, load: str) -> None:
+    print(f"\nchaos ({figures['mode']}): 2 engines, 2 ws, 1 api; {figures['subscribers']} "
+          f"subscribers; load average at start {load}")
+    print(f"{'fault':<40} {'at s':>6} {'longest gap s':>14} {'back after s':>13}  note")
+    for f in figures["faults"]:
+        gap = "-" if f["longest_gap_s"] is None else f"{f['longest_gap_s']:.2f}"
+        back = "-" if f["back_after_s"] is None else f"{f['back_after_s']:.2f}"
+        print(f"{f['fault']:<40} {f['at_s']:>6.1f} {gap:>14} {back:>13}  {f['note']}")
+    refused = ", ".join(f"{k}: {v}" for k, v in sorted(figures["refused"].items())) or "none"
+    print(f"\ncommands: sent {figures['sent']}, accepted {figures['accepted']}, refused "
+          f"{sum(figures['refused'].values())} ({refused}; while only PostgreSQL was down: "
+          f"{figures['refused_while_only_postgresql_down']}), applied exactly once "
+          f"{figures['applied_once']}, lost {figures['lost']}, duplicated "
+          f"{figures['duplicated']}, in the events table {figures['in_events_table']}")
+    print(f"errors and tracebacks in the processes' logs: {len(figures['errors_logged'])}")
+    for line in figures["errors_logged"][:10]:
+        print(f"  {line[:300]}")
+    for result in figures["load"]:
+        print(f"load client: {result.get('connected')}/{result.get('clients')} connected, fps "
+              f"mean {result.get('fps_mean')}, gap max {result.get('gap_max_ms')} ms, closes "
+              f"{result.get('closes')}, errors {result.get('errors')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--mode", choices=SCHEDULES, default="full")
+    parser.add_argument("--subscribers", type=int, default=None,
+                        help="Node load-client subscribers (full 200, short 20; 0: none)")
+    parser.add_argument("--rate", type=float, default=2.0, help="commands a second (2)")
+    parser.add_argument("--peers", type=Path, default=PEERS_SOURCE,
+                        help="the directory of loadclient.js (copied, never modified)")
+    parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
+    args = parser.parse_args()
+    if args.subscribers is None:
+        args.subscribers = 200 if args.mode == "full" else 20
+    if args.subscribers and not (shutil.which("node") and shutil.which("npm")
+                                 and (args.peers / "loadclient.js").is_file()):
+        sys.exit("chaos: the load client needs node, npm and loadclient.js (--peers), "
+                 "or --subscribers 0")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    from atom_actors.aio import configure
+    configure()   # trio-asyncio, for the check of Redis's applied log and of PostgreSQL
+    chaos = Chaos(args)
+    try:
+        figures = trio.run(chaos.run)
+    finally:
+        chaos.stop_everything()
+    figures["load"] = chaos.loader_results
+    print_table(figures, load)
+    if args.json:
+        print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The coordinator's contract, on both implementations: the memory one and Redis (the shared
+server, a namespace per test). Real time, each test bounded by ``trio.fail_after``; the
+failover logic over the memory one runs on virtual time in ``test_cluster``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import trio
+
+from atom_actors.coordinator import RESYNC, Coordinator, MemoryCoordinator
+from atom_actors.coordinator.redis import RedisCoordinator
+from atom_actors.errors import BackendUnavailable
+from atom_actors.store import SessionRecord
+
+from .servers import SHARED_REDIS, free_port
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def pair(request, nursery) -> tuple[Coordinator, Coordinator]:
+    """Two processes' coordinators of one deployment."""
+    if request.param == "memory":
+        first = MemoryCoordinator()
+        return first, MemoryCoordinator(first.shared)
+    namespace = request.getfixturevalue("redis_namespace")
+    pair = [await nursery.start(RedisCoordinator(SHARED_REDIS, namespace=namespace).run)
+            for _ in range(2)]
+    for coordinator in pair:
+        if not coordinator.up:
+            with trio.fail_after(5):
+                await coordinator.subscribed.wait()
+    return pair[0], pair[1]
+
+
+async def test_commands_are_redelivered_until_a_checkpoint_acknowledges_them(pair):
+    a, b = pair
+    heard: list[bytes] = []
+    b.summary_listeners.append(heard.append)
+    with trio.fail_after(10):
+        await a.add_command({"kind": "regroup", "command_id": "c-before-any-engine"})
+        await a.ensure_group()
+        await a.add_command({"kind": "retune", "agent": 1, "frequency": 500.0, "command_id": "c2"})
+        first = await a.read_commands("engine-a", block_s=0.1)
+        assert [c["command_id"] for _, c in first] == ["c-before-any-engine", "c2"]
+        assert await a.read_commands("engine-a", block_s=0.1) == []
+        # engine-a dies without a checkpoint: engine-b, the new leader, claims both.
+        assert await b.lease_acquire("engine-b", 5.0)
+        claimed = await b.claim_commands("engine-b")
+        assert [e for e, _ in claimed] == [e for e, _ in first]
+        assert await b.checkpoint("engine-b", b"state", b"summary", 1000,
+                                  [(first[0][0], "c-before-any-engine"), (first[1][0], "c2")], 5.0)
+        assert await b.claim_commands("engine-c") == []
+        assert await a.applied(["c2", "c9"]) == {"c2"}
+        assert await a.applied_log() == ["c-before-any-engine", "c2"]
+        assert await a.load_checkpoint() == b"state"
+        assert await a.load_summary() == b"summary"
+        while heard != [b"summary"]:      # every process hears of each summary
+            await trio.sleep(0.01)
+
+
+async def test_a_checkpoint_without_the_lease_writes_nothing(pair):
+    a, b = pair
+    with trio.fail_after(10):
+        await a.ensure_group()
+        entry = await a.add_command({"kind": "regroup", "command_id": "c1"})
+        await a.read_commands("old-leader", block_s=0.1)
+        assert await b.lease_acquire("new-leader", 5.0)
+        assert not await a.checkpoint("old-leader", b"stale", b"stale", 1000, [(entry, "c1")], 5.0)
+        assert await a.load_checkpoint() is None
+        assert [e for e, _ in await b.claim_commands("new-leader")] == [entry]
+
+
+async def test_the_lease_has_one_holder(pair):
+    a, b = pair
+    with trio.fail_after(10):
+        assert await a.lease_acquire("a", 5.0)
+        assert not await b.lease_acquire("b", 5.0)
+        assert await a.lease_renew("a", 5.0) == 1
+        assert await b.lease_renew("b", 5.0) == 0
+        await b.lease_release("b")                 # not b's: nothing happens
+        assert await b.lease_holder() == "a"
+        await a.lease_release("a")
+        assert await b.lease_holder() is None
+        assert await a.lease_renew("a", 5.0) == 2  # vanished (a Redis restart): taken back
+        assert await b.lease_holder() == "a"
+
+
+async def test_sessions_are_shared_and_a_revocation_reaches_every_process(pair):
+    a, b = pair
+    record = SessionRecord(id="ab" * 32, created_at=1e9, expires_at=4e9, frequency=999.0)
+    with trio.fail_after(5), b.subscribe_revocations() as revocations:
+        await a.save_session(record)
+        assert await b.get_session(record.id) == record
+        assert await b.get_session("cd" * 32) is None
+        assert await b.revoke_session("cd" * 32) is False
+        assert await a.revoke_session(record.id) is True
+        assert (await b.get_session(record.id)).revoked
+        assert await revocations.receive() == record.id
+
+
+async def test_a_session_is_forgotten_when_it_expires(nursery, redis_namespace):
+    """Redis keeps a session's hash until its expiry, no longer (PEXPIREAT)."""
+    coordinator = await nursery.start(RedisCoordinator(SHARED_REDIS, namespace=redis_namespace).run)
+    with trio.fail_after(10):
+        soon = SessionRecord(id="ef" * 32, created_at=time.time(), expires_at=time.time() + 0.3,
+                             frequency=999.0)
+        await coordinator.save_session(soon)
+        assert await coordinator.get_session(soon.id) == soon
+        await trio.sleep(0.5)
+        assert await coordinator.get_session(soon.id) is None
+
+
+async def test_the_breaker_state_is_swapped_only_over_the_version_read(pair):
+    a, b = pair
+    with trio.fail_after(10):
+        assert await a.load_breaker() == (0, None)
+        assert await a.swap_breaker(0, b"one")
+        assert not await b.swap_breaker(0, b"two")       # b read version 0 too late
+        assert await b.load_breaker() == (1, b"one")
+        assert await b.swap_breaker(1, b"two")
+        assert await a.load_breaker() == (2, b"two")
+
+
+async def test_subscribers_are_summed_over_the_processes_that_still_speak(pair):
+    a, b = pair
+    with trio.fail_after(10):
+        await a.set_subscribers("ws-1", 3, 5.0)
+        await b.set_subscribers("ws-2", 4, 0.2)
+        assert await a.total_subscribers() == 7
+        await trio.sleep(0.3)
+        assert await a.total_subscribers() == 3
+
+
+async def test_a_call_while_redis_is_down_fails_at_once():
+    async with trio.open_nursery() as nursery:
+        coordinator = await nursery.start(
+            RedisCoordinator(f"redis://127.0.0.1:{free_port()}/0").run)
+        start = trio.current_time()
+        with trio.fail_after(5):
+            with pytest.raises(BackendUnavailable) as caught:
+                await coordinator.add_command({"kind": "regroup", "command_id": "x"})
+        assert caught.value.status == 503 and caught.value.backend == "redis"
+        assert trio.current_time() - start < 0.5
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_reconnected_subscription_asks_the_readers_to_resync(nursery, redis_server):
+    """Revocations published while a process was cut off from Redis never reach it: once it
+    subscribes again, its readers hear RESYNC and check every session they hold."""
+    coordinator = await nursery.start(RedisCoordinator(redis_server.url).run)
+    with trio.fail_after(30), coordinator.subscribe_revocations() as revocations:
+        if not coordinator.up:
+            await coordinator.subscribed.wait()
+        await redis_server.astop()
+        await redis_server.astart()
+        assert await revocations.receive() == RESYNC
