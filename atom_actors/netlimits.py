@@ -26,7 +26,6 @@ LOG_INTERVAL_S: Final = 1.0        # at most one "out of descriptors" line per t
 # A server's share of the descriptor limit: the API's connections and the handshakes pending on
 # the WebSocket server each get a quarter, leaving half for subscribers, backends and files.
 BUDGET_SHARE: Final = 4
-LINGER_S: Final = 0.1              # a refused connection is read this long after its answer
 
 
 def file_limit() -> int:
@@ -123,14 +122,15 @@ class Refusals:
                 try:
                     await stream.send_all(response)
                     await stream.send_eof()
-                    # Read what the client sent meanwhile (its request, usually there already):
-                    # closing with unread bytes would reset the connection, and the answer could
-                    # be lost with it. Then close, without waiting for the client to.
-                    while True:
-                        with trio.move_on_after(LINGER_S):
-                            if await stream.receive_some(16384):
-                                continue
-                        break
+                    # Read the client's request head (answered before it was read): closing with
+                    # unread bytes would reset the connection, and the answer could be lost with
+                    # it. Then close, without waiting for the client to.
+                    seen = b""
+                    while b"\r\n\r\n" not in seen:
+                        chunk = await stream.receive_some(16384)
+                        if not chunk:
+                            break
+                        seen = (seen + chunk)[-8192:]
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     pass
         finally:

@@ -250,8 +250,11 @@ async def test_held_connections_under_a_low_descriptor_limit_leave_new_clients_s
                         stream = await stack.enter_async_context(await connect(api_url))
                         await stream.send_all(request())   # kept alive after its answer
                         held.append(stream)
-                    for stream in held:
-                        head, _ = await read_response(stream, bytearray())
+                    for i, stream in enumerate(held):
+                        try:
+                            head, _ = await read_response(stream, bytearray())
+                        except trio.BrokenResourceError:
+                            raise AssertionError(f"reset #{i} {answers} {stderr.decode()[-2000:]}")
                         status = int(head.split(b" ", 2)[1])
                         answers[status] = answers.get(status, 0) + 1
                 assert set(answers) == {200, 503} and answers[200] < NOFILE // 2, answers
