@@ -23,6 +23,7 @@ import trio
 import yaml
 
 from tests.atom_process import running_atom
+from tests.servers import atom_env as servers_env
 from tests.servers import free_port, skip
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -176,3 +177,57 @@ async def test_a_real_prometheus_scrapes_atom_serve_and_evaluates_the_rules(tmp_
                     http, 'ALERTS{alertstate="firing"}'))
                 assert firing["metric"]["alertname"] == "AtomBriseCircuitOpen"
                 assert firing["metric"]["instance"] == target
+
+
+async def test_prometheus_scrapes_every_role_and_sees_one_engine_lead_through_a_failover(
+        tmp_path: Path, atom_processes, redis_server, pg_url: str) -> None:
+    """The roles of a Redis deployment, each on its own API_PORT (CONTRACT §2.2), scraped as the
+    compose profile does: two engines, a ws and an api process. One engine leads; once it is
+    killed, the other does, and Prometheus sees that too."""
+    ports = {key: free_port() for key in ("engine-1", "engine-2", "ws", "api")}
+    roles = {"engine-1": "engine", "engine-2": "engine", "ws": "ws", "api": "api"}
+    processes = {}
+    for key, role in roles.items():
+        env = servers_env(REDIS_URL=redis_server.url, DATABASE_URL=pg_url, API_HOST="127.0.0.1",
+                          API_PORT=str(ports[key]))
+        processes[key] = await atom_processes(["serve", "--role", role], env)
+    with trio.fail_after(120):
+        for process in processes.values():
+            await process.wait_for("atom: serving: ")
+        jobs = {"atom-engine": [f"127.0.0.1:{ports['engine-1']}", f"127.0.0.1:{ports['engine-2']}"],
+                "atom-websocket": [f"127.0.0.1:{ports['ws']}"], "atom-api": [f"127.0.0.1:{ports['api']}"]}
+        async with running_prometheus(tmp_path, jobs) as url, httpx.AsyncClient(base_url=url) as http:
+            async def all_up():
+                active = (await http.get("/api/v1/targets")).json()["data"]["activeTargets"]
+                return len(active) == 4 and all(t["health"] == "up" for t in active) and active
+            up = await until("every role up", all_up)
+            assert sorted(t["labels"]["job"] for t in up) == [
+                "atom-api", "atom-engine", "atom-engine", "atom-websocket"]
+
+            async def leading() -> dict[str, float]:
+                return {r["metric"]["instance"]: float(r["value"][1])
+                        for r in await query(http, "atom_engine_leading")}
+            first = await until("both engines scraped", lambda: _both(leading))
+            assert sorted(first.values()) == [0.0, 1.0]      # one leads, one stands by
+            leader = next(key for key in ("engine-1", "engine-2")
+                          if first[f"127.0.0.1:{ports[key]}"] == 1.0)
+            await until("frames counted", lambda: query(
+                http, "count_over_time(atom_frames_composed_total[10s]) >= 6"))
+            (rate,) = await query(http, "sum(rate(atom_frames_composed_total[5s]))")
+            assert float(rate["value"][1]) == pytest.approx(60, rel=0.15)
+
+            processes[leader].kill()                          # kill -9
+            standby = f"127.0.0.1:{ports[next(k for k in ('engine-1', 'engine-2') if k != leader)]}"
+            await until("the standby leads", lambda: _is(leading, standby, 1.0))
+            await until("the leader's target is down", lambda: query(
+                http, f'up{{instance="127.0.0.1:{ports[leader]}"}} == 0'))
+            assert await query(http, 'ALERTS{alertname="AtomNoEngineLeading", alertstate="firing"}') == []
+
+
+async def _both(leading) -> dict[str, float] | None:
+    found = await leading()
+    return found if len(found) == 2 else None
+
+
+async def _is(leading, instance: str, value: float) -> bool:
+    return (await leading()).get(instance) == value

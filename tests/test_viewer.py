@@ -365,8 +365,9 @@ def test_the_operator_picks_the_streams_fps(server, new_page):
     page.wait_for_function("() => atomViewer.stats().fps === 20 && atomViewer.stats().connections === 1"
                            " && atomViewer.stats().framesReceived > 60")
     assert "20 fps, delta" in page.locator("#events").inner_text()   # the new hello says so
-    # One frame in three of the 60 fps tick: every seq the page draws is 3 apart (or a multiple
-    # of 3, when a busy machine made the server drop one), and no more than 20 come a second.
+    # One frame in three of the 60 fps tick: the seqs the page draws are at least 3 apart, and
+    # mostly exactly 3 (a busy machine may make the fan-out miss a tick, and a decimated group then
+    # takes the next frame: a gap of 4), and no more than 20 come a second.
     seqs = page.evaluate("""() => new Promise((done) => {
         const seen = [];
         const timer = setInterval(() => {
@@ -376,7 +377,7 @@ def test_the_operator_picks_the_streams_fps(server, new_page):
         setTimeout(() => { clearInterval(timer); done(seen); }, 1500);
     })""")
     gaps = np.diff(seqs)
-    assert len(seqs) >= 5 and set(gaps % 3) == {0}, seqs
+    assert len(seqs) >= 5 and gaps.min() >= 3 and np.median(gaps) == 3, seqs
     stats = page.evaluate("atomViewer.stats()")
     assert stats["streamFps"] <= 25, stats
 
