@@ -21,7 +21,7 @@ from functools import partial
 
 import trio
 
-from . import aio, app, logs
+from . import aio, app, logs, netlimits
 from . import watch as watch_
 from .config import Settings, load_settings
 from .errors import BackendUnavailable, ConfigError, SupervisorEscalation, find
@@ -74,7 +74,7 @@ def _migrate(settings: Settings) -> int:
     try:
         applied = trio.run(migrate, settings.database_url)
     except BackendUnavailable as exc:
-        app.announce(exc.detail)
+        app.announce(str(exc))
         return 1
     app.announce(f"applied migrations {', '.join(map(str, applied))}" if applied
                  else "the database is up to date")
@@ -84,6 +84,8 @@ def _migrate(settings: Settings) -> int:
 def _serve(settings: Settings, role: str = "all") -> int:
     try:
         app.check_role(settings, role)
+        # Each connection holds a descriptor: the soft limit (often 1024) is a relic of select().
+        netlimits.raise_file_limit()
         if settings.redis_url:
             _reach_redis(settings.redis_url, CONNECT_DEADLINE_S)
         trio.run(_serve_until_signal, settings, role)
@@ -91,7 +93,7 @@ def _serve(settings: Settings, role: str = "all") -> int:
         print(f"atom: bad setting {exc}", file=sys.stderr)
         return 2
     except BackendUnavailable as exc:
-        app.announce(exc.detail)
+        app.announce(str(exc))
         return 1
     except SupervisorEscalation as exc:
         app.announce(f"ENGINE STOPPED: {exc}")

@@ -265,7 +265,7 @@ async def restore(engine: Engine, coordinator: Coordinator, store: Store) -> str
         if await restore_from_store(engine, store):
             return "store"
     except BackendUnavailable as exc:
-        log.error("the store's snapshot could not be read (%s): starting from a fresh swarm", exc.detail)
+        log.error("the store's snapshot could not be read (%s): starting from a fresh swarm", exc)
     return "fresh"
 
 

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator, 
 
 from .catalog import Catalog
 from .errors import ConfigError
+from .origins import ANY_HOST, split_host
 
 CANON_HZ = 999.0
 MIN_HZ = 432.0
@@ -50,6 +51,8 @@ class Settings(BaseModel):
     zero_log: bool = True
     secret_key: str = ""
     cors_origins: tuple[str, ...] = ("https://atom-interface.vercel.app",)
+    # Hosts a request's Host header may name (REST and WebSocket); "*" allows any (origins.py).
+    allowed_hosts: tuple[str, ...] = ("localhost", "127.0.0.1", "[::1]")
     tick_hz: int = Field(60, ge=1, le=240)
     ws_max_connections: int = Field(500, ge=1)
     ws_require_session: bool = True
@@ -84,22 +87,31 @@ class Settings(BaseModel):
     def _empty_seed(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", mode="before")
     @classmethod
-    def _origins(cls, value: Any) -> Any:
+    def _list(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
         text = value.strip()
-        if text.startswith("["):
+        # "[::1]" is a host, not a JSON list
+        if text.startswith("[") and not text.startswith("[:") and "]:" not in text[:64]:
             try:
-                origins = json.loads(text)
+                items = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not a JSON list ({exc.msg})") from None
-            if not isinstance(origins, list) or not all(isinstance(o, str) for o in origins):
+            if not isinstance(items, list) or not all(isinstance(o, str) for o in items):
                 raise ValueError("must be a JSON list of strings")
         else:
-            origins = [o for o in text.split(",")]
-        return tuple(o.strip().rstrip("/") for o in origins if o.strip())
+            items = [o for o in text.split(",")]
+        return tuple(o.strip().rstrip("/") for o in items if o.strip())
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            if host != ANY_HOST and split_host(host) is None:
+                raise ValueError(f"{host[:64]!r} is not a host or host:port")
+        return tuple(h.lower() for h in value)
 
     @field_validator("database_url")
     @classmethod

@@ -19,12 +19,14 @@ The tree::
     │   ├── BodyNotJSON          the body is not JSON (400)
     │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
     │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
+    ├── HostNotAllowed           a Host header not on ALLOWED_HOSTS, REST or WebSocket (400)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
     ├── StreamRefused            a WebSocket handshake on WS_PORT was refused with an HTTP status
     │   ├── StreamNotFound       another path than /ws/swarm (404)
     │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
     │   ├── OriginForbidden      a browser ``Origin`` that is not allowed (403)
-    │   └── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
+    │   ├── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
+    │   └── TooManyHandshakes    handshakes pending beyond the bound, or from one address (503)
     ├── WatchUnreachable         ``atom watch`` cannot reach the API or the stream, or is refused
     ├── MalformedFrame           a binary message of L'Essaim that cannot be decoded (also a ValueError)
     └── SupervisorEscalation     a supervisor's children crashed more than its intensity allows
@@ -237,6 +239,22 @@ class OriginRefused(RequestError):
         self.origin = origin
 
 
+class HostNotAllowed(AtomError):
+    """Raised when a request's ``Host`` (REST or WebSocket) is not on ALLOWED_HOSTS: a page on
+    another name, re-pointed at this server by DNS rebinding, gets no answer from it."""
+
+    code = "host_not_allowed"
+    status = 400
+
+    def __init__(self, host: str) -> None:
+        # The answer does not repeat the Host: nothing in it is built from that header.
+        super().__init__("this server does not answer for that host (ALLOWED_HOSTS)")
+        self.host = host
+
+
+_PUBLIC_BACKEND_NAMES = {"postgresql": "the database", "redis": "redis"}
+
+
 class BackendUnavailable(AtomError):
     """Raised when a configured backend (Redis, PostgreSQL) does not answer in time."""
 
@@ -244,8 +262,12 @@ class BackendUnavailable(AtomError):
     status = 503
 
     def __init__(self, backend: str, why: str) -> None:
-        super().__init__(f"{backend} is unavailable: {why}")
+        # The answer says what; where and why (an address, a driver's message) only go to the
+        # (scrubbed) log, through str(exc).
+        super().__init__(f"{_PUBLIC_BACKEND_NAMES.get(backend, backend)} is unavailable")
         self.backend = backend
+        self.reason = why
+        self.args = (f"{self.detail}: {why}",)
 
 
 class StreamRefused(AtomError):
@@ -299,6 +321,17 @@ class TooManySubscribers(StreamRefused):
     def __init__(self, limit: int) -> None:
         super().__init__(f"this server already streams to its {limit} subscribers; retry later")
         self.limit = limit
+
+
+class TooManyHandshakes(StreamRefused):
+    """Raised when more handshakes are pending than the server's bound, or than one address may
+    hold: answered before the handshake is read."""
+
+    code = "too_many_handshakes"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("too many connections are opening at once; retry in a moment")
 
 
 class WatchUnreachable(AtomError):

@@ -132,9 +132,31 @@ def _sensitive(key: object) -> bool:
 
 
 def scrub(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
-    """structlog processor: every value scrubbed (:func:`scrub_text`), sensitive keys redacted."""
-    return {k: (REDACTED if _sensitive(k) else _scrub_value(v)) for k, v in event_dict.items()
-            if not k.startswith("_")}
+    """structlog processor: every value scrubbed (:func:`scrub_text`), sensitive keys redacted,
+    text values stripped of control characters and cut to a bounded length (a client may have
+    chosen them: a path, a method, an exception's message)."""
+    return {k: (REDACTED if _sensitive(k) else _bounded(_scrub_value(v), k))
+            for k, v in event_dict.items() if not k.startswith("_")}
+
+
+MAX_FIELD_CHARS = 1000          # a logged text value longer than this is cut
+MAX_EXCEPTION_CHARS = 8000      # a traceback, likewise
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")   # all but tab and newline
+
+
+def _bounded(value: Any, key: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    limit = MAX_EXCEPTION_CHARS if key == "exception" else MAX_FIELD_CHARS
+    value = _CONTROL.sub("", value)
+    return value if len(value) <= limit else value[:limit] + f"... ({len(value) - limit} more)"
+
+
+def client_text(text: object, limit: int = 80) -> str:
+    """Text a client chose (a method, a path), fit for a log line: on one line, without control
+    characters, at most ``limit`` characters."""
+    text = _CONTROL.sub("", str(text)).replace("\n", " ").replace("\t", " ")
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 # -- the processors -------------------------------------------------------------------------------

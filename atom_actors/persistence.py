@@ -132,7 +132,7 @@ async def snapshot_agents(engine: Checkpointed, store: Store, *,
                 await store.save_agents(agent_rows(engine.checkpoint().state))
             except BackendUnavailable as exc:
                 if not failing:
-                    log.warning("agent snapshot failed, retrying every %g s: %s", interval_s, exc.detail)
+                    log.warning("agent snapshot failed, retrying every %g s: %s", interval_s, exc)
                 failing = True
             else:
                 if failing:
@@ -180,7 +180,7 @@ class EventLog:
                     break
                 except BackendUnavailable as exc:
                     if not failing:
-                        log.warning("event log paused: %s", exc.detail)
+                        log.warning("event log paused: %s", exc)
                     failing = True
                     await trio.sleep(EVENT_RETRY_S)
 

@@ -39,7 +39,9 @@ WS_URL = re.compile(r"\bws (ws[^\s,]+)")
 
 def atom_env(**extra: str) -> dict[str, str]:
     """The environment of a fresh deployment (no inherited settings), bound to SERVER_HOST."""
-    return servers.atom_env(**{"API_HOST": SERVER_HOST, "SWARM_SEED": "11", **extra})
+    return servers.atom_env(**{"API_HOST": SERVER_HOST,
+                               "ALLOWED_HOSTS": f"{SERVER_HOST},localhost,127.0.0.1",
+                               "SWARM_SEED": "11", **extra})
 
 
 @dataclass

@@ -62,7 +62,9 @@ SESSION_ENDPOINTS = [
 
 
 def settings(**overrides: object):
-    base = {"api_port": 0, "ws_port": 0, "cors_origins": ORIGIN}
+    # The in-process clients' host, atom.test, is this deployment's name: listed like a site's.
+    base = {"api_port": 0, "ws_port": 0, "cors_origins": ORIGIN,
+            "allowed_hosts": "atom.test,localhost,127.0.0.1"}
     base.update(overrides)
     return make_settings(**base)
 
@@ -290,6 +292,34 @@ async def test_root_serves_the_viewer_page_and_its_files(api, monkeypatch, tmp_p
     assert r.status_code == 200 and "essaim" in r.text
     assert_error(await c.get("/viewer/../secret.txt"), 404, "not_found")
     assert_error(await c.get("/viewer/%2e%2e/secret.txt"), 404, "not_found")
+
+
+async def test_every_other_path_under_viewer_is_a_404_json_whatever_it_holds(nursery, caplog):
+    """Issue 13 finding 3: no look-up on disk of what a client typed (a 5,000-character name was
+    a 500 with a traceback holding it)."""
+    with trio.fail_after(20):
+        services = await serve(nursery)
+        async with httpx.AsyncClient(base_url=services.api_url) as c:
+            for path in ["/viewer/" + "a" * 5000, "/viewer/" + "%C3%A9" * 2000, "/viewer/%00",
+                         "/viewer/%ff%fe", "/viewer/x/../../../etc/passwd", "/viewer/",
+                         "/viewer/index.html/", "/viewer/" + "a/" * 2000]:
+                body = assert_error(await c.get(path), 404, "not_found")
+                assert len(body["detail"]) < 300
+    assert "Traceback" not in caplog.text and "a" * 300 not in caplog.text
+
+
+@pytest.mark.parametrize("allowed_hosts", ["*", "localhost,127.0.0.1"])
+async def test_no_answer_is_built_from_the_host_header(nursery, allowed_hosts):
+    """Issue 13 finding 5: ``//`` in a path was answered 308 to ``http://<Host>/...``."""
+    with trio.fail_after(20):
+        services = await serve(nursery, allowed_hosts=allowed_hosts)
+        async with httpx.AsyncClient(base_url=services.api_url) as c:
+            for path in ["/viewer//x", "//viewer/index.html", "/api/v1//health", "/viewer//",
+                         "/api//v1/swarm"]:
+                r = await c.get(path, headers={"Host": "evil.example"})
+                assert r.status_code in (400, 404) and "location" not in r.headers, (path, r)
+                assert r.headers["content-type"] == "application/json"
+                assert "evil" not in r.text
 
 
 # -- sessions ---------------------------------------------------------------------------------------
@@ -664,6 +694,25 @@ async def test_a_foreign_origin_is_refused(autojump_clock, api, origin):
         "Origin": origin, "Access-Control-Request-Method": "POST"})
     assert_error(r, 403, "origin_not_allowed")
     assert "access-control-allow-origin" not in r.headers
+
+
+async def test_a_rebound_host_is_refused_400_over_http(nursery):
+    """Issue 13 finding 2 (DNS rebinding): a page on evil.example, re-pointed at 127.0.0.1, holds
+    a session and sends its own name as Host and Origin: refused, whatever the route."""
+    with trio.fail_after(20):
+        services = await serve(nursery, allowed_hosts="localhost,127.0.0.1")
+        port = services.api_url.rsplit(":", 1)[1]
+        evil = f"evil.example:{port}"
+        async with httpx.AsyncClient(base_url=services.api_url) as c:
+            token = (await activate(c))[SESSION]
+            for method, path in [("GET", "/api/v1/swarm"), ("POST", "/api/v1/swarm/regroup"),
+                                 ("GET", "/api/v1/health"), ("GET", "/nowhere")]:
+                r = await c.request(method, path, headers={
+                    "Host": evil, "Origin": f"http://{evil}", SESSION: token})
+                body = assert_error(r, 400, "host_not_allowed")
+                assert "evil" not in body["detail"]
+            r = await c.get("/api/v1/swarm", headers={SESSION: token, "Origin": services.api_url})
+            assert r.status_code == 200   # the allowed host's own page still may
 
 
 async def test_the_apis_own_origin_is_served_without_cors_headers(autojump_clock, api):

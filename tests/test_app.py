@@ -102,6 +102,12 @@ async def test_postgres_down_leaves_sessions_commands_and_the_stream_alone(nurse
             assert r.status_code == 202
             async with open_websocket_url(f"{services.ws_url}?session={token}") as ws:
                 assert json.loads(await ws.get_message())["type"] == "hello"
+            # Issue 13 finding 6: a 503 says what; where (the database's address) and why stay
+            # in the log.
+            r = await http.get("/api/v1/health/ready")
+            assert r.status_code == 503 and "the database is unavailable" in r.text
+            pg_port = str(urlsplit(pg_server.url).port)
+            assert pg_port not in r.text and "127.0.0.1" not in r.text
             await services.engine.retune(11, 654.5, command_id="during-outage")
             assert await frames_in(services.bus, 1.5) >= 80   # 60 fps regardless
             await pg_server.astart()

@@ -258,12 +258,26 @@ async def test_origin_is_checked(autojump_clock, serve, origin, allowed):
     ("https://evil.example", False),
 ])
 async def test_a_page_of_the_site_itself_is_allowed(autojump_clock, serve, origin, allowed):
-    services = await serve()
+    services = await serve(allowed_hosts="atom.example")
     headers = [(b"Origin", origin.encode())]
     with trio.fail_after(BOUND_S):
         status, _ = await refusal(services.broadcaster.port, "/ws/swarm", headers,
                                   host="atom.example")
     assert status == (101 if allowed else 403)
+
+
+@pytest.mark.parametrize("host", ["evil.example:{port}", "evil.example", "localhost.evil:{port}"])
+async def test_a_rebound_host_is_refused_400(autojump_clock, serve, host):
+    """Issue 13 finding 2 (DNS rebinding): a page on evil.example, re-pointed at 127.0.0.1, sends
+    its own name as Host and Origin; the Host is not on ALLOWED_HOSTS, so no stream."""
+    services = await serve()
+    port = services.broadcaster.port
+    host = host.format(port=port)
+    with trio.fail_after(BOUND_S):
+        status, body = await refusal(port, "/ws/swarm", [(b"Origin", f"http://{host}".encode())],
+                                     host=host)
+    assert (status, body) == (400, {"error": "host_not_allowed", "detail": ANY_TEXT})
+    assert "evil" not in body["detail"]
 
 
 async def test_the_api_origin_bound_later_is_allowed(autojump_clock, serve):
@@ -506,6 +520,21 @@ async def test_garbage_and_silent_connections_cost_nothing(autojump_clock, serve
             assert seqs[-60:] == list(range(seqs[-60], seqs[-60] + 60))
 
 
+async def read_all(stream: trio.abc.Stream) -> bytes:
+    data = b""
+    while chunk := await stream.receive_some():
+        data += chunk
+    return data
+
+
+def busy_answer(data: bytes) -> dict:
+    """The 503 JSON answer of a handshake refused before it was read."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 "), data[:200]
+    assert b"content-type: application/json" in head.lower()
+    return json.loads(body)
+
+
 async def test_unfinished_handshakes_are_bounded_in_number(autojump_clock, serve):
     services = await serve(ws_max_connections=2)
     port = services.broadcaster.port
@@ -514,8 +543,9 @@ async def test_unfinished_handshakes_are_bounded_in_number(autojump_clock, serve
         try:
             await trio.testing.wait_all_tasks_blocked()
             start = trio.current_time()
-            assert await silent[2].receive_some() == b""
-            assert trio.current_time() == start, "the one over the bound is dropped at once"
+            assert busy_answer(await read_all(silent[2])) == {
+                "error": "too_many_handshakes", "detail": ANY_TEXT}
+            assert trio.current_time() == start, "the one over the bound is answered at once"
             assert await silent[0].receive_some() == b""
             assert trio.current_time() - start == pytest.approx(
                 broadcaster_server.HANDSHAKE_TIMEOUT_S, abs=0.1)
@@ -523,6 +553,40 @@ async def test_unfinished_handshakes_are_bounded_in_number(autojump_clock, serve
             for stream in silent:
                 await stream.aclose()
     assert services.broadcaster.stats.handshakes_failed == 3
+
+
+async def open_from(address: str, port: int) -> trio.SocketStream:
+    """A TCP connection to 127.0.0.1:``port`` from the loopback ``address`` (127.0.0.0/8)."""
+    sock = trio.socket.socket()
+    await sock.bind((address, 0))
+    await sock.connect(("127.0.0.1", port))
+    return trio.SocketStream(sock)
+
+
+async def test_a_handshake_flood_from_one_address_locks_no_one_else_out(autojump_clock, serve):
+    """Issue 13 finding 4: connections that never send their handshake, from one address, beyond
+    what it may hold are answered 503 at once; a subscriber from another address is served."""
+    services = await serve(ws_max_connections=40)
+    port = services.broadcaster.port
+    with trio.fail_after(BOUND_S):
+        async with AsyncExitStack() as stack:
+            flood = [await stack.enter_async_context(await open_from("127.0.0.1", port))
+                     for _ in range(60)]
+            await trio.testing.wait_all_tasks_blocked()
+            share = services.broadcaster.pending.address_share
+            assert share < 40
+            for stream in flood[share:]:
+                assert busy_answer(await read_all(stream))["error"] == "too_many_handshakes"
+            stream, head, _ = await raw_subscribe(port)    # from 127.0.0.1 still: refused
+            assert b" 503 " in head.split(b"\r\n")[0]
+            await stream.aclose()
+            other = await stack.enter_async_context(await open_from("127.0.0.2", port))
+            await other.send_all(
+                b"GET /ws/swarm HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+            answer = await other.receive_some()
+            assert answer.startswith(b"HTTP/1.1 101 "), answer[:200]
 
 
 async def test_shutdown_closes_every_subscriber_with_1001(autojump_clock, nursery):

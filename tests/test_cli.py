@@ -87,5 +87,5 @@ def test_migrate_without_a_database_url_or_server_says_why(tmp_path):
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
     done = subprocess.run([*ATOM, "migrate"], env=env(DATABASE_URL=url, SECRET_KEY="k" * 40),
                           cwd=tmp_path, capture_output=True, text=True, timeout=30)
-    assert done.returncode == 1 and "postgresql is unavailable" in done.stderr
+    assert done.returncode == 1 and "the database is unavailable" in done.stderr
     assert "Traceback" not in done.stderr

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -167,6 +168,11 @@ def test_atom_services_are_wired_to_redis_and_postgres_with_valid_settings(compo
         assert (settings.api_port, settings.ws_port, settings.zero_log) == (8000, 8001, True)
         assert settings.cors_origins == ("https://atom-interface.vercel.app",)
         assert settings.trusted_proxy_hops == 1   # nginx in front: believe its X-Forwarded-For
+        # Unset SITE_DOMAIN: localhost only, beside the names the containers use for each other.
+        assert settings.allowed_hosts == ("localhost", "localhost", "127.0.0.1", "atom-api",
+                                          "atom-engine", "atom-websocket")
+        site = interpolate(str(environment["ALLOWED_HOSTS"]), {"SITE_DOMAIN": "atom.example.org"})
+        assert site.split(",")[0] == "atom.example.org"
         assert compose["services"][name]["env_file"] == ".env"
 
 
@@ -473,7 +479,12 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
     # The viewer page is served through nginx, so its requests carry nginx's origin, which the
     # deployment lists in CORS_ORIGINS (.env.example).
     origin = nginx.https
-    backends = {"DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "CORS_ORIGINS": origin}
+    # ALLOWED_HOSTS as compose sets it, for a site whose public name is nginx's address here.
+    site = urlsplit(nginx.https).hostname
+    allowed = interpolate(str(services["atom-api"]["environment"]["ALLOWED_HOSTS"]),
+                          {"SITE_DOMAIN": site})
+    backends = {"DATABASE_URL": pg_url, "REDIS_URL": redis_server.url, "CORS_ORIGINS": origin,
+                "ALLOWED_HOSTS": allowed}
     with trio.fail_after(90):
         migrated = await trio.run_process(
             atom_command(services["atom-migrate"]["command"]), cwd=tmp_path,
@@ -507,6 +518,17 @@ async def test_through_nginx_over_tls_a_session_opens_and_frames_flow(
                 async with httpx.AsyncClient(base_url=other, verify=client_tls,
                                              headers={"Origin": other}) as http:
                     assert (await http.get("/api/v1/health")).status_code == 200
+                # A page elsewhere, its name re-pointed at this site (DNS rebinding): nginx hands
+                # its Host on, which the API refuses, REST and WebSocket alike.
+                async with httpx.AsyncClient(base_url=nginx.https, verify=client_tls) as http:
+                    evil = {"Host": "evil.example", "Origin": "https://evil.example"}
+                    r = await http.get("/api/v1/health", headers=evil)
+                    assert (r.status_code, r.json()["error"]) == (400, "host_not_allowed")
+                    r = await http.get("/ws/swarm", headers={
+                        **evil, "Upgrade": "websocket", "Connection": "Upgrade",
+                        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+                        "Sec-WebSocket-Version": "13"})
+                    assert (r.status_code, r.json()["error"]) == (400, "host_not_allowed")
 
                 # A browser's way: the token in the query string, which nginx must never log. The
                 # WebSocket process checks the session the API process opened, in PostgreSQL.

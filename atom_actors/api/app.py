@@ -20,9 +20,12 @@ from typing import Any
 from quart import Response, jsonify, request
 from quart_schema import Info, OpenAPIProvider, QuartSchema
 from quart_trio import QuartTrio
-from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from ..errors import AtomError, CommandError, OriginRefused, RateLimited, RequestInvalid, SafeguardOpen
+from ..errors import (AtomError, CommandError, HostNotAllowed, OriginRefused, RateLimited,
+                      RequestInvalid, SafeguardOpen)
+from ..logs import client_text
+from ..origins import OriginPolicy
 from .cors import CorsPolicy
 from .ratelimit import TokenBuckets
 from .routes import BLUEPRINTS
@@ -39,10 +42,15 @@ DESCRIPTION = ("The operators' REST API of AT·OM's swarm, L'Essaim: Sceau sessi
 def create_app(parts: ApiInput) -> QuartTrio:
     """The API of a running AT·OM over ``parts``: the swarm, sessions, the Brise-Circuit, ..."""
     app = QuartTrio("atom_actors.api", static_folder=None)
+    # Werkzeug's routing answers "//" and a missing trailing slash with a redirect built from the
+    # Host header: never (issue 13). Such a path is a 404 like any unknown one.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     app.config.update(MAX_CONTENT_LENGTH=MAX_BODY_BYTES, PROPAGATE_EXCEPTIONS=False)
     settings = parts.settings
-    app.extensions["atom"] = Api(parts, cors=CorsPolicy(settings.cors_origins),
-                                 buckets=TokenBuckets())
+    app.extensions["atom"] = Api(
+        parts, cors=CorsPolicy(OriginPolicy(settings.cors_origins, settings.allowed_hosts)),
+        buckets=TokenBuckets())
     QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),
                                description=DESCRIPTION),
                 openapi_provider_class=ContractOpenAPI, swagger_ui_path=None,
@@ -62,8 +70,10 @@ def create_app(parts: ApiInput) -> QuartTrio:
 # -- CORS -------------------------------------------------------------------------------------------
 
 async def _cors_gate() -> Response | None:
-    """Refuse foreign origins; answer preflights of listed ones."""
+    """Refuse Hosts not on ALLOWED_HOSTS and foreign origins; answer preflights of listed ones."""
     cors = api().cors
+    if not cors.host_allowed(request.headers.get("Host")):
+        raise HostNotAllowed(request.headers.get("Host") or "")
     origin = request.headers.get("Origin")
     if not cors.acceptable(origin, request.host):
         raise OriginRefused(origin or "")
@@ -103,13 +113,17 @@ async def _atom_error(exc: AtomError) -> Response:
     if isinstance(exc, SafeguardOpen | RateLimited):
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if exc.status >= 500:
-        log.error("%s %s answered %d %s: %s", request.method, _rule(), exc.status, exc.code,
-                  exc.detail)
+        # str(exc): the whole story (a backend's address, its driver's message), for the log only.
+        log.error("%s %s answered %d %s: %s", client_text(request.method), _rule(), exc.status,
+                  exc.code, exc)
     return response
 
 
 async def _http_error(exc: HTTPException) -> Response:
     status = exc.code or 500
+    if status < 400:
+        # A routing redirect (RequestRedirect) would name the Host header: answer it as unknown.
+        status, exc = 404, NotFound()
     if status >= 500:
         return await _unexpected(getattr(exc, "original_exception", None) or exc)
     if status == 404:
@@ -125,7 +139,7 @@ async def _http_error(exc: HTTPException) -> Response:
 
 
 async def _unexpected(exc: BaseException) -> Response:
-    log.error("%s %s failed", request.method, _rule(), exc_info=exc)
+    log.error("%s %s failed", client_text(request.method), _rule(), exc_info=exc)
     return error_response(500, "internal_error",
                           "the server failed to answer this request; the failure is logged")
 

@@ -1,15 +1,16 @@
-"""CORS as a pure policy (CONTRACT.md §1 CORS_ORIGINS, issue 4 §4).
+"""CORS for the REST API (CONTRACT.md §1 CORS_ORIGINS, issue 4 §4), on the one host and origin
+policy of :mod:`atom_actors.origins` that the WebSocket handshake asks too.
 
 Only listed origins are echoed (never ``*``), with credentials allowed and ``Vary: Origin``; a
-preflight from a listed origin is answered 204. A browser request whose ``Origin`` is neither
-listed nor the API's own host is refused (403), as the WebSocket handshake refuses it: a page
-elsewhere can then neither read nor trigger anything.
+preflight from a listed origin is answered 204. A request whose ``Host`` is not on ALLOWED_HOSTS
+is refused (400), and a browser request whose ``Origin`` the policy does not accept is refused
+(403), as the WebSocket handshake refuses them: a page elsewhere can then neither read nor
+trigger anything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from urllib.parse import urlsplit
+from ..origins import OriginPolicy
 
 ALLOWED_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
 ALLOWED_HEADERS = "Content-Type, X-Sceau-Session"
@@ -18,24 +19,19 @@ PREFLIGHT_MAX_AGE_S = 600
 
 
 class CorsPolicy:
-    def __init__(self, origins: Iterable[str]) -> None:
-        self.origins = frozenset(o.rstrip("/") for o in origins)
+    def __init__(self, policy: OriginPolicy) -> None:
+        self.policy = policy
 
-    def listed(self, origin: str) -> bool:
-        return origin.rstrip("/") in self.origins
+    def host_allowed(self, host: str | None) -> bool:
+        return self.policy.host_allowed(host)
 
     def acceptable(self, origin: str | None, host: str) -> bool:
         """Whether a request carrying ``origin`` may be served at all (``host``: its Host)."""
-        if origin is None or self.listed(origin):
-            return True
-        try:
-            return urlsplit(origin).netloc.lower() == host.lower()
-        except ValueError:
-            return False
+        return self.policy.origin_allowed(origin, host)
 
     def headers(self, origin: str | None) -> dict[str, str]:
         """Headers for a response to a request from ``origin``."""
-        if origin is None or not self.listed(origin):
+        if origin is None or not self.policy.listed(origin):
             return {}
         return {"Access-Control-Allow-Origin": origin,
                 "Access-Control-Allow-Credentials": "true",

@@ -1,18 +1,32 @@
-"""Serving the API: Hypercorn's Trio worker in the program's own ``trio.run``."""
+"""Serving the API: Hypercorn's HTTP/1.1 protocol in the program's own ``trio.run``, behind the
+connection bounds of :mod:`.hyperworker` (issue 13).
+
+Every connection is bounded in time and number: ``Connection: close`` closes the socket right
+after the response; an idle keep-alive connection, or one whose request head trickles in, is
+closed after KEEP_ALIVE_S; a request body not received within BODY_TIMEOUT_S is answered 408;
+a connection silent both ways for ``hyperworker.SILENCE_S`` is closed; and one process holds at
+most MAX_CONNECTIONS (fewer if the descriptor limit is low), answering 503 JSON beyond.
+"""
 
 from __future__ import annotations
 
 import logging
+from functools import partial
+from typing import Final
 
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve
 
+from ..netlimits import connection_budget
+from . import hyperworker
 from .app import create_app
 from .web import ApiInput
 
 # Hypercorn finishes requests in flight this long after the server is stopped.
-GRACEFUL_TIMEOUT_S = 1.0
+GRACEFUL_TIMEOUT_S: Final = 1.0
+KEEP_ALIVE_S: Final = 5.0          # an idle connection, or a request head not whole by then: closed
+BODY_TIMEOUT_S: Final = 10.0       # a request body not whole by then: 408
+MAX_CONNECTIONS: Final = 1000      # per process; see netlimits.connection_budget
 
 
 def hypercorn_config(host: str, port: int) -> Config:
@@ -24,6 +38,7 @@ def hypercorn_config(host: str, port: int) -> Config:
     errorlog.setLevel(logging.WARNING)
     config.errorlog = errorlog
     config.graceful_timeout = GRACEFUL_TIMEOUT_S
+    config.keep_alive_timeout = KEEP_ALIVE_S
     config.include_server_header = False
     return config
 
@@ -38,7 +53,9 @@ async def serve_api(parts: ApiInput, *,
     500 by the app's error boundary and never stops the server.
     """
     app = create_app(parts)
+    app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     config = hypercorn_config(parts.settings.api_host, parts.settings.api_port)
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, app, config)
+        binds, _ = await nursery.start(partial(
+            hyperworker.serve, app, config, max_connections=connection_budget(MAX_CONNECTIONS)))
         task_status.started(binds[0])

@@ -122,7 +122,7 @@ class Api:
         try:
             await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
         except BackendUnavailable as exc:
-            log.warning("command %s not recorded by the API: %s", payload.get("command_id"), exc.detail)
+            log.warning("command %s not recorded by the API: %s", payload.get("command_id"), exc)
 
     def agents_json(self, sphere: str | None, status: str | None) -> bytes:
         """The agent list as JSON, made at most once per AGENTS_MAX_AGE_S and filter, and again

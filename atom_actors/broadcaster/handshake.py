@@ -13,13 +13,13 @@ from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from ..catalog import Catalog
-from ..errors import AtomError, BadStreamParameter, OriginForbidden, StreamNotFound
+from ..errors import AtomError, BadStreamParameter, HostNotAllowed, OriginForbidden, StreamNotFound
+from ..origins import OriginPolicy
 from ..protocol import ENCODINGS, Q16_RANGE
 
 PATH: Final = "/ws/swarm"
 PROTOCOL: Final = 1
 SESSION_HEADER: Final = b"x-sceau-session"
-LOOPBACK_NAMES: Final = ("localhost", "127.0.0.1", "[::1]")
 MAX_PARAMETER_CHARS: Final = 512
 
 
@@ -66,41 +66,13 @@ def parse_request(target: str, headers: list[tuple[bytes, bytes]], tick_hz: int,
     return StreamRequest(encoding, int(fps_text), session or None, origin, host.lower())
 
 
-def normalise_origin(origin: str) -> str:
-    return origin.strip().rstrip("/").lower()
-
-
-def allowed_origins(cors_origins: tuple[str, ...], api_host: str, api_port: int) -> set[str]:
-    """CORS_ORIGINS and the API's own origin (with its loopback names interchangeable)."""
-    allowed = {normalise_origin(o) for o in cors_origins}
-    if api_port:
-        allowed |= own_origins(f"http://{api_host}:{api_port}")
-    return allowed
-
-
-def own_origins(api_url: str) -> set[str]:
-    """``api_url`` as an origin; on a loopback or wildcard address, under every loopback name."""
-    parts = urlsplit(normalise_origin(api_url))
-    host = parts.hostname or ""
-    names = {f"[{host}]" if ":" in host else host}
-    if host in ("localhost", "127.0.0.1", "::1", "0.0.0.0", "::"):
-        names |= set(LOOPBACK_NAMES)
-    return {f"{parts.scheme}://{name}:{parts.port}" if parts.port else f"{parts.scheme}://{name}"
-            for name in names}
-
-
-def check_origin(origin: str | None, allowed: set[str], host: str = "") -> None:
-    """No Origin (a non-browser client) passes; a browser's must be allowed, else OriginForbidden.
-
-    A page of the site itself passes too: its Origin names the host the request was sent to (the
-    same rule as the API's, and what makes the viewer work behind nginx without listing the site
-    in CORS_ORIGINS).
-    """
-    if origin is None or normalise_origin(origin) in allowed:
-        return
-    if host and urlsplit(normalise_origin(origin)).netloc == host.strip().lower():
-        return
-    raise OriginForbidden(origin)
+def check_host_and_origin(wanted: StreamRequest, policy: OriginPolicy) -> None:
+    """The Host must be on ALLOWED_HOSTS (else HostNotAllowed, 400) and a browser's Origin one the
+    policy accepts (else OriginForbidden, 403): the same rules as the API's (origins.py)."""
+    if not policy.host_allowed(wanted.host):
+        raise HostNotAllowed(wanted.host)
+    if not policy.origin_allowed(wanted.origin, wanted.host):
+        raise OriginForbidden(wanted.origin or "")
 
 
 def error_body(error: AtomError) -> bytes:

@@ -11,8 +11,10 @@ Tree of one broadcaster::
     └── the fan-out loop
 
 A connection is refused with an HTTP status and a JSON error body before any WebSocket traffic:
-404 for another path, 400 for a bad ``encoding`` or ``fps``, 403 for a foreign ``Origin``, 503 at
-WS_MAX_CONNECTIONS, 401 for a missing or invalid Sceau session (when WS_REQUIRE_SESSION). Once
+404 for another path, 400 for a bad ``encoding`` or ``fps`` or a Host not on ALLOWED_HOSTS, 403
+for a foreign ``Origin``, 503 at WS_MAX_CONNECTIONS or when handshakes are pending beyond the
+bound of :mod:`.pending` (answered before anything is read), 401 for a missing or invalid Sceau
+session (when WS_REQUIRE_SESSION). Once
 admitted, a subscriber gets the hello, then frames and events from the fan-out.
 """
 
@@ -30,13 +32,17 @@ import trio_websocket
 
 from ..bus import Bus
 from ..config import Settings
+from ..errors import (AtomError, BackendUnavailable, HostNotAllowed, SessionError, StreamRefused,
+                      TooManyHandshakes, TooManySubscribers)
+from ..netlimits import QuietListener, connection_budget, json_response
+from ..origins import OriginPolicy
 from ..swarm_view import SwarmControl
-from ..errors import AtomError, BackendUnavailable, SessionError, StreamRefused, TooManySubscribers
 from ..sessions import Session, SessionService
 from . import handshake
 from .fanout import BroadcastStats, Fanout, Subscriber
 from .guard import SESSION_ENDED, SessionGuard
 from .handshake import PATH, StreamRequest
+from .pending import PendingHandshakes
 from .wsraw import RawStream, open_request, request_host
 
 log = logging.getLogger("atom_actors.broadcaster")
@@ -69,12 +75,18 @@ class Broadcaster:
         self.fanout = Fanout(bus, settings.tick_hz, self.stats)
         # Streams end with their session (4401), when sessions are checked at all.
         self.guard = SessionGuard(sessions) if settings.ws_require_session and sessions else None
-        self.origins = handshake.allowed_origins(settings.cors_origins, settings.api_host,
-                                                 settings.api_port)
+        host = settings.api_host
+        self.origins = OriginPolicy(
+            settings.cors_origins, settings.allowed_hosts,
+            own=[f"http://{f'[{host}]' if ':' in host else host}:{settings.api_port}"]
+            if settings.api_port else [])
         self.port: int | None = None
         self.closing = False
         self._admitted = 0                       # subscribers streaming or being admitted
         self._handshaking: set[trio.CancelScope] = set()
+        # Behind a trusted proxy every connection comes from the proxy: no per-address share.
+        self.pending = PendingHandshakes(connection_budget(settings.ws_max_connections),
+                                         per_address=settings.trusted_proxy_hops == 0)
         self._subscribers: set[Subscriber] = set()
         self._stopping = trio.Event()
         self._hello_heads: dict[tuple[int, str], str] = {}
@@ -89,7 +101,7 @@ class Broadcaster:
 
     def allow_origin(self, api_url: str) -> None:
         """Also admit browsers from ``api_url`` (the API's bound URL, known once it listens)."""
-        self.origins |= handshake.own_origins(api_url)
+        self.origins.add_own(api_url)
 
     # -- running ----------------------------------------------------------------------------------
 
@@ -105,8 +117,9 @@ class Broadcaster:
             handlers: trio.Nursery = await outer.start(self._hold_handlers)
             try:
                 async with trio.open_nursery() as front:
-                    listeners = await trio.open_tcp_listeners(self.settings.ws_port,
-                                                              host=self.settings.api_host)
+                    listeners = [QuietListener(listener, "broadcaster") for listener in
+                                 await trio.open_tcp_listeners(self.settings.ws_port,
+                                                               host=self.settings.api_host)]
                     self.port = listeners[0].socket.getsockname()[1]
                     await front.start(partial(trio.serve_listeners, self._connection, listeners,
                                               handler_nursery=handlers))
@@ -151,18 +164,20 @@ class Broadcaster:
         this function, so one connection can never take the others down.
         """
         self.stats.connections += 1
-        if len(self._handshaking) >= self.settings.ws_max_connections:
+        peer = self.pending.peer(stream)
+        if not self.pending.admits(peer):
             # A flood of connections that never finish their handshake: each would hold a socket
-            # and a task for HANDSHAKE_TIMEOUT_S. Beyond as many as there may be subscribers,
-            # drop new ones at once.
+            # and a task for HANDSHAKE_TIMEOUT_S. Beyond the bound, or beyond one address's
+            # share of it, answer 503 at once without reading anything.
             self.stats.handshakes_failed += 1
-            await stream.aclose()
+            self.stats.refused[503] = self.stats.refused.get(503, 0) + 1
+            await self.pending.refusals.refuse(stream, _BUSY_RESPONSE)
             return
         raw = RawStream(stream, self.settings.ws_stall_timeout_s)
         try:
             async with trio.open_nursery() as nursery:   # trio-websocket's reader lives here
                 admitted = None
-                with self._handshake_scope(nursery.cancel_scope):
+                with self._handshake_scope(nursery.cancel_scope), self.pending.hold(peer):
                     request = await open_request(nursery, raw, timeout_s=HANDSHAKE_TIMEOUT_S,
                                                  max_message_size=MAX_CLIENT_MESSAGE_BYTES)
                     if request is None:
@@ -194,7 +209,7 @@ class Broadcaster:
         try:
             wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz,
                                              request_host(request))
-            handshake.check_origin(wanted.origin, self.origins, wanted.host)
+            handshake.check_host_and_origin(wanted, self.origins)
             if self.closing or self._admitted >= self.settings.ws_max_connections:
                 raise TooManySubscribers(self.settings.ws_max_connections)
             self._admitted += 1
@@ -202,7 +217,7 @@ class Broadcaster:
             if self.settings.ws_require_session:
                 assert self.sessions is not None
                 session = await self.sessions.verify(wanted.session)
-        except (StreamRefused, SessionError, BackendUnavailable) as exc:
+        except (StreamRefused, HostNotAllowed, SessionError, BackendUnavailable) as exc:
             # BackendUnavailable: the store that knows the sessions is down (503, not a crash).
             if reserved:
                 self._admitted -= 1
@@ -312,5 +327,7 @@ class Broadcaster:
         return handshake.hello(head, self._roster[1])
 
 
+_BUSY_RESPONSE: Final = json_response(503, "Service Unavailable",
+                                     handshake.error_body(TooManyHandshakes()), b"retry-after: 1")
 _CLOSE_REASONS: Final = {1001: "server shutting down", 1008: "too slow for the event stream",
                           SESSION_ENDED: "session ended"}

@@ -117,7 +117,7 @@ class PostgresStore(Store):
                     try:
                         await self._query(_aio_purge)
                     except BackendUnavailable as exc:
-                        log.warning("session purge skipped: %s", exc.detail)
+                        log.warning("session purge skipped: %s", exc)
             finally:
                 if self._pool is not None:
                     await bridge.close(_aio_close_pool, self._pool)

@@ -4,6 +4,7 @@ SDK it imports under ``/viewer/sdk/``."""
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -91,6 +92,16 @@ async def viewer_sdk(path: str) -> Any:
 @bp.get("/viewer/<path:path>")
 @hide
 async def viewer(path: str) -> Any:
-    if not VIEWER_DIR.is_dir():
+    """A file of the viewer; any other path, whatever its length or bytes, is a 404 (never a
+    look-up on disk of what a client typed)."""
+    if path not in viewer_files(VIEWER_DIR):
         raise NotFound()
     return await send_from_directory(VIEWER_DIR, path)
+
+
+@cache
+def viewer_files(directory: Path) -> frozenset[str]:
+    """The viewer's files, as paths relative to ``directory`` (read once, at the first request)."""
+    if not directory.is_dir():
+        return frozenset()
+    return frozenset(p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file())

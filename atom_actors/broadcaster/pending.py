@@ -1,0 +1,72 @@
+"""How many WebSocket handshakes may be pending at once, in all and from one address (issue 13).
+
+A connection is pending from its accept until its handshake is answered. Each holds a socket and
+a task for up to HANDSHAKE_TIMEOUT_S, so a client that opens connections and never finishes
+them could hold them all. Beyond ``bound`` pending in all, a new connection is answered 503
+before anything is read; and one address may hold no more than a quarter of the bound (at least
+PER_ADDRESS), nor PER_ADDRESS that have been pending longer than STALE_AFTER_S (a real client's
+handshake is read within milliseconds): so a flood from one address never locks others out.
+A burst of real clients from one address (a load test, a school behind NAT) is not refused: its
+handshakes finish before they are stale.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Final
+
+import trio
+
+from ..netlimits import Refusals
+
+PER_ADDRESS: Final = 8          # stale pending handshakes one address may hold
+STALE_AFTER_S: Final = 1.0
+
+
+class PendingHandshakes:
+    def __init__(self, bound: int, *, per_address: bool = True) -> None:
+        self.bound = bound
+        self.per_address = per_address
+        self.address_share = max(PER_ADDRESS, bound // 4)
+        self.refusals = Refusals()
+        self.total = 0
+        self._by_address: dict[str, dict[object, float]] = {}
+
+    def peer(self, stream: trio.SocketStream) -> str | None:
+        """The address a connection comes from (None: not counted per address)."""
+        if not self.per_address:
+            return None
+        try:
+            return str(stream.socket.getpeername()[0])
+        except OSError:
+            return None
+
+    def admits(self, peer: str | None) -> bool:
+        """Whether a new connection from ``peer`` may start its handshake."""
+        if self.total >= self.bound:
+            return False
+        held = self._by_address.get(peer) if peer is not None else None
+        if not held:
+            return True
+        if len(held) >= self.address_share:
+            return False
+        now = trio.current_time()
+        return sum(1 for since in held.values() if now - since >= STALE_AFTER_S) < PER_ADDRESS
+
+    @contextlib.contextmanager
+    def hold(self, peer: str | None) -> Iterator[None]:
+        """Count one pending handshake from ``peer`` for the duration of the block."""
+        token = object()
+        held = self._by_address.setdefault(peer, {}) if peer is not None else None
+        if held is not None:
+            held[token] = trio.current_time()
+        self.total += 1
+        try:
+            yield
+        finally:
+            self.total -= 1
+            if held is not None:
+                del held[token]
+                if not held:
+                    del self._by_address[peer]  # type: ignore[arg-type]
