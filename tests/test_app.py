@@ -4,6 +4,7 @@ PostgreSQL, a PostgreSQL outage leaves the stream alone, and role all over Redis
 from __future__ import annotations
 
 import json
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
