@@ -203,6 +203,7 @@ class Chaos:
                                     if line.startswith("{")]
         if self.redis is not None:
             self.redis.kill()
+            shutil.rmtree(self.redis.dir, ignore_errors=True)   # its append-only file
         if self.pg is not None:
             self.pg.destroy()
         shutil.rmtree(self.tmp, ignore_errors=True)
