@@ -235,7 +235,12 @@ def test_each_healthcheck_passes_inside_its_container(stack: Stack) -> None:
             assert "/api/v1/health" in " ".join(test), test
         else:
             assert test[1:] == compose_health(service), test
-        checked = podman.podman("healthcheck", "run", name, check=False)
+        # As a container engine judges it: healthy unless `Retries` checks in a row fail (one run
+        # can pass its timeout when the machine is busy; a broken check fails every time).
+        for _ in range(configured.get("Retries") or 1):
+            checked = podman.podman("healthcheck", "run", name, check=False)
+            if checked.returncode == 0:
+                break
         assert checked.returncode == 0, f"{key}: {checked.stdout}{checked.stderr}"
 
 
