@@ -1,9 +1,12 @@
 """The tree of app.serve with real backends, in one trio.run: restart restores the swarm from
-PostgreSQL, a PostgreSQL outage leaves the stream alone, and role all over Redis."""
+PostgreSQL, a PostgreSQL outage leaves the stream alone, role all over Redis, and handshakes that
+wait on a stalled Redis."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from urllib.parse import urlsplit
 
 import httpx
@@ -11,6 +14,7 @@ import pytest
 import trio
 
 from atom_actors import app
+from atom_actors.broadcaster.pending import PER_ADDRESS, STALE_AFTER_S
 from atom_actors.cluster import engine_alarms
 from atom_actors.errors import ConfigError
 from atom_actors.remote import RemoteSwarm
@@ -18,7 +22,7 @@ from atom_actors.sessions import token_hash
 from atom_actors.store import EventRecord
 
 from .conftest import make_settings
-from .test_broadcaster import open_websocket_url
+from .test_broadcaster import open_websocket_url, raw_subscribe
 
 KEY = "s" * 40
 FREE_PORTS = {"api_port": 0, "ws_port": 0}
@@ -170,3 +174,43 @@ async def test_api_processes_share_the_brise_circuit(nursery, redis_server, pg_u
                 await trio.sleep(0.02)
         await trio.sleep(1.0)
         assert [s.safeguard.status()["trips"] for s in (first, second)] == [2, 2]
+
+
+async def test_a_burst_from_one_address_outlasts_a_stalled_session_check(nursery, redis_server):
+    """The handshake-flood bound (broadcaster/pending.py) counts only the wait for a client's
+    request head, not the server's own work. Redis is stalled for real (SIGSTOP): the session's
+    verification waits (a silent Redis fails a call only after 2 s: its 1 s socket timeout, one
+    retry, the 2 s bound of every call), and more than PER_ADDRESS complete handshakes from
+    127.0.0.1 wait in it longer than STALE_AFTER_S. Once Redis answers, every one gets its 101."""
+    settings = make_settings(redis_url=redis_server.url, secret_key=KEY,
+                             ws_require_session="true", **FREE_PORTS)
+    with trio.fail_after(30):
+        services = await serving(nursery, settings)
+        async with httpx.AsyncClient(base_url=services.api_url) as http:
+            r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+            token = r.json()["session"]
+        port = services.broadcaster.port
+        resumed = False
+        answers: list[tuple[bytes, bool]] = []   # status line, answered after Redis resumed
+
+        async def subscribe() -> None:
+            stream, head, _ = await raw_subscribe(port, f"?session={token}")
+            answers.append((head.split(b"\r\n")[0], resumed))
+            await stream.aclose()
+
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        try:
+            async with trio.open_nursery() as clients:
+                for _ in range(PER_ADDRESS):
+                    clients.start_soon(subscribe)
+                await trio.sleep(STALE_AFTER_S + 0.2)    # they wait in verification, all stale
+                for _ in range(4):
+                    clients.start_soon(subscribe)
+                await trio.sleep(0.25)
+                resumed = True
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert answers == [(b"HTTP/1.1 101 Switching Protocols", True)] * (PER_ADDRESS + 4)
+        assert services.broadcaster.stats.refused == {}
+        services.extras["stop"]()

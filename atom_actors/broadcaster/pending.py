@@ -1,13 +1,21 @@
 """How many WebSocket handshakes may be pending at once, in all and from one address (issue 13).
 
-A connection is pending from its accept until its handshake is answered. Each holds a socket and
-a task for up to HANDSHAKE_TIMEOUT_S, so a client that opens connections and never finishes
-them could hold them all. Beyond ``bound`` pending in all, a new connection is answered 503
-before anything is read; and one address may hold no more than a quarter of the bound (at least
-PER_ADDRESS), nor PER_ADDRESS that have been pending longer than STALE_AFTER_S (a real client's
-handshake is read within milliseconds): so a flood from one address never locks others out.
-A burst of real clients from one address (a load test, a school behind NAT) is not refused: its
-handshakes finish before they are stale.
+What is counted: a connection is pending from its accept until the client's request head has been
+read whole (or the connection ended, or HANDSHAKE_TIMEOUT_S passed) — only the time the server
+waits for the client. What the server does after that (the host and origin checks, the session's
+verification through the coordinator, the answer) is not counted here: a slow verification (Redis
+busy, a loaded machine) must not make good clients look stale. That work has its own bounds (the
+broadcaster's WS_MAX_CONNECTIONS slots, each backend call's timeout, HANDSHAKE_TIMEOUT_S on the
+answer).
+
+Each pending connection holds a socket and a task for up to HANDSHAKE_TIMEOUT_S, so a client that
+opens connections and never sends its request could hold them all. Beyond ``bound`` pending in
+all, a new connection is answered 503 before anything is read; and one address may hold no more
+than a quarter of the bound (at least PER_ADDRESS), nor PER_ADDRESS that have been pending longer
+than STALE_AFTER_S (a real client sends its request head within milliseconds of connecting): so a
+flood from one address never locks others out. A burst of real clients from one address (a load
+test, a school behind NAT) is not refused: their request heads are read before they are stale,
+however long the server then takes to admit them.
 """
 
 from __future__ import annotations
@@ -56,7 +64,8 @@ class PendingHandshakes:
 
     @contextlib.contextmanager
     def hold(self, peer: str | None) -> Iterator[None]:
-        """Count one pending handshake from ``peer`` for the duration of the block."""
+        """Count one pending handshake from ``peer`` for the duration of the block (the wait for
+        its request head, and nothing after it)."""
         token = object()
         held = self._by_address.setdefault(peer, {}) if peer is not None else None
         if held is not None:

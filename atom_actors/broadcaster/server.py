@@ -177,9 +177,13 @@ class Broadcaster:
         try:
             async with trio.open_nursery() as nursery:   # trio-websocket's reader lives here
                 admitted = None
-                with self._handshake_scope(nursery.cancel_scope), self.pending.hold(peer):
-                    request = await open_request(nursery, raw, timeout_s=HANDSHAKE_TIMEOUT_S,
-                                                 max_message_size=MAX_CLIENT_MESSAGE_BYTES)
+                with self._handshake_scope(nursery.cancel_scope):
+                    # Pending only while the client's request head is awaited: the server's own
+                    # work after it (checks, the session's verification, the answer) must not
+                    # make a client look stale. That work is bounded apart: see _admit.
+                    with self.pending.hold(peer):
+                        request = await open_request(nursery, raw, timeout_s=HANDSHAKE_TIMEOUT_S,
+                                                     max_message_size=MAX_CLIENT_MESSAGE_BYTES)
                     if request is None:
                         self.stats.handshakes_failed += 1
                     else:
@@ -203,6 +207,11 @@ class Broadcaster:
         """Accept the handshake, or refuse it with its HTTP status (None).
 
         An accepted subscriber holds one of the WS_MAX_CONNECTIONS slots; the caller frees it.
+        Bounds (the request is read: no longer a pending handshake): the session's verification
+        and the 101 happen only in a slot (at most WS_MAX_CONNECTIONS with the streams), each
+        backend call bounded by its own timeout and the answer by HANDSHAKE_TIMEOUT_S; a
+        refusal is one small write to a socket that has sent nothing yet (it never waits for
+        the client), then the close.
         """
         reserved = False
         session = None
