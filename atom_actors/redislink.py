@@ -21,6 +21,8 @@ from redis.backoff import NoBackoff
 
 from .aio import GuardedCalls, open_bridge, outage_detail
 
+POOL_MAX = 8         # connections of one client; a call beyond waits for one to be free
+
 OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,    # refused, reset, closed by a restart
     redis.exceptions.TimeoutError,
@@ -123,10 +125,15 @@ async def _aio_client(url: str, timeout_s: float,
     # One immediate retry, no backoff: a pooled connection left broken by a Redis restart gets a
     # fresh one, while a call during an outage still fails at once (refused twice: 503). The
     # parts' pumps and subscriptions have their own retry loops.
-    client = aredis.Redis.from_url(url, socket_timeout=timeout_s,
-                                   socket_connect_timeout=timeout_s / 2,
-                                   retry=Retry(NoBackoff(), 1), retry_on_timeout=False,
-                                   health_check_interval=0)
+    # A few connections, and a call waits for a free one (bounded by the call's own bound): with
+    # redis-py's default pool every concurrent call opens a connection of its own, so a burst of
+    # handshakes opened a hundred at once, and on a loaded machine they timed out (503 to good
+    # clients) or hit the pool's limit of 100 ("Too many connections").
+    pool = aredis.BlockingConnectionPool.from_url(
+        url, max_connections=POOL_MAX, timeout=None, socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s / 2, retry=Retry(NoBackoff(), 1),
+        health_check_interval=0)
+    client = aredis.Redis.from_pool(pool)
     return client, {name: client.register_script(text) for name, text in scripts.items()}
 
 

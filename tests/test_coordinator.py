@@ -4,14 +4,18 @@ failover logic over the memory one runs on virtual time in ``test_cluster``."""
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 
 import pytest
+import redis
 import trio
 
 from atom_actors.coordinator import RESYNC, Coordinator, MemoryCoordinator
 from atom_actors.coordinator.redis import RedisCoordinator
 from atom_actors.errors import BackendUnavailable
+from atom_actors.redislink import POOL_MAX
 from atom_actors.store import SessionRecord
 
 from .servers import SHARED_REDIS, free_port
@@ -155,3 +159,35 @@ async def test_a_reconnected_subscription_asks_the_readers_to_resync(nursery, re
         await redis_server.astop()
         await redis_server.astart()
         assert await revocations.receive() == RESYNC
+
+
+async def test_a_burst_of_calls_waits_for_a_few_connections_and_every_one_is_answered(
+        nursery, redis_server):
+    """A ws process checks a burst of handshakes' sessions at once while Redis is slow: the calls
+    share the client's few connections, waiting for a free one, and every one is answered once
+    Redis is. (redis-py's default pool opened a connection per concurrent call: a hundred at once,
+    which on a loaded machine timed out, and beyond 100 "Too many connections" at once: a 503 for
+    a good client.)"""
+    coordinator = await nursery.start(
+        RedisCoordinator(redis_server.url, summaries=False, revocations=False).run)
+    record = SessionRecord(id="ab" * 32, created_at=1e9, expires_at=4e9, frequency=999.0)
+    with trio.fail_after(10):
+        await coordinator.save_session(record)
+        answers = []
+
+        async def check() -> None:
+            answers.append(await coordinator.get_session(record.id))
+
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)      # slow for real: it answers later
+        try:
+            async with trio.open_nursery() as calls:
+                for _ in range(150):
+                    calls.start_soon(check)
+                await trio.sleep(0.3)
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+        finally:
+            os.kill(redis_server.proc.pid, signal.SIGCONT)
+        assert answers == [record] * 150
+        info = await trio.to_thread.run_sync(
+            lambda: redis.Redis.from_url(redis_server.url).info("clients"))
+        assert info["connected_clients"] <= POOL_MAX + 1      # + the one asking
