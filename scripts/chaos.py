@@ -13,8 +13,9 @@ What it starts, all on free ports and all its own (never the machine's shared se
   directory, as ``tests/servers.py`` does);
 * ``atom serve --role engine`` twice (a leader and a hot standby), ``--role ws`` twice and
   ``--role api`` once, with REDIS_URL and DATABASE_URL;
-* ``--subscribers`` subscribers of the Node load client, spread over the two ws processes, and
-  one probe subscriber per ws process (this script's own: it timestamps every frame);
+* ``--subscribers`` subscribers of the Node load client, spread over the two ws processes and
+  opened RAMP_PER_S a second on each, and one probe subscriber per ws process (this script's own:
+  it timestamps every frame);
 * a command driver: disperse (partial, sectoral, of a sphere or not) and regroup, about
   ``--rate`` a second, through the api process (the commands whose answer names their
   ``command_id``, so that each can be followed to the engine and the events table).
@@ -64,6 +65,11 @@ from tests.servers import PostgresServer, RedisServer, sql  # noqa: E402
 PEERS_SOURCE = ROOT.parent / "shared" / "peers"
 SPHERES = ("personal", "business", "transport", "creative_studio", "my_team", "scholar")
 MAX_IN_FLIGHT = 32        # commands the driver has sent and not yet had answered
+# New load-client subscribers a second per ws process. The run measures failover, not a connect
+# storm: 100 a second (200 in 2 s) on a 2-core machine shared with other work starved the ws
+# processes, their session checks went past Redis calls' 2 s bound, and most subscribers got
+# 503 (the load client does not retry). 20 a second connected all of them under two CPU hogs.
+RAMP_PER_S = 20
 
 
 @dataclass
@@ -171,14 +177,20 @@ class Chaos:
         subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=peers,
                        check=True, stdout=subprocess.DEVNULL)
         share = self.args.subscribers // len(ws_urls)
+        ramp_ms = self.ramp_ms(len(ws_urls))
         for i, url in enumerate(ws_urls):
             clients = share + (i < self.args.subscribers % len(ws_urls))
             proc = subprocess.Popen(
                 ["node", str(peers / "loadclient.js"), "--url", f"{url}?session={token}",
                  "--clients", str(clients), "--seconds", str(self.schedule.duration_s),
-                 "--ramp-ms", "2000", "--warmup-ms", "500", "--deflate", "0"],
+                 "--ramp-ms", str(ramp_ms), "--warmup-ms", "500", "--deflate", "0"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self.loaders.append(proc)
+
+    def ramp_ms(self, ws_processes: int) -> int:
+        """How long the load clients take to open their subscribers (RAMP_PER_S a process)."""
+        per_process = -(-self.args.subscribers // ws_processes)
+        return max(500, round(1000 * per_process / RAMP_PER_S))
 
     def stop_everything(self) -> None:
         """Every process this run started, by PID: SIGTERM, then SIGKILL after 10 s. The load
@@ -234,7 +246,8 @@ class Chaos:
                 await trio.to_thread.run_sync(self.start_loaders, [w.ws_url for w in ws], token)
                 for w in ws:
                     nursery.start_soon(self.probe, w.ws_url, token)
-                await trio.sleep(3)           # the load connects; the probes see frames
+                # The load connects (its ramp, then a margin); the probes see frames.
+                await trio.sleep(max(3.0, self.ramp_ms(len(ws)) / 1000 + 2))
                 self.t0 = trio.current_time()
                 async with trio.open_nursery() as run:
                     run.start_soon(self.drive, http)
@@ -497,6 +510,8 @@ def print_table(figures: dict, load: str) -> None:
         print(f"load client: {result.get('connected')}/{result.get('clients')} connected, fps "
               f"mean {result.get('fps_mean')}, gap max {result.get('gap_max_ms')} ms, closes "
               f"{result.get('closes')}, errors {result.get('errors')}")
+    for line in figures.get("ws_stats", []):
+        print(f"ws process on stop: {line}")
 
 
 def main() -> None:
@@ -524,6 +539,10 @@ def main() -> None:
     finally:
         chaos.stop_everything()
     figures["load"] = chaos.loader_results
+    # Each ws process's own count on stop (refused handshakes by status, closes by cause): why a
+    # load client's subscriber is missing. The killed one says nothing.
+    figures["ws_stats"] = [line.split("broadcaster: ", 1)[1] for atom in chaos.atoms
+                           if atom.role == "ws" for line in atom.lines if "broadcaster: " in line]
     print_table(figures, load)
     if args.json:
         print(json.dumps(figures))
