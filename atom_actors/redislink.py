@@ -1,6 +1,7 @@
 """One part's connection to Redis (the bus's, the coordinator's): ``redis.asyncio`` on the
 process's asyncio bridge, every call bounded, every outage one
-:class:`~atom_actors.errors.BackendUnavailable`.
+:class:`~atom_actors.errors.BackendUnavailable`. A client keeps at most POOL_MAX connections; a
+call beyond waits for a free one, within its bound.
 
 The only module besides ``bus/redis.py`` and ``coordinator/redis.py`` that touches
 ``redis.asyncio``; those two hand it their ``_aio_*`` coroutine functions.
