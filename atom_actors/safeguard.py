@@ -41,7 +41,10 @@ and exactly one process — the one whose swap made the change — carries out i
 record, event). Each process keeps a copy of the state for its synchronous readers (``state``,
 ``status()``, metrics), refreshed every REFRESH_S; a trip or reset made here (``trip()``,
 ``reset()``, synchronous: the engine's callbacks and the API call them) changes the copy at once
-and is written to the shared state by the next swap, which always applies it first.
+and is written to the shared state by the next swap, which the task makes at once and which
+always applies it first. Its effects are what it changes there: a trip that finds the circuit
+open already (another process opened it) changes nothing, so the copy takes the shared state as
+it is, and nothing is regrouped, recorded or published twice.
 """
 
 from __future__ import annotations
@@ -303,7 +306,8 @@ class BriseCircuit:
         self.clock = clock or WallClock()
         self.version = 0              # of the shared state the copy was made from
         self.unrecorded = 0           # changes the recording task could not keep up with
-        self._send, self._receive = trio.open_memory_channel[Change](CHANGES_BUFFER)
+        # Changes to carry out; None: a trip or reset made here, to share at once.
+        self._send, self._receive = trio.open_memory_channel[Change | None](CHANGES_BUFFER)
         # Trips and resets made here, not yet written to the shared state.
         self._unshared: list[Callable[[Breaker], object]] = []
         # One swap at a time per process: concurrent commands of one process would otherwise
@@ -409,14 +413,21 @@ class BriseCircuit:
 
     def _local(self, op: Callable[[Breaker], tuple[Change, ...]]) -> None:
         """A trip or reset made here: applied to the copy now, to the shared state by the next
-        swap (before whatever that swap does)."""
-        self._apply(op(self.breaker))
+        swap (before whatever that swap does), which the task makes at once. Its effects are
+        those of that swap: what it changes in the shared state (nothing, for a trip that finds
+        it open already: the copy then takes the shared state as it is)."""
+        op(self.breaker)
         self._unshared.append(op)
+        try:
+            self._send.send_nowait(None)     # wake the task: share it now
+        except trio.WouldBlock:
+            pass                             # the task is behind; its next beat shares it
 
     async def _swap(self, fn: Callable[[Breaker], Any]) -> Any:
         """Run ``fn`` on the shared state, atomically; return what it returned.
 
-        The trips and resets made here go first (their effects were carried out already). Raises
+        The trips and resets made here go first, and the changes they make there are carried out
+        (published, recorded) once the swap is written; ``fn``'s are the caller's to apply. Raises
         BackendUnavailable when the coordinator does not answer or the state is too contended.
         """
         async with self._swapping:
@@ -432,13 +443,15 @@ class BriseCircuit:
                 except ValueError as exc:
                     log.error("the shared Brise-Circuit state is unreadable, starting over: %s", exc)
             unshared = list(self._unshared)
-            for op in unshared:
-                op(breaker)
+            changes = tuple(change for op in unshared for change in op(breaker))
             result = fn(breaker)
             dumped = breaker.dump()
             if dumped == data or await self.coordinator.swap_breaker(version, dumped):
                 del self._unshared[:len(unshared)]
                 self.breaker, self.version = breaker, version + (dumped != data)
+                for op in self._unshared:      # made here while this swap was on its way
+                    op(self.breaker)
+                self._apply(changes)
                 return result
         raise BackendUnavailable(self.coordinator.name, "the Brise-Circuit's state is too contended")
 
@@ -450,12 +463,13 @@ class BriseCircuit:
         turn it half_open on time, until cancelled.
 
         On each change made here: record it in the store; on each opening, also regroup the swarm
-        through ``control``. Every REFRESH_S (and at the end of a cooldown) the shared state is
-        read again, the trips and resets made here written to it, and an open circuit whose
-        cooldown is over turned half_open (by exactly one process). Cancellation: stops at once;
-        changes not yet recorded are lost (an escalation stops the whole process right after its
-        trip, so its record is best effort). Errors: a store or coordinator that does not answer
-        is logged and skipped; anything else propagates.
+        through ``control``. Every REFRESH_S (and at the end of a cooldown, and as soon as a trip
+        or reset is made here) the shared state is read again, the trips and resets made here
+        written to it, and an open circuit whose cooldown is over turned half_open (by exactly
+        one process). Cancellation: stops at once; changes not yet shared or recorded are lost
+        (an escalation stops the whole process right after its trip, so its record is best
+        effort). Errors: a store or coordinator that does not answer is logged and skipped;
+        anything else propagates.
         """
         task_status.started(self)
         while True:
@@ -463,7 +477,8 @@ class BriseCircuit:
                            trio.current_time() + REFRESH_S)
             with trio.move_on_at(deadline):
                 change = await self._receive.receive()
-                await self._carry_out(change, control)
+                if change is not None:
+                    await self._carry_out(change, control)
                 if not self._unshared:
                     continue
             now = self.clock.now()

@@ -7,8 +7,11 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from atom_actors.bus import MemoryBus
+from atom_actors.clock import WallClock
+from atom_actors.coordinator import MemoryCoordinator
 from atom_actors.engine import Engine
 from atom_actors.errors import FrequencyOutOfRange, SafeguardOpen, SupervisorEscalation
+from atom_actors.remote import follow_engine_alarms
 from atom_actors.safeguard import (CLOSED, HALF_OPEN, OPEN, PROBE_RETRY_S, Breaker, BriseCircuit)
 from atom_actors.store import MemoryStore
 
@@ -151,15 +154,20 @@ async def start(nursery: trio.Nursery, **overrides: object):
     return circuit, engine, bus, store
 
 
-def safeguard_events(sub) -> list[dict]:
+def events_named(sub, name: str) -> list[dict]:
+    """The events called ``name`` that ``sub`` has received so far (the others are dropped)."""
     events = []
     while True:
         try:
             event = sub.receive_nowait()
         except trio.WouldBlock:
             return events
-        if event["event"] == "safeguard":
+        if event["event"] == name:
             events.append(event)
+
+
+def safeguard_events(sub) -> list[dict]:
+    return events_named(sub, "safeguard")
 
 
 async def test_a_rate_trip_refuses_with_retry_after_regroups_publishes_and_records(
@@ -223,11 +231,12 @@ async def test_a_probe_the_engine_fails_reopens_and_a_refused_one_does_not(
     assert circuit.state == OPEN and circuit.status()["retry_after_s"] == 10.0
 
 
-async def test_an_engine_crash_loop_trips_it(autojump_clock):
+async def test_an_engine_crash_loop_trips_it(autojump_clock, nursery):
     settings = make_settings()
     bus, store = MemoryBus(), MemoryStore()
     circuit = BriseCircuit(settings, bus, store)
     engine = Engine(settings, bus, on_report=circuit.on_report)
+    await nursery.start(circuit.run, engine)       # outlives the engine, as in a process's stack
 
     async def crash_loop():
         await trio.sleep(0.1)
@@ -243,9 +252,12 @@ async def test_an_engine_crash_loop_trips_it(autojump_clock):
                     await engine.run()
             except* SupervisorEscalation as group:
                 raise group.exceptions[0] from None
+        assert circuit.breaker.state == OPEN
+        await wait_all_tasks_blocked()              # the circuit's task shares and carries it out
         [event] = safeguard_events(sub)
-    assert circuit.breaker.state == OPEN
     assert event["state"] == "open" and "sphere/business" in event["reason"]
+    [record] = await store.events("safeguard")
+    assert record.payload["trigger"] == "escalation"
 
 
 async def test_overload_trips_it(autojump_clock, nursery):
@@ -260,6 +272,46 @@ async def test_reset_closes_it_and_says_so(autojump_clock, nursery):
         circuit.trip("overload", "test")
         status = circuit.reset()
         assert status["state"] == CLOSED and status["reason"] == "reset by an operator"
+        await wait_all_tasks_blocked()              # said once the shared state has both
         assert [e["state"] for e in safeguard_events(sub)] == [OPEN, CLOSED]
     async with circuit.command():
         await engine.regroup()
+
+
+# -- one circuit, several API processes (coordinators sharing one state) ---------------------------
+
+async def api_processes(nursery: trio.Nursery, *coordinators: MemoryCoordinator):
+    """One API process per coordinator (each with its own bus), sharing one store and one engine
+    (the swarm every process regroups), like the API processes of one deployment."""
+    settings = make_settings()
+    store, clock = MemoryStore(), WallClock()
+    engine_bus = MemoryBus()
+    engine = await nursery.start(Engine(settings, engine_bus).run)
+    circuits = []
+    for coordinator in coordinators:
+        circuit = BriseCircuit(settings, MemoryBus(), store, coordinator=coordinator, clock=clock)
+        await nursery.start(circuit.run, engine)
+        await nursery.start(follow_engine_alarms, circuit, circuit.bus)
+        circuits.append(circuit)
+    return circuits, engine, engine_bus, store
+
+
+async def test_a_local_trip_that_finds_the_shared_circuit_open_adopts_it_without_repeating_it(
+        autojump_clock, nursery):
+    first = MemoryCoordinator()
+    (one, other), engine, engine_bus, store = await api_processes(
+        nursery, first, MemoryCoordinator(first.shared))
+    with engine_bus.subscribe_events() as swarm, one.bus.subscribe_events() as one_says, \
+            other.bus.subscribe_events() as other_says:
+        await one.trip_shared("overload", "opened by the first process")
+        assert other.state == CLOSED                   # its copy is not refreshed yet
+        other.trip("escalation", "the second process's own alarm")
+        await trio.sleep(1.0)
+        assert one.state == other.state == OPEN
+        assert other.status()["reason"] == "opened by the first process"
+        assert [c.status()["trips"] for c in (one, other)] == [1, 1]
+        assert len(events_named(swarm, "swarm.regroup")) == 1, "the swarm regroups once per opening"
+        assert [e["state"] for e in safeguard_events(one_says) + safeguard_events(other_says)] \
+            == [OPEN]
+    [record] = await store.events("safeguard")
+    assert record.payload["reason"] == "opened by the first process"
