@@ -66,6 +66,7 @@ class Tally:
     answered: int = 0
     refused: int = 0          # 4xx/5xx answers
     failed: int = 0           # no answer (timeout, reset)
+    failures: dict[str, int] = field(default_factory=dict)   # why, by exception type
     frames: int = 0
     events: int = 0
     closed: int = 0           # subscribers the server closed
@@ -107,7 +108,25 @@ def stop(servers: list[Server]) -> None:
 # -- the subscribers: a hand-made WebSocket reader ------------------------------------------------
 
 async def subscriber(ws_url: str, query: str, tally: Tally) -> None:
-    """One subscriber: handshake, then count binary frames and text messages; answer pings."""
+    """One subscriber: handshake, then count binary frames and text messages; answer pings.
+
+    A 503 to the handshake (the broadcaster's bound on pending handshakes from one address, met
+    by 200 subscribers opened at once) is retried after a growing pause, as the SDK does."""
+    for attempt in range(1, 21):
+        try:
+            return await _subscribe(ws_url, query, tally)
+        except Refused as exc:
+            if b" 503 " not in exc.status_line or attempt == 20:
+                raise SystemExit(f"subscriber refused: {exc.status_line!r}") from None
+            await trio.sleep(0.1 * attempt)
+
+
+class Refused(Exception):
+    def __init__(self, status_line: bytes) -> None:
+        self.status_line = status_line
+
+
+async def _subscribe(ws_url: str, query: str, tally: Tally) -> None:
     parts = urlsplit(ws_url)
     stream = await trio.open_tcp_stream(parts.hostname, parts.port)
     key = base64.b64encode(os.urandom(16)).decode()
@@ -124,7 +143,8 @@ async def subscriber(ws_url: str, query: str, tally: Tally) -> None:
     head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n")[0]
     if b" 101 " not in status_line:
-        raise SystemExit(f"subscriber refused: {status_line!r}")
+        await stream.aclose()
+        raise Refused(status_line)
     buffer = bytearray(rest)
     try:
         while True:
@@ -185,8 +205,10 @@ async def commands(api_url: str, rate: float, tally: Tally) -> None:
                 else:
                     r = await http.put(f"/api/v1/swarm/agents/{n % 350}/frequency",
                                        json={"frequency": 432 + n % 500}, headers=headers)
-            except httpx.HTTPError:
+            except httpx.HTTPError as exc:
                 tally.failed += 1
+                why = type(exc).__name__
+                tally.failures[why] = tally.failures.get(why, 0) + 1
                 return
             if r.status_code < 300:
                 tally.answered += 1
@@ -219,7 +241,7 @@ async def soak(args: argparse.Namespace, servers: list[Server]) -> dict:
         last = Tally()
         for minute in range(1, minutes + 1):
             await trio.sleep(60)
-            now = Tally(**vars(tally))
+            now = Tally(**{**vars(tally), "failures": dict(tally.failures)})
             fps = (now.frames - last.frames) / 60 / max(1, args.subscribers - now.closed)
             row = {"minute": minute, "warm_up": minute <= args.warmup_minutes,
                    "rss_mb": {s.role: round(s.rss() / 1024, 1) for s in servers},
@@ -237,6 +259,10 @@ async def soak(args: argparse.Namespace, servers: list[Server]) -> dict:
             last = now
         nursery.cancel_scope.cancel()
     report["commands_answered"] = tally.answered
+    report["failures"] = dict(tally.failures)
+    if tally.failures:
+        print("commands with no answer, by cause: "
+              + ", ".join(f"{why} {n}" for why, n in sorted(tally.failures.items())))
     return report
 
 
