@@ -386,7 +386,7 @@ async def heard_late(prompt: BriseCircuit, late: BriseCircuit, announced_by: str
     opening, which every API process hears too): it must stay closed."""
     alarm_bus = MemoryBus()
     with alarm_bus.subscribe_events() as alarms, prompt.bus.subscribe_events() as announced:
-        engine_alarms(alarm_bus)[1](5.0)
+        engine_alarms(alarm_bus, clock=prompt.clock)[1](5.0)   # one clock: virtual time
         alarm = alarms.receive_nowait()
         prompt.bus.publish_event(alarm)
         while prompt.state != OPEN:
