@@ -38,6 +38,7 @@ from typing import Any
 import trio
 
 from .bus import Bus
+from .clock import WallClock
 from .config import Settings
 from .coordinator import Coordinator
 from .engine import Engine
@@ -220,21 +221,23 @@ class Commander:
         del self._acks[:len(acks)]
 
 
-def engine_alarms(bus: Bus, on_report: Callable[[Report], None] | None = None):
+def engine_alarms(bus: Bus, on_report: Callable[[Report], None] | None = None, *,
+                  clock: WallClock | None = None):
     """``(on_report, on_overload)`` for an engine process, which has no Brise-Circuit of its own:
     an escalated crash loop or a lasting overload goes out as a ``safeguard`` event opening the
-    circuit (``safeguard.is_engine_alarm``), on which the API processes open the shared circuit
-    (``remote.follow_engine_alarms``)."""
+    circuit (``safeguard.is_engine_alarm``), stamped with when it was raised (``clock``), on
+    which the API processes open the shared circuit (``remote.follow_engine_alarms``)."""
+    clock = clock or WallClock()
 
     def report(report: Report) -> None:
         if on_report is not None:
             on_report(report)
         reason = escalation_reason(report)
         if reason is not None:
-            bus.publish_event(safeguard_event(OPEN, reason))
+            bus.publish_event(safeguard_event(OPEN, reason, clock.now()))
 
     def overload(seconds: float) -> None:
-        bus.publish_event(safeguard_event(OPEN, overload_reason(seconds)))
+        bus.publish_event(safeguard_event(OPEN, overload_reason(seconds), clock.now()))
 
     return report, overload
 

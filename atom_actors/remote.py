@@ -28,7 +28,7 @@ from .coordinator import Coordinator
 from .engine import new_command_id
 from .errors import BackendUnavailable
 from .persistence import decode_summary
-from .safeguard import OPEN, BriseCircuit, is_engine_alarm
+from .safeguard import OPEN, BriseCircuit, is_engine_alarm, seen_at
 from .swarm import DISPERSED, STATUS_CODES, SwarmState
 from .swarm_view import SwarmView, dispersal_size
 
@@ -177,8 +177,9 @@ async def follow_engine_alarms(circuit: BriseCircuit, bus: Bus, *,
     engine escalates or overloads it publishes a ``safeguard`` opening event whose reason says so
     (``safeguard.is_engine_alarm``). Every API process hears it and asks the shared circuit to
     open; the first one's swap opens it and carries out the effects, the others find it open
-    already. Errors: the coordinator unreachable → this alarm is logged and dropped (the engine's
-    next one comes again).
+    already. The event's ``at`` (when the alarm was raised) goes with it: an alarm heard after an
+    operator reset the circuit, but raised before, does not reopen it. Errors: the coordinator
+    unreachable → this alarm is logged and dropped (the engine's next one comes again).
     """
     with bus.subscribe_events() as events:
         task_status.started()
@@ -188,7 +189,7 @@ async def follow_engine_alarms(circuit: BriseCircuit, bus: Bus, *,
                     or not is_engine_alarm(reason) or circuit.state == OPEN:
                 continue
             try:
-                await circuit.trip_shared("alarm", reason)
+                await circuit.trip_shared("alarm", reason, seen_at=seen_at(event))
             except BackendUnavailable as exc:
                 log.warning("an engine's alarm could not open the Brise-Circuit: %s", exc.detail)
 

@@ -41,7 +41,17 @@ and exactly one process — the one whose swap made the change — carries out i
 record, event). Each process keeps a copy of the state for its synchronous readers (``state``,
 ``status()``, metrics), refreshed every REFRESH_S; a trip or reset made here (``trip()``,
 ``reset()``, synchronous: the engine's callbacks and the API call them) changes the copy at once
-and is written to the shared state by the next swap, which always applies it first.
+and is written to the shared state by the next swap, which the task makes at once and which
+always applies it first. Its effects are what it changes there: a trip that finds the circuit
+open already (another process opened it) changes nothing, so the copy takes the shared state as
+it is, and nothing is regrouped, recorded or published twice.
+
+**A reset outranks older alarms.** An alarm may reach the shared state after an operator's reset
+although it was raised before it: heard late by one process (every ``safeguard`` event carries
+``at``, when it was raised or made), or still on its way in a swap when the reset is made. The
+state keeps when an operator last closed the circuit (``reset_at``), and a trip seen before that
+changes nothing. Times are the processes' wall clocks: they must agree to within the gap this
+is to tell apart.
 """
 
 from __future__ import annotations
@@ -109,9 +119,20 @@ def is_engine_alarm(reason: object) -> bool:
     return isinstance(reason, str) and reason.startswith(ENGINE_ALARM)
 
 
-def safeguard_event(state: str, reason: str) -> dict[str, Any]:
-    """The ``safeguard`` event every process publishes when a circuit changes (CONTRACT §4)."""
-    return {"type": "event", "event": "safeguard", "state": state, "reason": reason}
+def safeguard_event(state: str, reason: str, at: float) -> dict[str, Any]:
+    """The ``safeguard`` event every process publishes when a circuit changes, or an engine
+    process when it raises an alarm (CONTRACT §4); ``at``: when, Unix seconds. An API process
+    that hears an alarm (or another one's opening) late opens the circuit as of ``at``: not over a
+    reset made since."""
+    return {"type": "event", "event": "safeguard", "state": state, "reason": reason, "at": at}
+
+
+def seen_at(event: dict[str, Any]) -> float | None:
+    """A ``safeguard`` event's ``at``, if it carries a usable one."""
+    at = event.get("at")
+    if isinstance(at, (int, float)) and not isinstance(at, bool) and math.isfinite(at):
+        return float(at)
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +175,7 @@ class Breaker:
         self.reason = ""
         self.changed_at = -math.inf
         self.trips = 0
+        self.reset_at = -math.inf     # when an operator last closed it
         self._commands: deque[float] = deque()
         self._totals: deque[float] = deque()
         self._generation = 0          # bumped at every change, so stale tickets are ignored
@@ -164,7 +186,8 @@ class Breaker:
         """The state and the windows, as JSON bytes (the limits are each process's settings)."""
         return json.dumps({"state": self.state, "reason": self.reason,
                            "changed_at": self.changed_at, "trips": self.trips,
-                           "commands": list(self._commands), "totals": list(self._totals),
+                           "reset_at": self.reset_at, "commands": list(self._commands),
+                           "totals": list(self._totals),
                            "generation": self._generation, "probe_out": self._probe_out,
                            "probe_at": self._probe_at}).encode()
 
@@ -177,6 +200,8 @@ class Breaker:
             self._commands, self._totals = deque(map(float, d["commands"])), deque(map(float, d["totals"]))
             self._generation, self._probe_out = int(d["generation"]), bool(d["probe_out"])
             self._probe_at = float(d["probe_at"])
+            # Absent from a state stored by a process from before it was kept.
+            self.reset_at = float(d.get("reset_at", -math.inf))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a Brise-Circuit state: {exc}") from None
         if self.state not in (CLOSED, OPEN, HALF_OPEN):
@@ -248,9 +273,13 @@ class Breaker:
             return (self._open(now, "probe_failed", "the probe command failed"),)
         return ()
 
-    def trip(self, now: float, trigger: str, reason: str) -> tuple[Change, ...]:
-        """Open the circuit for an outside cause (escalation, overload); no-op when already open."""
-        if self.state == OPEN:
+    def trip(self, now: float, trigger: str, reason: str, *,
+             seen_at: float | None = None) -> tuple[Change, ...]:
+        """Open the circuit for an outside cause (escalation, overload), seen at ``seen_at``
+        (default ``now``). No-op when already open, or when the cause was seen before an operator
+        last closed it: the reset came after it, so it must not reopen the circuit."""
+        seen = now if seen_at is None else seen_at
+        if self.state == OPEN or seen < self.reset_at:
             return ()
         return (self._open(now, trigger, reason),)
 
@@ -260,6 +289,7 @@ class Breaker:
         self._totals.clear()
         if self.state == CLOSED:
             return ()
+        self.reset_at = max(self.reset_at, now)
         return (self._move(CLOSED, RESET_REASON, "reset", now),)
 
     def _open(self, now: float, trigger: str, reason: str) -> Change:
@@ -303,7 +333,8 @@ class BriseCircuit:
         self.clock = clock or WallClock()
         self.version = 0              # of the shared state the copy was made from
         self.unrecorded = 0           # changes the recording task could not keep up with
-        self._send, self._receive = trio.open_memory_channel[Change](CHANGES_BUFFER)
+        # Changes to carry out; None: a trip or reset made here, to share at once.
+        self._send, self._receive = trio.open_memory_channel[Change | None](CHANGES_BUFFER)
         # Trips and resets made here, not yet written to the shared state.
         self._unshared: list[Callable[[Breaker], object]] = []
         # One swap at a time per process: concurrent commands of one process would otherwise
@@ -330,11 +361,13 @@ class BriseCircuit:
         """Open the circuit now (here at once; everywhere with the next swap)."""
         self._local(lambda b, now=self.clock.now(): b.trip(now, trigger, reason))
 
-    async def trip_shared(self, trigger: str, reason: str) -> None:
+    async def trip_shared(self, trigger: str, reason: str, *, seen_at: float | None = None) -> None:
         """Open the shared circuit, unless it is open already (an alarm several processes hear:
-        exactly one of them carries it out)."""
+        exactly one of them carries it out) or an operator closed it after ``seen_at`` (when the
+        alarm was raised; default now)."""
         now = self.clock.now()
-        self._apply(await self._swap(lambda b: b.trip(now, trigger, reason)))
+        seen = now if seen_at is None else seen_at
+        self._apply(await self._swap(lambda b: b.trip(now, trigger, reason, seen_at=seen)))
 
     # -- what the API calls ------------------------------------------------------------------------
 
@@ -409,14 +442,21 @@ class BriseCircuit:
 
     def _local(self, op: Callable[[Breaker], tuple[Change, ...]]) -> None:
         """A trip or reset made here: applied to the copy now, to the shared state by the next
-        swap (before whatever that swap does)."""
-        self._apply(op(self.breaker))
+        swap (before whatever that swap does), which the task makes at once. Its effects are
+        those of that swap: what it changes in the shared state (nothing, for a trip that finds
+        it open already: the copy then takes the shared state as it is)."""
+        op(self.breaker)
         self._unshared.append(op)
+        try:
+            self._send.send_nowait(None)     # wake the task: share it now
+        except trio.WouldBlock:
+            pass                             # the task is behind; its next beat shares it
 
     async def _swap(self, fn: Callable[[Breaker], Any]) -> Any:
         """Run ``fn`` on the shared state, atomically; return what it returned.
 
-        The trips and resets made here go first (their effects were carried out already). Raises
+        The trips and resets made here go first, and the changes they make there are carried out
+        (published, recorded) once the swap is written; ``fn``'s are the caller's to apply. Raises
         BackendUnavailable when the coordinator does not answer or the state is too contended.
         """
         async with self._swapping:
@@ -432,13 +472,15 @@ class BriseCircuit:
                 except ValueError as exc:
                     log.error("the shared Brise-Circuit state is unreadable, starting over: %s", exc)
             unshared = list(self._unshared)
-            for op in unshared:
-                op(breaker)
+            changes = tuple(change for op in unshared for change in op(breaker))
             result = fn(breaker)
             dumped = breaker.dump()
             if dumped == data or await self.coordinator.swap_breaker(version, dumped):
                 del self._unshared[:len(unshared)]
                 self.breaker, self.version = breaker, version + (dumped != data)
+                for op in self._unshared:      # made here while this swap was on its way
+                    op(self.breaker)
+                self._apply(changes)
                 return result
         raise BackendUnavailable(self.coordinator.name, "the Brise-Circuit's state is too contended")
 
@@ -450,12 +492,13 @@ class BriseCircuit:
         turn it half_open on time, until cancelled.
 
         On each change made here: record it in the store; on each opening, also regroup the swarm
-        through ``control``. Every REFRESH_S (and at the end of a cooldown) the shared state is
-        read again, the trips and resets made here written to it, and an open circuit whose
-        cooldown is over turned half_open (by exactly one process). Cancellation: stops at once;
-        changes not yet recorded are lost (an escalation stops the whole process right after its
-        trip, so its record is best effort). Errors: a store or coordinator that does not answer
-        is logged and skipped; anything else propagates.
+        through ``control``. Every REFRESH_S (and at the end of a cooldown, and as soon as a trip
+        or reset is made here) the shared state is read again, the trips and resets made here
+        written to it, and an open circuit whose cooldown is over turned half_open (by exactly
+        one process). Cancellation: stops at once; changes not yet shared or recorded are lost
+        (an escalation stops the whole process right after its trip, so its record is best
+        effort). Errors: a store or coordinator that does not answer is logged and skipped;
+        anything else propagates.
         """
         task_status.started(self)
         while True:
@@ -463,7 +506,8 @@ class BriseCircuit:
                            trio.current_time() + REFRESH_S)
             with trio.move_on_at(deadline):
                 change = await self._receive.receive()
-                await self._carry_out(change, control)
+                if change is not None:
+                    await self._carry_out(change, control)
                 if not self._unshared:
                     continue
             now = self.clock.now()
@@ -486,7 +530,7 @@ class BriseCircuit:
     def _apply(self, changes: tuple[Change, ...]) -> None:
         for change in changes:
             log.warning("Brise-Circuit %s (%s): %s", change.state, change.trigger, change.reason)
-            self.bus.publish_event(safeguard_event(change.state, change.reason))
+            self.bus.publish_event(safeguard_event(change.state, change.reason, change.at))
             try:
                 self._send.send_nowait(change)
             except trio.WouldBlock:

@@ -113,6 +113,22 @@ async def test_an_idle_keep_alive_connection_is_closed_after_a_few_seconds(autoj
             assert trio.current_time() - start == pytest.approx(1.0, abs=0.2)
 
 
+async def test_an_idle_connection_outlives_the_common_clients_own_expiry(autojump_clock, nursery):
+    """httpx lets go of an idle connection after 5 s, undici after 4: until then it may send its
+    next request, a POST included, on it. Were the server to close first, such a request would
+    meet a closing socket and fail (no client retries a POST)."""
+    services = await serve(nursery)
+    with trio.fail_after(BOUND_S):
+        async with await connect(services.api_url) as stream:
+            buffer = bytearray()
+            await stream.send_all(request())
+            head, _ = await read_response(stream, buffer)
+            await trio.sleep(5.5)
+            await stream.send_all(request())
+            head, body = await read_response(stream, buffer)
+            assert b" 200 " in head.split(b"\r\n")[0] and json.loads(body)["status"] == "ok"
+
+
 async def test_a_trickling_request_is_closed_after_a_deadline(autojump_clock, nursery):
     """Slowloris: a head that never ends is closed after KEEP_ALIVE_S; a body that trickles in is
     answered 408 (JSON) after BODY_TIMEOUT_S and closed."""

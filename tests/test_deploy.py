@@ -33,6 +33,7 @@ import yaml
 from compose_spec import PyOptions
 from trio_websocket import open_websocket_url
 
+from atom_actors.api import server as api_server
 from atom_actors.config import load_settings
 from tests.servers import RedisServer, skip
 
@@ -260,6 +261,16 @@ def test_wheel_carries_the_catalog_and_runs_outside_the_repository(tmp_path: Pat
 
 def placeholders(text: str) -> set[str]:
     return set(re.findall(r"\$\{(ATOM_\w+)\}", text))
+
+
+def test_nginx_lets_go_of_an_idle_api_connection_before_the_api_closes_it() -> None:
+    """Two idle timers on one connection: whichever side closes first, the other may send on it in
+    that instant. nginx retries no POST, so it must be nginx that closes first (a command would
+    otherwise get a 502 now and then, under a steady trickle of commands)."""
+    upstream = re.search(r"upstream atom_api \{(.*?)\n\s*\}\n", NGINX_CONF.read_text(), re.S).group(1)
+    found = re.search(r"^\s*keepalive_timeout\s+(\d+)s;", upstream, re.M)
+    assert found, "upstream atom_api sets no keepalive_timeout (nginx's default is 60 s)"
+    assert int(found.group(1)) <= api_server.KEEP_ALIVE_S - 1
 
 
 def render_nginx_conf(values: dict[str, str]) -> str:

@@ -24,7 +24,11 @@ from .web import ApiInput
 
 # Hypercorn finishes requests in flight this long after the server is stopped.
 GRACEFUL_TIMEOUT_S: Final = 1.0
-KEEP_ALIVE_S: Final = 5.0          # an idle connection, or a request head not whole by then: closed
+# An idle connection, or a request head not whole by then: closed. Longer than the idle expiry of
+# common clients (httpx 5 s, Node's undici 4 s, nginx's upstream here 4 s), so that the client lets
+# go of an idle connection first: a request sent on a connection the server is closing at that
+# instant fails, and no client retries a POST (a 20-minute soak at 5 s lost 13 commands so).
+KEEP_ALIVE_S: Final = 7.0
 BODY_TIMEOUT_S: Final = 10.0       # a request body not whole by then: 408
 MAX_CONNECTIONS: Final = 1000      # per process; see netlimits.connection_budget
 
