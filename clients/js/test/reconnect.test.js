@@ -25,8 +25,11 @@ test("a client reconnects after the server restarts, and resyncs from the new he
     await atom.stop();
     await until(() => client.state === "reconnecting", 10_000, "reconnecting");
     await until(() => states.some((s) => s.startsWith("reconnecting: closed 1001")), 1000, "the server's 1001");
+    // Listen before the restart: the client may reconnect, and get its hello, before
+    // startAtom has read the new server's "serving" line.
+    const helloAgain = next(client, "hello", () => true, 30_000);
     atom = await startAtom({ ...ports, WS_REQUIRE_SESSION: "false" });
-    const hello = await next(client, "hello", () => true, 20_000);
+    const hello = await helloAgain;
     assert.equal(hello.agents, 350);
     await until(() => frames.filter((f) => f.connection === 2).length >= 10, 10_000, "frames again");
     assert.equal(client.state, "live");
