@@ -333,10 +333,11 @@ class Nginx:
         return "".join(p.read_text() for p in sorted(self.log_dir.iterdir()))
 
 
-async def wait_until_listening(port: int, process: trio.Process, what: str) -> None:
+async def wait_until_listening(port: int, process: trio.Process | subprocess.Popen,
+                               what: str) -> None:
     """Real time, bounded by the caller's fail_after: poll until ``port`` accepts a connection."""
     while True:
-        if process.returncode is not None:
+        if process.poll() is not None:
             raise RuntimeError(f"{what} exited with {process.returncode} before listening")
         try:
             stream = await trio.open_tcp_stream("127.0.0.1", port)

@@ -11,15 +11,17 @@ whatever happened.
 from __future__ import annotations
 
 import json
+import os
 import re
+import selectors
 import shlex
-import socket
 import ssl
 import struct
 import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -32,7 +34,7 @@ from trio_websocket import open_websocket_url
 from tests import podman
 from tests.servers import PostgresServer, RedisServer, free_port, skip
 from tests.test_deploy import (COMPOSE, Nginx, client_tls, nginx_binary,  # noqa: F401 - fixtures
-                               nginx_command, tls)
+                               nginx_command, tls, wait_until_listening)
 
 TEST_SECRET = "image-test-secret-" + "s" * 32
 TAKEOVER_S = 3.0           # the failover target: README says about 2 s after a kill -9
@@ -96,24 +98,51 @@ def state(name: str) -> tuple[str, int]:
     return status, int(code)
 
 
-def wait_for_log(name: str, text: str, timeout: float = 60) -> str:
+async def listening_within(seconds: float, *args) -> None:
+    with trio.fail_after(seconds):
+        await wait_until_listening(*args)
+
+
+def first_log_with(names: list[str], text: str, timeout: float = 60) -> str:
+    """The first of ``names`` whose log holds ``text``, read as podman writes it (``podman logs
+    -f`` of each: no polling). Fails when every log has ended (their containers stopped) or after
+    ``timeout``."""
+    follows = {name: subprocess.Popen(["podman", *podman.GLOBAL, "logs", "-f", name],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL) for name in names}
+    seen = dict.fromkeys(names, b"")
     deadline = time.monotonic() + timeout
-    while True:
-        output = logs(name)
-        if text in output:
-            return output
-        status, code = state(name)
-        assert status == "running", f"{name} {status} ({code}) before {text!r}:\n{output}"
-        assert time.monotonic() < deadline, f"{name}: no {text!r} within {timeout} s:\n{output}"
-        time.sleep(0.5)
+    try:
+        with selectors.DefaultSelector() as selector:
+            for name, follow in follows.items():
+                selector.register(follow.stdout, selectors.EVENT_READ, name)
+            while selector.get_map():
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no {text!r} within {timeout} s in {names}"
+                for key, _ in selector.select(remaining):
+                    chunk = os.read(key.fd, 65536)
+                    if not chunk:
+                        selector.unregister(key.fileobj)
+                        continue
+                    seen[key.data] += chunk
+                    if text.encode() in seen[key.data]:
+                        return key.data
+        raise AssertionError(f"{names} stopped before {text!r}:\n"
+                             + "\n".join(f"{n} {state(n)}:\n{logs(n)}" for n in names))
+    finally:
+        for follow in follows.values():
+            follow.kill()
+            follow.wait()
+            follow.stdout.close()
+
+
+def wait_for_log(name: str, text: str, timeout: float = 60) -> None:
+    first_log_with([name], text, timeout)
 
 
 def wait_until_exited(name: str, timeout: float = 60) -> int:
-    deadline = time.monotonic() + timeout
-    while (current := state(name))[0] not in ("exited", "stopped"):
-        assert time.monotonic() < deadline, f"{name} still {current[0]}:\n{logs(name)}"
-        time.sleep(0.5)
-    return current[1]
+    """The exit code of ``name`` once it has exited (``podman wait`` blocks until then)."""
+    return int(podman.podman("wait", name, timeout=timeout).stdout.strip())
 
 
 def compose_service(name: str) -> dict:
@@ -177,27 +206,17 @@ def stack(image: str, tmp_path_factory: pytest.TempPathFactory, nginx_binary: st
         start_all(stack, list(ROLES))
         for key in ROLES:
             wait_for_log(stack.name(key), "atom: serving: ", START_TIMEOUT_S)
-        deadline = time.monotonic() + 60
-        while not stack.leader:
-            for first, second in (("engine-1", "engine-2"), ("engine-2", "engine-1")):
-                if "engine leading" in logs(stack.name(first)):
-                    stack.leader, stack.standby = first, second
-            assert stack.leader or time.monotonic() < deadline, "no engine container leads"
-            time.sleep(0.5)
+        leading = first_log_with([stack.name("engine-1"), stack.name("engine-2")],
+                                 "engine leading", 60)
+        stack.leader, stack.standby = (("engine-1", "engine-2") if leading == stack.name("engine-1")
+                                       else ("engine-2", "engine-1"))
 
         api, ws = stack.containers["api"], stack.containers["ws"]
         stack.nginx = Nginx(tmp_path_factory.mktemp("nginx"))
         nginx_process = subprocess.Popen(
             nginx_command(nginx_binary, stack.nginx, tls, f"127.0.0.1:{api.env['API_PORT']}",
                           f"127.0.0.1:{ws.env['WS_PORT']}"), stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", stack.nginx.https_port), timeout=1).close()
-                break
-            except OSError:
-                assert nginx_process.poll() is None and time.monotonic() < deadline, "nginx"
-                time.sleep(0.1)
+        trio.run(partial(listening_within, 30, stack.nginx.https_port, nginx_process, "nginx"))
         yield stack
     finally:
         if nginx_process is not None:
