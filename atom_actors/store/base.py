@@ -10,6 +10,8 @@ from typing import Any
 
 import trio
 
+from ..audit import ChainState
+
 
 @dataclass(frozen=True, slots=True)
 class SessionRecord:
@@ -57,16 +59,6 @@ class AuditEntry:
     record: EventRecord
 
 
-@dataclass(frozen=True, slots=True)
-class ChainState:
-    """What a walk of the audit's keyed hash chain found (CONTRACT §2.4): ``records`` walked,
-    whether every link holds, and the first record whose link does not (None if all hold)."""
-
-    records: int
-    verified: bool
-    first_broken: int | None = None
-
-
 class Store(abc.ABC):
     name = "store"
     failures = 0   # calls that ended in BackendUnavailable: atom_backend_errors_total reads it
@@ -102,7 +94,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def audit(self, limit: int = 100) -> tuple[list[AuditEntry], ChainState]:
-        """The newest ``limit`` records, newest first, and the chain's state over them."""
+        """The newest ``limit`` records, newest first, and the chain's state over them (checked
+        from the stored link of the record before them)."""
+
+    async def verify(self) -> ChainState:
+        """Walk the whole chain, from its first record."""
+        return (await self.audit(limit=2**31 - 1))[1]
 
     # agents snapshot
     @abc.abstractmethod

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import deque
 
-from .base import AgentRow, AuditEntry, ChainState, EventRecord, SessionRecord, Store
+from ..audit import GENESIS, ChainRow, ChainState, content, link, micros, walk
+from .base import AgentRow, AuditEntry, EventRecord, SessionRecord, Store
 
 
 # A long-running single process must not grow without bound: the newest events are kept, and
@@ -18,9 +20,16 @@ SESSION_SWEEP = 1024
 
 
 class MemoryStore(Store):
+    """Events form the same keyed hash chain as in PostgreSQL (:mod:`atom_actors.audit`), under
+    ``chain_key`` (``derive_key(SECRET_KEY, "audit-chain")``; a random one if not given), so the
+    single-process API's ``chain`` is a real walk."""
+
     name = "memory"
 
-    def __init__(self) -> None:
+    def __init__(self, chain_key: bytes | None = None) -> None:
+        self._chain_key = chain_key if chain_key is not None else os.urandom(32)
+        self._links: deque[bytes] = deque()    # each event's link, beside it
+        self._before = GENESIS                 # the link of the newest event forgotten
         self._sessions: dict[str, SessionRecord] = {}
         self._events: deque[EventRecord] = deque()
         self._ids: deque[int] = deque()        # each event's id, beside it
@@ -50,27 +59,37 @@ class MemoryStore(Store):
             if key in self._event_keys:
                 return
             self._event_keys.add(key)
+        prev = self._links[-1] if self._links else self._before
+        self._links.append(link(self._chain_key, prev, content(_row(self._next_id, record))))
         self._events.append(record)
         self._ids.append(self._next_id)
         self._next_id += 1
         if len(self._events) > MAX_EVENTS:
             self._event_keys.discard(_event_key(self._events.popleft()))
             self._ids.popleft()
+            self._before = self._links.popleft()
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
         found = [e for e in reversed(self._events) if kind is None or e.kind == kind]
         return found[:limit]
 
     async def audit(self, limit: int = 100) -> tuple[list[AuditEntry], ChainState]:
-        entries = [AuditEntry(i, e) for i, e in zip(reversed(self._ids), reversed(self._events))]
-        entries = entries[:limit]
-        return entries, ChainState(len(entries), True)
+        events = list(zip(self._ids, self._events, self._links))[-limit:] if limit > 0 else []
+        skipped = len(self._events) - len(events)
+        prev = self._links[skipped - 1] if skipped else self._before
+        state = walk([_row(i, e, stored) for i, e, stored in events], self._chain_key, prev=prev)
+        return [AuditEntry(i, e) for i, e, _ in reversed(events)], state
 
     async def save_agents(self, rows: list[AgentRow]) -> None:
         self._agents = list(rows)
 
     async def load_agents(self) -> list[AgentRow]:
         return list(self._agents)
+
+
+def _row(record_id: int, record: EventRecord, stored: bytes | None = None) -> ChainRow:
+    return ChainRow(record_id, micros(record.t), record.kind, record.role, record.operator,
+                    record.payload, stored)
 
 
 def _event_key(record: EventRecord) -> tuple[str, str] | None:
