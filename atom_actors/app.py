@@ -53,6 +53,7 @@ from .aio import open_bridge
 from .api import ApiInput, serve_api
 from .api.health import OK, ping
 from .api.probes import ProbesApp, serve_probes
+from .audit import CHAIN_PURPOSE, derive_key
 from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
@@ -72,7 +73,7 @@ from .safeguard import BriseCircuit
 from .sessions import SessionService
 from .stack import open_service_stack
 from .store import MemoryStore, Store
-from .store.postgres import PostgresStore
+from .store.postgres import ChainHead, PostgresStore
 from .supervisor import Report
 from .swarm_view import SwarmControl
 
@@ -135,8 +136,16 @@ def check_role(settings: Settings, role: str) -> None:
         raise ConfigError("REDIS_URL", f"--role {role} needs Redis: the processes meet there")
 
 
-def make_store(settings: Settings) -> Store:
-    return PostgresStore(settings.database_url) if settings.database_url else MemoryStore()
+def make_store(settings: Settings, coordinator: Coordinator | None = None) -> Store:
+    """The store, its audit chain keyed by SECRET_KEY; with Redis (``coordinator``), the chain's
+    newest link also kept there, through the coordinator's two calls."""
+    chain_key = derive_key(settings.secret_key, CHAIN_PURPOSE)
+    if not settings.database_url:
+        return MemoryStore(chain_key)
+    head = None
+    if settings.redis_url and coordinator is not None:
+        head = ChainHead(coordinator.advance_audit_head, coordinator.audit_head)
+    return PostgresStore(settings.database_url, chain_key=chain_key, head=head)
 
 
 def make_bus(settings: Settings, parts: set[str]) -> Bus:
@@ -167,9 +176,11 @@ async def serve(settings: Settings, *, role: str = "all",
     clustered = bool(settings.redis_url)   # the engine is a leader or standby among processes
     backends = open_bridge() if settings.database_url or settings.redis_url else nullcontext()
     async with backends, open_service_stack() as stack:
-        store = await stack.start(make_store(settings).run, name="store")
+        # Made before the store (started after it): the store is handed its audit head's calls.
+        coordinator = make_coordinator(settings, parts)
+        store = await stack.start(make_store(settings, coordinator).run, name="store")
         bus = await stack.start(make_bus(settings, parts).run, name="bus")
-        coordinator = await stack.start(make_coordinator(settings, parts).run, name="coordinator")
+        await stack.start(coordinator.run, name="coordinator")
         metrics = Metrics()
         metrics.read_backends(store, bus, coordinator)
         services = Services(settings, bus, role=role, coordinator=coordinator, store=store,

@@ -126,6 +126,17 @@ async def test_the_breaker_state_is_swapped_only_over_the_version_read(pair):
         assert await a.load_breaker() == (2, b"two")
 
 
+async def test_the_audit_head_only_moves_forward(pair):
+    """Two processes report their records' links out of order: the newest record's stays."""
+    a, b = pair
+    with trio.fail_after(10):
+        assert await a.audit_head() is None
+        await a.advance_audit_head(7, b"\x07" * 32)
+        await b.advance_audit_head(9, b"\x09" * 32)
+        await a.advance_audit_head(8, b"\x08" * 32)     # reported after 9's: left behind
+        assert await a.audit_head() == await b.audit_head() == (9, b"\x09" * 32)
+
+
 async def test_subscribers_are_summed_over_the_processes_that_still_speak(pair):
     a, b = pair
     with trio.fail_after(10):

@@ -6,15 +6,17 @@ from __future__ import annotations
 import pytest
 import trio
 
+from atom_actors.audit import derive_key
 from atom_actors.coordinator import MemoryCoordinator
 from atom_actors.errors import BackendUnavailable, SessionInvalid
 from atom_actors.sessions import SessionService
-from atom_actors.store import AgentRow, EventRecord, SessionRecord
-from atom_actors.store.postgres import PostgresStore, migrate, migrations
+from atom_actors.store import AgentRow, ChainState, EventRecord, SessionRecord
+from atom_actors.store.postgres import ChainHead, PostgresStore, migrate, migrations, verify
 
 from .servers import free_port, sql
 
 KEY = "k" * 40
+CHAIN_KEY = derive_key(KEY, "audit-chain")
 
 
 async def sessions_on(nursery: trio.Nursery, store: PostgresStore) -> SessionService:
@@ -31,16 +33,16 @@ async def recorded(service: SessionService) -> None:
 
 
 async def started(nursery: trio.Nursery, url: str, **kwargs) -> PostgresStore:
-    return await nursery.start(PostgresStore(url, **kwargs).run)
+    return await nursery.start(PostgresStore(url, chain_key=CHAIN_KEY, **kwargs).run)
 
 
 async def test_migrations_from_empty_then_rerun_are_a_no_op(nursery, pg_url):
     with trio.fail_after(20):
         store = await started(nursery, pg_url)
-        assert store.applied == [m.version for m in migrations()] == [1]
+        assert store.applied == [m.version for m in migrations()] == [1, 2]
         assert await migrate(pg_url) == []            # `atom migrate` on an up-to-date database
         rows = await sql(pg_url, "SELECT version, name FROM schema_migrations ORDER BY version")
-        assert rows == [{"version": 1, "name": "init"}]
+        assert rows == [{"version": 1, "name": "init"}, {"version": 2, "name": "audit"}]
         tables = {r["table_name"] for r in await sql(
             pg_url, "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")}
         assert {"agents", "sessions", "events", "schema_migrations"} <= tables
@@ -58,7 +60,7 @@ async def test_two_processes_migrating_at_once_apply_each_migration_once(pg_url)
         async with trio.open_nursery() as nursery:
             nursery.start_soon(one)
             nursery.start_soon(one)
-    assert sorted(results) == [[], [1]]
+    assert sorted(results) == [[], [1, 2]]
 
 
 async def test_sessions_survive_a_restart_of_the_store(pg_url):
@@ -111,6 +113,85 @@ async def test_events_newest_first_by_kind_and_a_command_recorded_once(nursery, 
         assert await store.events("dispersal") == [
             EventRecord(100.0, "dispersal", {"level": "partial", "command_id": "c1"})]
         assert len(await store.events(limit=1)) == 1
+
+
+OPERATOR = "0123456789abcdef"
+
+
+async def test_records_form_a_verified_chain_and_a_duplicate_adds_no_link(nursery, pg_url):
+    with trio.fail_after(20):
+        # A row from before the chain's migration (no link): older than the chain, not counted.
+        store = await started(nursery, pg_url)
+        await sql(pg_url, "INSERT INTO events (time, kind, payload) VALUES (now(), 'regroup', '{}')")
+        await store.record_event(EventRecord(100.25, "dispersal",
+                                             {"level": "partial", "command_id": "c1",
+                                              "ratio": 0.1 + 0.2, "big": 1e20, "name": "é"},
+                                             role="operator", operator=OPERATOR))
+        await store.record_event(EventRecord(101.000001, "safeguard", {"state": "open"}))
+        await store.record_event(EventRecord(102.0, "dispersal", {"command_id": "c1"},
+                                             role="operator", operator=OPERATOR))   # again: kept once
+        await store.record_event(EventRecord(103.0, "safeguard", {"state": "closed"},
+                                             role="guardian", operator="fedcba9876543210"))
+        links = await sql(pg_url, "SELECT id, link FROM events ORDER BY id")
+        assert [r["link"] is None for r in links] == [True, False, False, False]
+        assert await store.verify() == ChainState(3, True, None)
+        entries, state = await store.audit(limit=2)
+        assert state == ChainState(2, True, None)
+        assert [(e.record.kind, e.record.role, e.record.operator) for e in entries] == [
+            ("safeguard", "guardian", "fedcba9876543210"), ("safeguard", None, None)]
+        assert [e.id for e in entries] == [links[3]["id"], links[2]["id"]]
+        assert (await store.events("dispersal"))[0].operator == OPERATOR
+        # The same walk from a process that knows the database and the key only (atom audit verify).
+        assert await verify(pg_url, CHAIN_KEY) == ChainState(3, True, None)
+        assert (await verify(pg_url, derive_key("t" * 40, "audit-chain"))).first_broken == \
+            links[1]["id"]
+
+
+async def test_two_processes_recording_at_once_keep_one_chain(nursery, pg_url):
+    """Two stores (two processes' pools) record concurrently: the advisory lock gives the chain
+    one order, and every record is in it."""
+    with trio.fail_after(60):
+        stores = [await started(nursery, pg_url) for _ in range(2)]
+
+        async def record(store: PostgresStore, name: str) -> None:
+            for i in range(40):
+                await store.record_event(EventRecord(1000.0 + i, "regroup",
+                                                     {"command_id": f"{name}-{i}"}))
+
+        async with trio.open_nursery() as both:
+            for n, store in enumerate(stores):
+                for lane in range(3):
+                    both.start_soon(record, store, f"p{n}l{lane}")
+        assert await stores[0].verify() == ChainState(240, True, None)
+        assert (await stores[1].audit(limit=500))[1] == ChainState(240, True, None)
+
+
+async def test_the_head_finds_the_newest_records_cut_off(nursery, pg_url):
+    coordinator = MemoryCoordinator()
+    head = ChainHead(coordinator.advance_audit_head, coordinator.audit_head)
+    with trio.fail_after(20):
+        store = await started(nursery, pg_url, head=head)
+        for i in range(4):
+            await store.record_event(EventRecord(10.0 + i, "regroup", {"command_id": f"c{i}"}))
+        ids = [r["id"] for r in await sql(pg_url, "SELECT id FROM events ORDER BY id")]
+        assert (await coordinator.audit_head())[0] == ids[-1]
+        assert await store.verify() == ChainState(4, True, None)
+        await sql(pg_url, "DELETE FROM events WHERE id >= $1", ids[2])
+        assert await store.verify() == ChainState(2, False, ids[-1])
+        assert (await store.audit(limit=10))[1] == ChainState(2, False, ids[-1])
+        # Without the head, the cut is invisible: that is what Redis's copy is for.
+        assert await verify(pg_url, CHAIN_KEY) == ChainState(2, True, None)
+
+
+async def test_a_head_that_cannot_be_told_does_not_fail_the_record(nursery, pg_url):
+    coordinator = MemoryCoordinator()
+    coordinator.sever()
+    head = ChainHead(coordinator.advance_audit_head, coordinator.audit_head)
+    with trio.fail_after(20):
+        store = await started(nursery, pg_url, head=head)
+        await store.record_event(EventRecord(10.0, "regroup", {"command_id": "c0"}))
+        assert store.head_failures == 1
+        assert len(await store.events()) == 1
 
 
 def rows(frequency: float, status: str) -> list[AgentRow]:

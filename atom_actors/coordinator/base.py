@@ -173,6 +173,17 @@ class Coordinator(abc.ABC):
     async def swap_breaker(self, version: int, data: bytes) -> bool:
         """Store ``data`` as version ``version + 1`` if the stored version is still ``version``."""
 
+    # -- the audit chain's head ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def advance_audit_head(self, record_id: int, link: bytes) -> None:
+        """Keep ``(record_id, link)`` as the audit chain's newest link unless a newer record's
+        (a greater id) is kept already: processes that record concurrently report out of order."""
+
+    @abc.abstractmethod
+    async def audit_head(self) -> tuple[int, bytes] | None:
+        """The audit chain's newest link kept, as ``(record id, link)``; None if none is."""
+
     # -- presence ---------------------------------------------------------------------------------
 
     @abc.abstractmethod

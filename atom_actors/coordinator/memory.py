@@ -39,6 +39,7 @@ class Shared:
     summary: bytes | None = None
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
     breaker: tuple[int, bytes | None] = (0, None)
+    audit_head: tuple[int, bytes] | None = None
     presence: dict[str, tuple[int, float]] = field(default_factory=dict)
     handles: list[MemoryCoordinator] = field(default_factory=list)
     new_entry: trio.Event = field(default_factory=trio.Event)
@@ -198,6 +199,16 @@ class MemoryCoordinator(Coordinator):
             return False
         shared.breaker = (version + 1, data)
         return True
+
+    # -- the audit chain's head ----------------------------------------------------------------------
+
+    async def advance_audit_head(self, record_id: int, link: bytes) -> None:
+        shared = self._check()
+        if shared.audit_head is None or shared.audit_head[0] < record_id:
+            shared.audit_head = (record_id, link)
+
+    async def audit_head(self) -> tuple[int, bytes] | None:
+        return self._check().audit_head
 
     # -- presence -------------------------------------------------------------------------------------
 

@@ -14,10 +14,12 @@ What it keeps, under a namespace (``atom`` unless told otherwise)::
     atom:sessions:revoked   pub/sub   the id of each session revoked
     atom:safeguard          hash      the Brise-Circuit's state (JSON) and its version
     atom:subscribers:<id>   key       a ws process's subscriber count, expiring
+    atom:audit:head         hash      the audit chain's newest link: record id, link (CONTRACT
+                                      §2.4; cutting off the newest records is found with it)
 
 Atomic steps are Lua scripts: the checkpoint (state + acknowledgements + applied ids + summary,
 only while the caller holds the lease), the lease's renewal and release, a revocation (flag +
-publish), and the Brise-Circuit's compare-and-swap.
+publish), the Brise-Circuit's compare-and-swap, and the audit head's advance.
 
 Every call is bounded: a refused, dropped or silent connection raises
 :class:`~atom_actors.errors.BackendUnavailable` at once or within ``timeout_s``, never a hang.
@@ -99,6 +101,15 @@ redis.call('HSET', KEYS[1], 'version', version + 1, 'state', ARGV[2])
 return 1
 """
 
+# The audit chain's head moves forward only: a process that reports its record after another
+# process reported a newer one leaves the newer one in place.
+_ADVANCE = """
+local current = tonumber(redis.call('HGET', KEYS[1], 'id') or '0')
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'id', ARGV[1], 'link', ARGV[2])
+return 1
+"""
+
 
 class Keys:
     def __init__(self, namespace: str) -> None:
@@ -112,6 +123,7 @@ class Keys:
         self.revoked = f"{namespace}:sessions:revoked"
         self.safeguard = f"{namespace}:safeguard"
         self.subscribers = f"{namespace}:subscribers:"  # + a ws process's id
+        self.audit_head = f"{namespace}:audit:head"
 
 
 class RedisCoordinator(OnRedis, Coordinator):
@@ -134,7 +146,8 @@ class RedisCoordinator(OnRedis, Coordinator):
                                           (self.keys.revoked, revocations)) if on]
         self.link = RedisLink(url, name="coordinator", timeout_s=timeout_s, log=log,
                               scripts={"checkpoint": _CHECKPOINT, "renew": _RENEW,
-                                       "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP})
+                                       "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP,
+                                       "advance": _ADVANCE})
         self.subscribed = trio.Event()     # set each time the subscription is (re)established
         self._subscriptions = 0
 
@@ -257,6 +270,17 @@ class RedisCoordinator(OnRedis, Coordinator):
     async def swap_breaker(self, version: int, data: bytes) -> bool:
         done = await self.link.script("swap", [self.keys.safeguard], [version, data])
         return bool(done)
+
+    # -- the audit chain's head ----------------------------------------------------------------------
+
+    async def advance_audit_head(self, record_id: int, link: bytes) -> None:
+        await self.link.script("advance", [self.keys.audit_head], [record_id, link])
+
+    async def audit_head(self) -> tuple[int, bytes] | None:
+        record_id, link = await self.link.call(_aio_hmget, self.keys.audit_head, ["id", "link"])
+        if record_id is None or link is None:
+            return None
+        return int(record_id), bytes(link)
 
     # -- presence -------------------------------------------------------------------------------------
 

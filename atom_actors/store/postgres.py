@@ -8,6 +8,15 @@ errors are bugs and propagate as they are.
 Schema changes are versioned SQL files in ``migrations/`` (``NNNN_name.sql``), applied in order,
 each once, in one transaction under an advisory lock (several processes may start together), and
 listed in ``schema_migrations``. ``atom migrate`` applies them; so does :meth:`PostgresStore.run`.
+
+The events are the audit's records and form its keyed hash chain (:mod:`atom_actors.audit`,
+from migration 0002 on). A record and its link are written in one transaction under an advisory
+lock, so the chain has one order however many processes record at once; the link is computed
+from the values as they read back from the database (its id, the timestamptz's microseconds,
+the payload as jsonb gives it back), which is what a walk reads later. A record a command already
+has (the once-per-(kind, command_id) rule) adds nothing, and no link. When handed a
+:class:`ChainHead` (with Redis), the store tells it each new link after the commit, so that
+cutting off the newest records is found too.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import asyncio
 import json
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
@@ -25,6 +35,7 @@ import asyncpg
 import trio
 
 from ..aio import GuardedCalls, open_bridge
+from ..audit import GENESIS, ChainRow, content, link, micros_of, walk
 from ..errors import BackendUnavailable
 from .base import AgentRow, AuditEntry, ChainState, EventRecord, SessionRecord, Store
 
@@ -36,6 +47,8 @@ CONNECT_RETRY_S = 0.5
 POOL_MAX = 4
 PURGE_EVERY_S = 3600.0      # expired sessions are deleted a day after they expire
 MIGRATION_LOCK = 0x41544F4D  # "ATOM": serialises concurrent migrators
+AUDIT_LOCK = 0x41554454     # "AUDT": one order for the chain across every process
+VERIFY_BATCH = 10_000       # rows read per query by a whole walk
 MIGRATION_FILE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 # What an unreachable, restarting or overloaded server looks like through asyncpg.
@@ -79,15 +92,30 @@ def _ts(t: float) -> datetime:
 
 
 
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    """Where the audit chain's newest link is also kept (Redis, through the coordinator): the
+    store is handed these two calls, so it needs no coordinator of its own."""
+
+    advance: Callable[[int, bytes], Awaitable[None]]          # (record id, link), after commit
+    load: Callable[[], Awaitable[tuple[int, bytes] | None]]
+
 
 class PostgresStore(Store):
     """The :class:`~atom_actors.store.base.Store` on PostgreSQL."""
 
     name = "postgresql"
 
-    def __init__(self, url: str, *, timeout_s: float = TIMEOUT_S,
+    def __init__(self, url: str, *, chain_key: bytes | None = None, head: ChainHead | None = None,
+                 timeout_s: float = TIMEOUT_S,
                  connect_deadline_s: float = CONNECT_DEADLINE_S) -> None:
+        """``chain_key``: ``derive_key(SECRET_KEY, "audit-chain")``, needed to record events and
+        to check the chain (``atom migrate`` needs none); ``head``: where the newest link is
+        also kept (with Redis)."""
         self.url = url
+        self._chain_key = chain_key
+        self._head = head
+        self.head_failures = 0   # links the head could not be told (Redis down): logged
         self.timeout_s = timeout_s
         self.connect_deadline_s = connect_deadline_s
         self.applied: list[int] = []   # migrations this process applied at start
@@ -175,25 +203,63 @@ class PostgresStore(Store):
 
     # -- events ---------------------------------------------------------------------------------
 
+    def _key(self) -> bytes:
+        if self._chain_key is None:
+            raise RuntimeError("this PostgresStore was made without the audit chain's key")
+        return self._chain_key
+
     async def record_event(self, record: EventRecord) -> None:
-        await self._query(_aio_execute, """
-            INSERT INTO events (time, kind, payload) VALUES ($1, $2, $3::jsonb)
-            ON CONFLICT DO NOTHING""",
-            _ts(record.t), record.kind, json.dumps(record.payload))
+        added = await self._query(_aio_record_event, self._key(), _ts(record.t), record.kind,
+                                  json.dumps(record.payload), record.role, record.operator)
+        if added is None or self._head is None:
+            return
+        try:
+            await self._head.advance(*added)
+        except BackendUnavailable as exc:
+            # The record is committed: failing here would have it recorded twice on a retry.
+            # The head stays older (a walk checks it where it is) until the next record.
+            self.head_failures += 1
+            log.warning("the audit head was not advanced: %s", exc)
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
         rows = await self._query(_aio_fetch, """
-            SELECT time, kind, payload FROM events
+            SELECT time, kind, payload, role, operator FROM events
             WHERE $1::text IS NULL OR kind = $1 ORDER BY time DESC, id DESC LIMIT $2""",
             kind, limit)
-        return [EventRecord(r["time"].timestamp(), r["kind"], json.loads(r["payload"])) for r in rows]
+        return [_event(r) for r in rows]
 
     async def audit(self, limit: int = 100) -> tuple[list[AuditEntry], ChainState]:
-        rows = await self._query(_aio_fetch, """
-            SELECT id, time, kind, payload FROM events ORDER BY id DESC LIMIT $1""", limit)
-        entries = [AuditEntry(r["id"], EventRecord(r["time"].timestamp(), r["kind"],
-                                                   json.loads(r["payload"]))) for r in rows]
-        return entries, ChainState(len(entries), True)
+        """The newest ``limit`` records and the chain over them, checked from the stored link of
+        the record before them (and against the head, when it is kept and among them)."""
+        key = self._key()
+        rows = list(reversed(await self._query(_aio_fetch, f"""
+            SELECT {_CHAIN_COLUMNS} FROM events ORDER BY id DESC LIMIT $1""", limit + 1)))
+        before = rows.pop(0) if len(rows) > limit else None
+        prev = before["link"] if before is not None else None
+        head = await self._load_head()
+        if head is not None and rows and head[0] < rows[0]["id"]:
+            head = None   # older than the window (the walk of ``verify`` checks it)
+        state = walk([_chain_row(r) for r in rows], key, prev=prev, head=head)
+        return [AuditEntry(r["id"], _event(r)) for r in reversed(rows)], state
+
+    async def verify(self) -> ChainState:
+        """Walk the whole chain from its beginning, VERIFY_BATCH rows a query, and check the head
+        (with Redis) where it is."""
+        key = self._key()
+        head = await self._load_head()
+        rows: list[ChainRow] = []
+        after = 0
+        while True:
+            batch = await self._query(_aio_fetch, f"""
+                SELECT {_CHAIN_COLUMNS} FROM events WHERE id > $1 ORDER BY id LIMIT $2""",
+                after, VERIFY_BATCH)
+            rows += [_chain_row(r) for r in batch]
+            if len(batch) < VERIFY_BATCH:
+                return walk(rows, key, head=head)
+            after = batch[-1]["id"]
+
+    async def _load_head(self) -> tuple[int, bytes] | None:
+        return await self._head.load() if self._head is not None else None
 
     # -- agents ---------------------------------------------------------------------------------
 
@@ -215,6 +281,44 @@ class PostgresStore(Store):
             SELECT id, sphere, name, function, frequency, status, pos_x, pos_y, pos_z
             FROM agents ORDER BY id""")
         return [AgentRow(**dict(r)) for r in rows]
+
+
+_CHAIN_COLUMNS = "id, time, kind, role, operator, payload, link"
+
+
+def _event(row: asyncpg.Record) -> EventRecord:
+    return EventRecord(row["time"].timestamp(), row["kind"], json.loads(row["payload"]),
+                       role=row["role"], operator=row["operator"])
+
+
+def _chain_row(row: asyncpg.Record) -> ChainRow:
+    stored = row["link"]
+    return ChainRow(row["id"], micros_of(row["time"]), row["kind"], row["role"], row["operator"],
+                    json.loads(row["payload"]), bytes(stored) if stored is not None else None)
+
+
+async def verify(url: str, chain_key: bytes, *, head: tuple[int, bytes] | None = None,
+                 timeout_s: float = TIMEOUT_S) -> ChainState:
+    """Walk the audit chain of the database at ``url`` (for ``atom audit verify``), checking
+    ``head`` (the newest link as Redis keeps it) too; opens its own connection and closes it."""
+
+    async def kept() -> tuple[int, bytes] | None:
+        return head
+
+    store = PostgresStore(url, chain_key=chain_key, head=ChainHead(_nowhere, kept),
+                          timeout_s=timeout_s, connect_deadline_s=0)
+    async with open_bridge() as bridge:
+        store._guard.bridge = bridge
+        try:
+            await store._connect()
+            return await store.verify()
+        finally:
+            if store._pool is not None:
+                await bridge.close(_aio_close_pool, store._pool)
+
+
+async def _nowhere(_record_id: int, _link: bytes) -> None:
+    raise AssertionError("a walk records nothing")
 
 
 async def migrate(url: str, *, timeout_s: float = TIMEOUT_S) -> list[int]:
@@ -262,6 +366,29 @@ async def _aio_fetchrow(pool: asyncpg.Pool, sql: str, *args: Any) -> asyncpg.Rec
 
 async def _aio_fetchval(pool: asyncpg.Pool, sql: str, *args: Any) -> Any:
     return await pool.fetchval(sql, *args)
+
+
+async def _aio_record_event(pool: asyncpg.Pool, key: bytes, at: datetime, kind: str,
+                            payload: str, role: str | None,
+                            operator: str | None) -> tuple[int, bytes] | None:
+    """Insert a record and its link in one transaction, under AUDIT_LOCK: the link before it is
+    the newest one, whichever process wrote it. None: the command was recorded already."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", AUDIT_LOCK)
+        row = await conn.fetchrow("""
+            INSERT INTO events (time, kind, payload, role, operator)
+            VALUES ($1, $2, $3::jsonb, $4, $5)
+            ON CONFLICT DO NOTHING RETURNING id, time, payload""",
+            at, kind, payload, role, operator)
+        if row is None:
+            return None
+        prev = await conn.fetchval(
+            "SELECT link FROM events WHERE link IS NOT NULL ORDER BY id DESC LIMIT 1")
+        new = link(key, bytes(prev) if prev is not None else GENESIS, content(ChainRow(
+            row["id"], micros_of(row["time"]), kind, role, operator, json.loads(row["payload"]),
+            None)))
+        await conn.execute("UPDATE events SET link = $1 WHERE id = $2", new, row["id"])
+        return row["id"], new
 
 
 async def _aio_purge(pool: asyncpg.Pool) -> None:
