@@ -3,6 +3,8 @@
     atom serve [--role all|engine|api|ws]   run everything in one process (all, the default), or
                                             one part of a Redis deployment
     atom migrate                            apply the pending database migrations (DATABASE_URL)
+    atom audit verify                       walk the audit's keyed hash chain (DATABASE_URL,
+                                            SECRET_KEY; REDIS_URL's newest link when set)
     atom operator-token --role R[,R] [--ttl 15m] [--subject NAME] [--aal aal1|aal2]
                                             print an operator's token signed with
                                             OPERATOR_JWT_SECRET (for scripts, shared-secret
@@ -12,7 +14,7 @@
 
 Exit codes: 0 after a clean stop (SIGINT, SIGTERM), 1 when the engine escalates a crash loop or a
 backend cannot be reached at start (``watch --once``: when the stream is below --min-fps or
-unreachable), 2 for a bad setting or bad arguments.
+unreachable; ``audit verify``: when a record is broken), 2 for a bad setting or bad arguments.
 """
 
 from __future__ import annotations
@@ -29,11 +31,13 @@ import trio
 
 from . import aio, app, logs, netlimits
 from . import watch as watch_
+from .audit import CHAIN_PURPOSE, ChainState, derive_key
 from .config import Settings, load_settings
+from .coordinator.redis import RedisCoordinator
 from .errors import BackendUnavailable, ConfigError, SupervisorEscalation, find
 from .operators import ROLES, local_operators, mint
 from .protocol import ENCODINGS
-from .store.postgres import CONNECT_DEADLINE_S, migrate
+from .store.postgres import CONNECT_DEADLINE_S, migrate, verify
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
                        help="all (default): everything in one process; engine, api or ws: one "
                             "part, the processes meeting on Redis")
     commands.add_parser("migrate", help="apply the pending migrations to DATABASE_URL")
+    audit = commands.add_parser("audit", help="the audit's records (CONTRACT §2.4)")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser(
+        "verify", help="walk the audit's keyed hash chain; exit 1 if a record is broken",
+        description="Walk every record of DATABASE_URL's audit chain with the key derived from "
+                    "SECRET_KEY, and with REDIS_URL set check the newest link Redis keeps; print "
+                    "the number of records and the first broken one.")
     token = commands.add_parser(
         "operator-token", help="print an operator's access token (OPERATOR_JWT_SECRET)",
         description="Sign an access token with OPERATOR_JWT_SECRET (HS256), with the issuer, "
@@ -80,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.role)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "audit":
+        return _audit_verify(settings)
     if args.command == "operator-token":
         return _operator_token(settings, args)
     if args.command == "watch":
@@ -127,6 +140,46 @@ def _migrate(settings: Settings) -> int:
     app.announce(f"applied migrations {', '.join(map(str, applied))}" if applied
                  else "the database is up to date")
     return 0
+
+
+def _audit_verify(settings: Settings) -> int:
+    missing = [name for name, value in (("DATABASE_URL", settings.database_url),
+                                        ("SECRET_KEY", settings.secret_key)) if not value]
+    if missing:
+        print(f"atom: bad setting {missing[0]}: `atom audit verify` needs DATABASE_URL and the "
+              "deployment's SECRET_KEY", file=sys.stderr)
+        return 2
+    try:
+        state, head = trio.run(_walk_audit, settings)
+    except (BackendUnavailable, BaseExceptionGroup) as exc:
+        found = exc if isinstance(exc, BackendUnavailable) else find(exc, BackendUnavailable)
+        if found is None:
+            raise
+        app.announce(str(found))
+        return 1
+    checked = (f"; Redis's newest link: record {head[0]}" if head is not None
+               else "; no newest link in Redis" if settings.redis_url else "")
+    if state.verified:
+        app.announce(f"audit: {state.records} records, the chain holds{checked}")
+        return 0
+    app.announce(f"audit: {state.records} records; first broken: record {state.first_broken}"
+                 f"{checked}")
+    return 1
+
+
+async def _walk_audit(settings: Settings) -> tuple[ChainState, tuple[int, bytes] | None]:
+    """The whole chain's walk, and the head it was checked against (with REDIS_URL)."""
+    head = None
+    async with aio.open_bridge():
+        if settings.redis_url:
+            async with trio.open_nursery() as nursery:
+                coordinator = await nursery.start(RedisCoordinator(
+                    settings.redis_url, summaries=False, revocations=False).run)
+                head = await coordinator.audit_head()
+                nursery.cancel_scope.cancel()
+        state = await verify(settings.database_url,
+                             derive_key(settings.secret_key, CHAIN_PURPOSE), head=head)
+    return state, head
 
 
 def _serve(settings: Settings, role: str = "all") -> int:

@@ -833,3 +833,47 @@ def test_no_request_finds_a_500_or_a_non_json_error(live_api, mode):
     # The run got past the session check to the swarm's own answers.
     wanted = range(200, 300) if mode == GenerationMode.POSITIVE else (404, 422)
     assert any(status in wanted and "/swarm" in path for _, path, status in seen), seen
+
+
+# -- the audit (§2.4) --------------------------------------------------------------------------------
+
+async def test_the_audit_lists_who_did_what_newest_first_and_its_chain_holds(autojump_clock, api):
+    """Commands by one operator, a trip by the server itself, a reset by a guardian: the audit
+    names each with its role and pseudonym (the same for one person, different between two, never
+    their subject), and the memory store's chain is a real walk: a record changed breaks it."""
+    services, c = api
+    alice, bob = bearer(("operator",), subject="alice"), bearer(("guardian",), subject="bob")
+    assert (await c.post("/api/v1/swarm/disperse", json={"level": "partial"},
+                         headers=alice)).status_code == 202
+    assert (await c.post("/api/v1/swarm/regroup", headers=alice)).status_code == 202
+    for _ in range(4):
+        await c.post("/api/v1/swarm/disperse", json={"level": "total"}, headers=alice)
+    assert (await c.get("/api/v1/safeguard", headers=alice)).json()["state"] == "open"
+    assert (await c.post("/api/v1/safeguard/reset", headers=bob)).status_code == 200
+    await trio.sleep(0.5)   # the event log writes off the engine's path
+    assert_error(await c.get("/api/v1/audit", headers=alice), 403, "role_required")
+    assert_error(await c.get("/api/v1/audit", headers=await activate(c)), 401,
+                 "operator_token_required")
+    page = (await c.get("/api/v1/audit", headers=bob)).json()
+    records = page["records"]
+    assert [r["id"] for r in records] == sorted((r["id"] for r in records), reverse=True)
+    assert page["chain"] == {"records": len(records), "verified": True, "first_broken": None}
+    kinds = [(r["kind"], r.get("state"), r["role"]) for r in reversed(records)]
+    assert kinds[:2] == [("dispersal", None, "operator"), ("regroup", None, "operator")]
+    # The trip and its regroup are the server's own; the reset is the guardian's.
+    assert {("safeguard", "open", None), ("regroup", None, None),
+            ("safeguard", "closed", "guardian")} <= set(kinds)
+    by_alice = {r["operator"] for r in records if r["role"] == "operator"}
+    (reset,) = [r for r in records if r["role"] == "guardian"]
+    assert all(r["operator"] is None for r in records if r["role"] is None)
+    assert len(by_alice) == 1 and reset["operator"] not in by_alice | {None}
+    assert reset["guardians"] == [reset["operator"]]
+    assert all(len(p) == 16 and p not in ("alice", "bob") for p in by_alice | {reset["operator"]})
+    assert "alice" not in str(records) and "bob" not in str(records)
+    assert len((await c.get("/api/v1/audit?limit=2", headers=bob)).json()["records"]) == 2
+    # A record changed where it is kept: the chain says so, and names it.
+    store = services.store
+    store._events[0] = dataclasses.replace(store._events[0], payload={"dispersed": 0})
+    page = (await c.get("/api/v1/audit", headers=bob)).json()
+    assert page["chain"]["verified"] is False
+    assert page["chain"]["first_broken"] == records[-1]["id"]
