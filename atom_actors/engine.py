@@ -123,14 +123,18 @@ class Engine(SwarmView):
         for the audit: never on the bus)."""
         self.bus.publish_event(event)
         if self._on_event is not None:
-            by = self._by.pop(event.get("command_id"), None) if event.get("command_id") else None
+            # Looked up, not taken: a command's agents may emit (agent.status, with its id)
+            # before the event its record is made of (the sphere actors run as soon as the
+            # command is in their mailbox), and every one of them is the same command's. The
+            # attributions are bounded by ATTRIBUTIONS_KEPT, oldest forgotten first.
+            by = self._by.get(event.get("command_id")) if event.get("command_id") else None
             self._on_event(event if by is None else {**event, "by": by})
 
     def _attribute(self, command_id: str, by: By | None) -> None:
         if by is None:
             return
         self._by[command_id] = by
-        while len(self._by) > ATTRIBUTIONS_KEPT:   # a command whose event never came
+        while len(self._by) > ATTRIBUTIONS_KEPT:   # the oldest command is long done
             self._by.pop(next(iter(self._by)))
 
     # -- checkpoints -------------------------------------------------------------------------------

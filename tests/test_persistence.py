@@ -139,6 +139,24 @@ async def test_the_event_log_records_commands_in_order_through_an_outage(autojum
     assert events[0].payload == {"command_id": "t1", "agent": 4, "frequency": 450.0}
 
 
+async def test_the_event_log_records_who_asked_for_each_command(autojump_clock, nursery):
+    """Each command's record carries the role and pseudonym it came with, even though its agents
+    emit their own events (with its id) before the one the record is made of."""
+    store = MemoryStore()
+    event_log = await nursery.start(EventLog(store).run)
+    engine = await nursery.start(Engine(make_settings(), MemoryBus(), on_event=event_log.offer).run)
+    alice = {"role": "operator", "operator": "0123456789abcdef"}
+    for _ in range(3):
+        await engine.disperse("total", by=alice)
+        await engine.regroup(by=alice)
+    await engine.retune(4, 450.0, by=alice)
+    await engine.regroup()                      # the server's own: nobody's
+    await trio.sleep(1)
+    events = await store.events()
+    assert [(e.role, e.operator) for e in events[1:]] == [("operator", "0123456789abcdef")] * 7
+    assert (events[0].kind, events[0].role, events[0].operator) == ("regroup", None, None)
+
+
 async def test_a_checkpoint_carries_the_whole_state(autojump_clock, nursery):
     old = await lived_in_engine(nursery, swarm_seed=1)
     data = encode_checkpoint(old.state, 1234, 1_700_000_000.5)
