@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from atom_actors import app, logs
+from atom_actors.audit import derive_key, pseudonym
 from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
 from atom_actors.sessions import token_hash
@@ -23,7 +24,7 @@ from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, OPERATOR_PHONE, OPER
                                 UA_MARK, Seen, client_address,
                                 running_atom, scenario)
 from tests.conftest import make_settings
-from tests.servers import sql
+from tests.servers import atom_env, sql
 
 TOKEN = "v1.Zm9vYmFyYmF6cXV4cXV1eHF1dXhxdXV4cXV1eHF1dXg.c2lnbmF0dXJlc2lnbmE"
 HASH = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
@@ -279,11 +280,13 @@ async def test_zero_log_holds_through_a_whole_session(tmp_path, pg_url):
             assert await client_address(atom.api_url) == CLIENT_HOST   # the check below is honest
             seen = await scenario(atom.api_url, atom.ws_url)
         rows = await database_rows(pg_url)
-    assert_zero_log(seen, [atom.output], rows)
+    assert_zero_log(seen, [atom.output], rows, "s" * 40)
 
 
-def assert_zero_log(seen: Seen, outputs: list[bytes], rows: dict[str, list[str]]) -> None:
-    """The scenario went as planned, and what identifies its person is nowhere."""
+def assert_zero_log(seen: Seen, outputs: list[bytes], rows: dict[str, list[str]],
+                    secret_key: str) -> None:
+    """The scenario went as planned, and what identifies its person is nowhere: the audit's
+    records name the operator by pseudonym and role only."""
     assert seen.statuses["activate"] == 201 and seen.statuses["disperse"] == 202
     assert seen.refused_handshake == 401 and seen.frames.count > 240
     assert max(seen.statuses.values()) < 500, seen.statuses
@@ -301,6 +304,11 @@ def assert_zero_log(seen: Seen, outputs: list[bytes], rows: dict[str, list[str]]
     session_id = token_hash(seen.token)
     assert [r for r in rows["sessions"] if session_id in r], "the session was not stored"
     assert rows["events"] and rows["agents"], "the commands and the snapshot were not stored"
+    # The operator's commands are recorded under their pseudonym (the tokens carry no iss).
+    who = pseudonym(derive_key(secret_key, "audit-pseudonym"), "", OPERATOR_SUBJECT)
+    commands = [json.loads(r) for r in rows["events"] if json.loads(r)["kind"] == "dispersal"]
+    assert commands and all((c["role"], c["operator"]) == ("operator", who) for c in commands)
+    assert all(json.loads(r)["link"] for r in rows["events"]), "a record outside the audit chain"
     for table, texts in rows.items():
         for what, secret in forbidden(seen).items():
             if table == "sessions" and what == "token hash":
@@ -321,7 +329,7 @@ async def test_zero_log_holds_across_roles_over_redis(tmp_path, pg_url, redis_se
             assert await client_address(api.api_url) == CLIENT_HOST
             seen = await scenario(api.api_url, ws.ws_url)
         rows = await database_rows(pg_url)
-    assert_zero_log(seen, [engine.output, ws.output, api.output], rows)
+    assert_zero_log(seen, [engine.output, ws.output, api.output], rows, atom_env()["SECRET_KEY"])
 
 
 async def test_the_actor_trace_of_the_same_session(tmp_path):
