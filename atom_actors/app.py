@@ -4,7 +4,8 @@
 previous one is ready, and in this order (the ``rest_for_one`` order: a part depends on the ones
 above it); stopping goes the other way, one part at a time (:mod:`atom_actors.stack`)::
 
-    store        in memory, or PostgreSQL (DATABASE_URL): durable sessions, events, agents snapshot
+    store        in memory, or PostgreSQL (DATABASE_URL): durable sessions, events (the audit's
+                 keyed hash chain; with Redis its newest link kept there too), agents snapshot
     bus          in-process, or Redis (REDIS_URL): frames and events
     coordinator  in memory, or Redis (REDIS_URL): the lease, commands, checkpoints, sessions,
                  the Brise-Circuit's state, presence
