@@ -2,7 +2,7 @@
 """REST under load while the swarm streams (issue 4's benchmark).
 
 Starts ``atom serve`` (API_PORT=0, WS_PORT=0), opens a Sceau session, connects N WebSocket
-subscribers when the process serves L'Essaim (``../shared/peers/loadclient.js``, Node), then
+subscribers when the process serves L'Essaim (the project's Node load client), then
 drives, one after the other, at a fixed arrival rate with ``wrk`` (Debian package; a Lua pacer
 gives each request the next slot of a 1/rate schedule):
 
@@ -18,8 +18,8 @@ SAFEGUARD_MAX_COMMANDS and SAFEGUARD_MAX_TOTAL for its own server, and says so.
 
     python3 scripts/bench_api.py [--seconds 10] [--rate 200] [--clients 500] [--connections 10]
 
-Needs ``wrk`` (apt-get install wrk); the subscribers need ``node`` and npm's ``ws`` (installed
-into a copy of ../shared/peers when missing).
+Needs ``wrk`` (apt-get install wrk); the subscribers need ``node`` (clients/js/tools/loadclient.js,
+its ``ws`` installed from clients/js's lock file when missing).
 """
 
 from __future__ import annotations
@@ -37,10 +37,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import loadclient  # scripts/loadclient.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
-# ../shared/peers beside a clone, or beside the worktrees' folder (/work/shared from /work/wt/api).
-PEERS = next((p for p in (ROOT.parent / "shared" / "peers", ROOT.parent.parent / "shared" / "peers")
-              if p.is_dir()), ROOT.parent / "shared" / "peers")
 TARGET_P99_MS = 50.0
 TARGET_FPS = 59.0
 
@@ -121,18 +120,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def peers_dir(peers: Path) -> Path | None:
-    if shutil.which("node") is None or not peers.is_dir():
-        return None
-    for candidate in (peers, Path(tempfile.gettempdir()) / "atom-bench-peers"):
-        if (candidate / "node_modules" / "ws").is_dir():
-            return candidate
-    copy = Path(tempfile.gettempdir()) / "atom-bench-peers"
-    shutil.copytree(peers, copy, dirs_exist_ok=True)
-    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=copy, check=True)
-    return copy
-
-
 def run_wrk(url: str, method: str, body: str | None, token: str, seconds: int, rate: int,
             connections: int, server_pid: int) -> dict:
     script = WRK_SCRIPT % {"method": method, "body": json.dumps(body) if body else "nil",
@@ -158,7 +145,6 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=500, help="WebSocket subscribers")
     parser.add_argument("--disperse", default='{"level": "partial"}',
                         help="the dispersal's body (partial: 70 agents each)")
-    parser.add_argument("--peers", type=Path, default=PEERS, help="where loadclient.js is")
     parser.add_argument("--connections", type=int, default=20,
                         help="wrk connections: the most requests in flight at once")
     args = parser.parse_args()
@@ -171,20 +157,19 @@ def main() -> int:
     subscribers = None
     try:
         token = session(api)
-        peers = peers_dir(args.peers) if ws and args.clients else None
-        if peers is not None:
+        if ws and args.clients:
+            loadclient.prepare()
             window = 2 * args.seconds + 3
             subscribers = subprocess.Popen(
-                ["node", "loadclient.js", "--url", f"{ws}?session={token}", "--clients",
-                 str(args.clients), "--seconds", str(window), "--ramp-ms", "3000",
-                 "--deflate", "0"], cwd=peers, stdout=subprocess.PIPE, text=True)
+                loadclient.command(f"{ws}?encoding=f32&session={token}", args.clients, window,
+                                   ramp_ms=3000), stdout=subprocess.PIPE, text=True)
             for line in subscribers.stdout:
                 print(line.rstrip(), flush=True)
                 if line.startswith("# window start"):
                     break
         else:
             why = ("none asked (--clients 0)" if not args.clients else
-                   "this build serves no WebSocket" if not ws else "node or ../shared/peers missing")
+                   "this build serves no WebSocket")
             print(f"# no subscribers: {why}", flush=True)
         runs = {
             "GET /api/v1/swarm/agents": run_wrk(f"{api}/api/v1/swarm/agents", "GET", None, token,
