@@ -2,9 +2,9 @@
 // opened by the 2-second touch, and the operators' commands with a bearer token (§2.3), every
 // refusal thrown as an ApiError carrying the contract's code.
 //
-//   const sceau = await openSession("http://127.0.0.1:8000");          // {session, expiresAt, api, …}
-//   const client = connect("ws://127.0.0.1:8001/ws/swarm", { session: sceau });
-//   const ops = operator("http://127.0.0.1:8000", token);
+//   const sceau = await openSession(apiBase);          // {session, expiresAt, api, …}
+//   const client = connect(streamUrl, { session: sceau });
+//   const ops = operator(apiBase, token);
 //   try { await ops.disperse("partial"); } catch (e) { if (e.code === "brise_circuit_open") wait(e.retryAfter); }
 //
 // A browser hides why a cross-origin request failed (a refused Origin, a server that is down and a
@@ -67,7 +67,7 @@ function retryAfterOf(response) {
 }
 
 /**
- * One call to the API at `api` (its base URL, e.g. http://127.0.0.1:8000): resolves with
+ * One call to the API at `api` (its base URL: scheme, host and port): resolves with
  * `{status, body, headers}` on 2xx, throws {@link ApiError} otherwise. Options: `body` (JSON),
  * `session` (X-Sceau-Session), `token` (Authorization: Bearer), `idempotencyKey`, `fetch`, `signal`.
  */
