@@ -500,3 +500,12 @@ def test_a_bad_operator_setting_is_one_line_at_start(tmp_path, env, setting):
     assert done.returncode == 2
     assert done.stderr.startswith(f"atom: bad setting {setting}: ")
     assert len(done.stderr.strip().splitlines()) == 1 and "short" not in done.stderr
+
+
+async def test_the_docs_page_says_who_may_call_each_endpoint(autojump_clock, nursery):
+    services = await serve(nursery)
+    async with client(services) as c:
+        page = (await c.get("/docs")).text
+    assert "<code>/api/v1/swarm/disperse</code> (O)" in page and "Role: operator" in page
+    assert "<code>/api/v1/safeguard/reset</code> (O)" in page and "Role: guardian" in page
+    assert "<code>/api/v1/swarm</code> (S)" in page
