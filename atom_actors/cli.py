@@ -86,9 +86,9 @@ def _serve(settings: Settings, role: str = "all") -> int:
         app.check_role(settings, role)
         # Each connection holds a descriptor: the soft limit (often 1024) is a relic of select().
         netlimits.raise_file_limit()
-        app.announce(netlimits.DescriptorShares.now().line())   # what each kind of client may hold
         if settings.redis_url:
             _reach_redis(settings.redis_url, CONNECT_DEADLINE_S)
+        app.announce(netlimits.DescriptorShares.now().line())   # what each kind of client may hold
         trio.run(_serve_until_signal, settings, role)
     except ConfigError as exc:
         print(f"atom: bad setting {exc}", file=sys.stderr)

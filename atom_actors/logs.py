@@ -14,6 +14,9 @@ ZERO_LOG=true (the default)
     The actors' trace calls are made on a structlog *filtering* bound logger whose ``debug`` and
     ``info`` are no-op methods, so they cost a Python call and nothing more.
 
+Whatever the setting, the handler writes at most one line a second per failure class
+(:class:`OncePerSecond`): no client can fill the disk by making the server fail.
+
 ZERO_LOG=false
     JSON lines for developers tracing actors, filtered by LOG_LEVEL. Every line has ``time``,
     ``level``, ``actor`` and ``event``; lines about a command carry its ``command_id``. Events:

@@ -159,6 +159,8 @@ def test_no_token_or_token_hash_survives_the_scrubber(before, token, after, sep,
 
 
 @hypothesis.given(before=TEXT, ua=USER_AGENT, context=st.sampled_from(UA_CONTEXTS), after=TEXT)
+# Found by this test: a repr escapes a quote inside the value, which ended the match early.
+@hypothesis.example(before="", ua="it's \"Quokka\" Navigator", context=UA_CONTEXTS[2], after="")
 def test_no_user_agent_survives_the_scrubber(before, ua, context, after):
     """Versioned or not ("MyBot", "Bob's agent"), quoted, escaped, in bytes or in JSON."""
     hypothesis.assume(not ua_leaked(ua, before + after))

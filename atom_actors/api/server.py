@@ -62,11 +62,11 @@ async def serve_api(parts: ApiInput, *,
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     config = hypercorn_config(parts.settings.api_host, parts.settings.api_port)
     settings = parts.settings
-    most = min(MAX_CONNECTIONS, DescriptorShares.now().api)
+    share = DescriptorShares.now().api
     async with trio.open_nursery() as nursery:
         binds, _ = await nursery.start(partial(
-            hyperworker.serve, app, config, max_connections=most,
-            # One address may hold no more than half of what the limit leaves the API.
-            max_per_address=min(settings.api_max_connections_per_address, max(1, most // 2)),
+            hyperworker.serve, app, config, max_connections=min(MAX_CONNECTIONS, share),
+            # One address may hold no more than half of what the descriptor limit leaves the API.
+            max_per_address=min(settings.api_max_connections_per_address, max(1, share // 2)),
             addresses=ClientAddresses(settings.trusted_proxy_hops, settings.trusted_proxies)))
         task_status.started(binds[0])

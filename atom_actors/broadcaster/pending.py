@@ -34,14 +34,16 @@ STALE_AFTER_S: Final = 1.0
 
 class PendingHandshakes:
     """``exempt(address)``: a peer not counted per address (a trusted proxy, whose connections
-    are everyone's); only the total bound applies to it."""
+    are everyone's); only the total bound applies to it. ``refusing``: the 503 answers being
+    written at once, at most (beyond, a bare close)."""
 
-    def __init__(self, bound: int, *, exempt: Callable[[str], bool] = lambda _: False) -> None:
+    def __init__(self, bound: int, *, exempt: Callable[[str], bool] = lambda _: False,
+                 refusing: int = 64) -> None:
         self.bound = bound
         self.exempt = exempt
         self.address_share = max(PER_ADDRESS, bound // 4)
-        # Refusals hold descriptors too: their own bound is a share of this one.
-        self.refusals = Refusals(max_open=min(64, max(4, bound // 4)))
+        # Refusals hold descriptors too: at most ``refusing`` at once (a part of their share).
+        self.refusals = Refusals(max_open=refusing)
         self.total = 0
         self._by_address: dict[str, dict[object, float]] = {}
 

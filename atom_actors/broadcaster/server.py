@@ -90,14 +90,15 @@ class Broadcaster:
         shares = DescriptorShares.now()
         self.max_subscribers = min(settings.ws_max_connections, shares.subscribers)
         # Fair shares: one session, one address (behind a trusted proxy, the forwarded one) may
-        # not take every slot, nor more than half of what the limit leaves.
+        # not take every slot, nor more than half of what the descriptor limit leaves them.
         self.max_per_session = min(settings.ws_max_per_session, self.max_subscribers)
-        self.max_per_address = min(settings.ws_max_per_address, max(1, self.max_subscribers // 2))
+        self.max_per_address = min(settings.ws_max_per_address, max(1, shares.subscribers // 2))
         self._by_session: dict[str, int] = {}
         self._by_address: dict[str, int] = {}
         # A trusted proxy's connections are everyone's: only the total bound applies to them.
         self.pending = PendingHandshakes(min(settings.ws_max_connections, shares.handshakes),
-                                         exempt=self.addresses.is_proxy)
+                                         exempt=self.addresses.is_proxy,
+                                         refusing=min(64, max(4, shares.handshakes // 2)))
         self._subscribers: set[Subscriber] = set()
         self._stopping = trio.Event()
         self._hello_heads: dict[tuple[int, str], str] = {}
