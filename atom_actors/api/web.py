@@ -27,11 +27,12 @@ from ..errors import (BackendUnavailable, BodyNotJSON, OperatorTokenInvalid, Ope
                       RequestInvalid, RoleRequired, UnknownAgent, UnknownSphere)
 from ..metrics import Counted, Metrics
 from ..operators import Operator, Operators
+from ..peers import ClientAddresses
 from ..safeguard import BriseCircuit
 from ..sessions import SessionService
 from ..store import EventRecord, Store
 from .cors import CorsPolicy
-from .ratelimit import TokenBuckets
+from .ratelimit import SessionLimits
 from .schemas import ErrorBody, ValidationErrorBody
 
 if TYPE_CHECKING:
@@ -76,11 +77,12 @@ class ApiInput:
 @dataclass
 class Api:
     """What the routes use: the :class:`ApiInput`, and this app's own CORS policy, rate-limit
-    buckets and caches."""
+    buckets, rule for client addresses and caches."""
 
     input: ApiInput
     cors: CorsPolicy
-    buckets: TokenBuckets
+    buckets: SessionLimits
+    addresses: ClientAddresses = field(default_factory=lambda: ClientAddresses(0))
     clock: WallClock = field(default_factory=WallClock)
     settled_at: float = -math.inf   # this API's last command has reached the swarm by then
     _agents_cache: tuple[float, dict[tuple, bytes]] = field(default_factory=lambda: (-math.inf, {}))
