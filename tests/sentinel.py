@@ -290,6 +290,17 @@ class SentinelCluster:
                 return None
         return self._wait(promoted, f"a failover away from {old}", timeout_s)
 
+    def wait_demoted(self, node: Node, timeout_s: float = WAIT_S) -> None:
+        """Wait until ``node`` (an old primary left running) replicates the new primary."""
+        def demoted() -> bool:
+            try:
+                with node.client(0.5) as c:
+                    info = c.info("replication")
+            except redis.RedisError:
+                return False
+            return info.get("role") == "slave" and info.get("master_link_status") == "up"
+        self._wait(demoted, f"{node} to replicate the new primary", timeout_s)
+
     def wait_healthy(self, timeout_s: float = WAIT_S) -> None:
         self._wait(self._healthy, "the sentinel deployment to be healthy", timeout_s)
 
@@ -298,6 +309,9 @@ class SentinelCluster:
 
     async def afailover(self, old: Node, timeout_s: float = WAIT_S) -> Node:
         return await trio.to_thread.run_sync(self.failover, old, timeout_s)
+
+    async def await_demoted(self, node: Node, timeout_s: float = WAIT_S) -> None:
+        await trio.to_thread.run_sync(self.wait_demoted, node, timeout_s)
 
     async def await_healthy(self, timeout_s: float = WAIT_S) -> None:
         await trio.to_thread.run_sync(self.wait_healthy, timeout_s)
