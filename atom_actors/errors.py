@@ -21,6 +21,7 @@ The tree::
     │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
     ├── HostNotAllowed           a Host header not on ALLOWED_HOSTS, REST or WebSocket (400)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
+    │   └── CommandUnconfirmed   a command's write was not confirmed (REDIS_MIN_ACKS): outcome unknown
     ├── StreamRefused            a WebSocket handshake on WS_PORT was refused with an HTTP status
     │   ├── StreamNotFound       another path than /ws/swarm (404)
     │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
@@ -267,6 +268,19 @@ class BackendUnavailable(AtomError):
         super().__init__(f"{_PUBLIC_BACKEND_NAMES.get(backend, backend)} is unavailable")
         self.backend = backend
         self.reason = why
+        self.args = (f"{self.detail}: {why}",)
+
+
+class CommandUnconfirmed(BackendUnavailable):
+    """Raised when a command's entry in the command stream could not be confirmed: Redis did not
+    answer the write, or fewer than REDIS_MIN_ACKS replicas acknowledged it in time. It may have
+    been written (and will then be applied), or not: the client may retry it with the same
+    ``Idempotency-Key``, which applies it at most once."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("redis", why)
+        self.detail = ("the command's write could not be confirmed, so its outcome is unknown; "
+                       "it may be retried with the same Idempotency-Key, which applies it at most once")
         self.args = (f"{self.detail}: {why}",)
 
 

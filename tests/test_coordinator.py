@@ -191,3 +191,58 @@ async def test_a_burst_of_calls_waits_for_a_few_connections_and_every_one_is_ans
         info = await trio.to_thread.run_sync(
             lambda: redis.Redis.from_url(redis_server.url).info("clients"))
         assert info["connected_clients"] <= POOL_MAX + 1      # + the one asking
+
+
+# -- REDIS_MIN_ACKS: a command's entry acknowledged by replicas (a Sentinel deployment) ----------
+
+async def stream_length(node, key: str) -> int:
+    return await trio.to_thread.run_sync(lambda: node.client().xlen(key))
+
+
+async def test_a_command_returns_once_a_replica_has_its_entry(nursery, sentinel_cluster):
+    coordinator = await nursery.start(RedisCoordinator(
+        sentinel_cluster.url, summaries=False, revocations=False, min_acks=2).run)
+    with trio.fail_after(10):
+        entry = await coordinator.add_command({"kind": "regroup", "command_id": "c1"})
+    for replica in sentinel_cluster.replicas:     # both have it, the moment add_command returned
+        with replica.client() as c:
+            assert [e[0].decode() for e in c.xrange(coordinator.keys.commands)] == [entry]
+
+
+async def test_a_replica_that_stops_acknowledging_makes_commands_unconfirmed_within_the_bound(
+        nursery, sentinel_cluster):
+    """REDIS_MIN_ACKS=2 and one replica hung (SIGSTOP): every command is CommandUnconfirmed (503,
+    outcome unknown) within WAIT's bound; none returns as if accepted. The entries are in the
+    primary's stream all the same (WAIT does not undo a write): hence "unknown"."""
+    from atom_actors.errors import CommandUnconfirmed
+
+    coordinator = await nursery.start(RedisCoordinator(
+        sentinel_cluster.url, summaries=False, revocations=False, min_acks=2).run)
+    with trio.fail_after(10):
+        await coordinator.ping()
+    hung = sentinel_cluster.replicas[0]
+    hung.pause()
+    try:
+        for i in range(5):
+            started = trio.current_time()
+            with pytest.raises(CommandUnconfirmed) as caught:
+                await coordinator.add_command({"kind": "regroup", "command_id": f"u{i}"})
+            took = trio.current_time() - started
+            assert coordinator.ack_timeout_s <= took < coordinator.ack_timeout_s + 0.5
+            assert caught.value.status == 503 and caught.value.code == "backend_unavailable"
+            assert "outcome is unknown" in caught.value.detail
+            assert "Idempotency-Key" in caught.value.detail
+    finally:
+        hung.resume()
+    assert await stream_length(sentinel_cluster.primary, coordinator.keys.commands) == 5
+    with trio.fail_after(10):   # acknowledged again once the replica catches up
+        await coordinator.add_command({"kind": "regroup", "command_id": "ok"})
+
+
+async def test_a_command_while_redis_is_unreachable_is_unconfirmed(nursery):
+    from atom_actors.errors import CommandUnconfirmed
+
+    coordinator = await nursery.start(RedisCoordinator(
+        f"redis://127.0.0.1:{free_port()}/0", summaries=False, revocations=False).run)
+    with trio.fail_after(5), pytest.raises(CommandUnconfirmed):
+        await coordinator.add_command({"kind": "regroup", "command_id": "x"})

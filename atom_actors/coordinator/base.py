@@ -94,7 +94,9 @@ class Coordinator(abc.ABC):
 
     @abc.abstractmethod
     async def add_command(self, command: dict) -> str:
-        """Append a command; once this returns, the command will be applied (exactly once)."""
+        """Append a command; once this returns, the command will be applied (exactly once).
+        Raises :class:`~atom_actors.errors.CommandUnconfirmed` when that cannot be told (the
+        write unanswered, or not acknowledged by REDIS_MIN_ACKS replicas)."""
 
     async def ensure_group(self) -> None:
         """Make the engines' consumer group if it is missing (after a Redis restart)."""

@@ -35,6 +35,7 @@ from typing import Any
 import redis.exceptions
 import trio
 
+from ..errors import BackendUnavailable, CommandUnconfirmed
 from ..redislink import OnRedis, RedisLink
 from ..store import SessionRecord
 from .base import RESYNC, Coordinator, Entry
@@ -42,6 +43,7 @@ from .base import RESYNC, Coordinator, Entry
 log = logging.getLogger("atom_actors.coordinator")
 
 TIMEOUT_S = 1.0           # socket timeout of every call; connecting gets half of it
+ACK_TIMEOUT_S = 0.5       # WAIT's own bound on replicas' acknowledgements (within TIMEOUT_S)
 RETRY_S = 0.2             # after a failure, the subscription tries again this soon
 GROUP = "engine"
 APPLIED_KEEP_MS = 3_600_000
@@ -118,17 +120,22 @@ class RedisCoordinator(OnRedis, Coordinator):
     """The :class:`~atom_actors.coordinator.base.Coordinator` on Redis.
 
     ``summaries`` / ``revocations``: whether this process subscribes to them (a process without
-    the engine mirrors the summaries; a ws process watches revocations).
+    the engine mirrors the summaries; a ws process watches revocations). ``min_acks``
+    (REDIS_MIN_ACKS): replicas that must acknowledge a command's entry before
+    :meth:`add_command` returns.
     """
 
     name = "redis"
 
     def __init__(self, url: str, *, namespace: str = "atom", summaries: bool = True,
-                 revocations: bool = True, timeout_s: float = TIMEOUT_S) -> None:
+                 revocations: bool = True, timeout_s: float = TIMEOUT_S,
+                 min_acks: int = 0) -> None:
         super().__init__()
         self.url = url
         self.keys = Keys(namespace)
         self.timeout_s = timeout_s
+        self.min_acks = min_acks
+        self.ack_timeout_s = min(ACK_TIMEOUT_S, timeout_s / 2)
         self.instance = uuid.uuid4().hex[:12]
         self._channels = [k for k, on in ((self.keys.summary, summaries),
                                           (self.keys.revoked, revocations)) if on]
@@ -188,7 +195,22 @@ class RedisCoordinator(OnRedis, Coordinator):
     # -- commands and checkpoints -----------------------------------------------------------------
 
     async def add_command(self, command: dict) -> str:
-        return await self.link.call(_aio_xadd, self.keys.commands, json.dumps(command).encode())
+        """XADD, then (``min_acks`` > 0) WAIT on the same connection for that many replicas,
+        bounded by ``ack_timeout_s``. Raises CommandUnconfirmed when Redis does not answer or
+        too few replicas acknowledge: the entry may or may not be in the stream (Redis's WAIT
+        does not undo a write), and an entry written is applied, once."""
+        data = json.dumps(command).encode()
+        try:
+            if not self.min_acks:
+                return await self.link.call(_aio_xadd, self.keys.commands, data)
+            entry, acks = await self.link.call(_aio_xadd_wait, self.keys.commands, data,
+                                               self.min_acks, int(self.ack_timeout_s * 1000))
+        except BackendUnavailable as exc:
+            raise CommandUnconfirmed(exc.reason) from None
+        if acks < self.min_acks:
+            raise CommandUnconfirmed(f"{acks} of {self.min_acks} replicas acknowledged within "
+                                     f"{self.ack_timeout_s:g} s")
+        return entry
 
     async def ensure_group(self) -> None:
         await self.link.call(_aio_group, self.keys.commands, GROUP)
@@ -315,6 +337,16 @@ async def _aio_set_nx(client: Any, key: str, value: str, ttl_ms: int) -> bool:
 
 async def _aio_xadd(client: Any, stream: str, data: bytes) -> str:
     return (await client.xadd(stream, {"c": data})).decode()
+
+
+async def _aio_xadd_wait(client: Any, stream: str, data: bytes, acks: int,
+                         timeout_ms: int) -> tuple[str, int]:
+    # One pipeline is one connection: WAIT counts the replicas that have this very write.
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xadd(stream, {"c": data})
+        pipe.execute_command("WAIT", acks, timeout_ms)
+        entry, acknowledged = await pipe.execute()
+    return entry.decode(), int(acknowledged)
 
 
 async def _aio_group(client: Any, stream: str, group: str) -> None:
