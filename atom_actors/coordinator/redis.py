@@ -14,10 +14,14 @@ What it keeps, under a namespace (``atom`` unless told otherwise)::
     atom:sessions:revoked   pub/sub   the id of each session revoked
     atom:safeguard          hash      the Brise-Circuit's state (JSON) and its version
     atom:subscribers:<id>   key       a ws process's subscriber count, expiring
+    atom:idempotency:<id>   hash      an Idempotency-Key's record (its id: a hash of the caller's
+                                      scope and the key): fingerprint, command id, held until,
+                                      the answer; expiring 10 minutes after it was made
 
 Atomic steps are Lua scripts: the checkpoint (state + acknowledgements + applied ids + summary,
 only while the caller holds the lease), the lease's renewal and release, a revocation (flag +
-publish), and the Brise-Circuit's compare-and-swap.
+publish), the Brise-Circuit's compare-and-swap, and an Idempotency-Key record's claim, answer
+and release (holds timed by Redis's own clock, the same for every API process).
 
 Every call is bounded: a refused, dropped or silent connection raises
 :class:`~atom_actors.errors.BackendUnavailable` at once or within ``timeout_s``, never a hang.
@@ -38,7 +42,7 @@ import trio
 from ..errors import BackendUnavailable, CommandUnconfirmed
 from ..redislink import OnRedis, RedisLink
 from ..store import SessionRecord
-from .base import RESYNC, Coordinator, Entry
+from .base import RESYNC, Claim, Coordinator, Entry
 
 log = logging.getLogger("atom_actors.coordinator")
 
@@ -102,8 +106,47 @@ return 1
 """
 
 
+# An Idempotency-Key record: claim (ARGV: fingerprint, command id, ttl ms, hold ms). Replies
+# {state, command id, status, body}; the states are base.RUN, MISMATCH, REPLAY and BUSY.
+_IDEM_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('HMGET', KEYS[1], 'fp', 'cid', 'hold', 'status', 'body')
+if not r[1] then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'cid', ARGV[2], 'hold', now + tonumber(ARGV[4]))
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'run', ARGV[2]}
+end
+if r[1] ~= ARGV[1] then return {'mismatch', ''} end
+if r[4] then return {'replay', r[2], r[4], r[5]} end
+if tonumber(r[3]) > now then return {'busy', r[2]} end
+redis.call('HSET', KEYS[1], 'hold', now + tonumber(ARGV[4]))
+return {'run', r[2]}
+"""
+
+# Keep an answer unless one is kept (ARGV: fingerprint, command id, status, body, ttl ms).
+_IDEM_ANSWER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'cid', ARGV[2], 'hold', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+if not redis.call('HGET', KEYS[1], 'status') then
+  redis.call('HSET', KEYS[1], 'status', ARGV[3], 'body', ARGV[4])
+end
+return redis.call('HMGET', KEYS[1], 'cid', 'status', 'body')
+"""
+
+_IDEM_RELEASE = """
+if redis.call('HEXISTS', KEYS[1], 'status') == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'hold', 0)
+end
+return 1
+"""
+
+
 class Keys:
     def __init__(self, namespace: str) -> None:
+        self.idempotency = f"{namespace}:idempotency:"  # + the record's id
         self.summary = f"{namespace}:summary"
         self.commands = f"{namespace}:commands"
         self.lease = f"{namespace}:engine:lease"
@@ -141,7 +184,9 @@ class RedisCoordinator(OnRedis, Coordinator):
                                           (self.keys.revoked, revocations)) if on]
         self.link = RedisLink(url, name="coordinator", timeout_s=timeout_s, log=log,
                               scripts={"checkpoint": _CHECKPOINT, "renew": _RENEW,
-                                       "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP})
+                                       "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP,
+                                       "idem_claim": _IDEM_CLAIM, "idem_answer": _IDEM_ANSWER,
+                                       "idem_release": _IDEM_RELEASE})
         self.subscribed = trio.Event()     # set each time the subscription is (re)established
         self._subscriptions = 0
 
@@ -279,6 +324,28 @@ class RedisCoordinator(OnRedis, Coordinator):
     async def swap_breaker(self, version: int, data: bytes) -> bool:
         done = await self.link.script("swap", [self.keys.safeguard], [version, data])
         return bool(done)
+
+    # -- Idempotency-Key records ----------------------------------------------------------------------
+
+    async def idempotency_claim(self, record: str, fingerprint: str, command_id: str,
+                                ttl_s: float, hold_s: float) -> Claim:
+        reply = await self.link.script("idem_claim", [self.keys.idempotency + record],
+                                       [fingerprint, command_id, int(ttl_s * 1000),
+                                        int(hold_s * 1000)])
+        state, claimed = reply[0].decode(), reply[1].decode()
+        if len(reply) == 4:
+            return Claim(state, claimed, int(reply[2]), bytes(reply[3]))
+        return Claim(state, claimed)
+
+    async def idempotency_answer(self, record: str, fingerprint: str, command_id: str,
+                                 status: int, body: bytes, ttl_s: float) -> Claim:
+        claimed, kept, kept_body = await self.link.script(
+            "idem_answer", [self.keys.idempotency + record],
+            [fingerprint, command_id, status, body, int(ttl_s * 1000)])
+        return Claim("replay", claimed.decode(), int(kept), bytes(kept_body))
+
+    async def idempotency_release(self, record: str) -> None:
+        await self.link.script("idem_release", [self.keys.idempotency + record], [])
 
     # -- presence -------------------------------------------------------------------------------------
 
