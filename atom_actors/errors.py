@@ -18,7 +18,10 @@ The tree::
     ├── RequestError             a request the API cannot read
     │   ├── BodyNotJSON          the body is not JSON (400)
     │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
-    │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
+    │   ├── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
+    │   ├── IdempotencyKeyInvalid   an Idempotency-Key that is not 1-128 printable characters (400)
+    │   ├── IdempotencyKeyReused    a key used again for another request (422)
+    │   └── IdempotencyKeyInUse     a key whose first request is still running (409 + Retry-After)
     ├── HostNotAllowed           a Host header not on ALLOWED_HOSTS, REST or WebSocket (400)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
     │   └── CommandUnconfirmed   a command's write was not confirmed (REDIS_MIN_ACKS): outcome unknown
@@ -238,6 +241,39 @@ class OriginRefused(RequestError):
     def __init__(self, origin: str) -> None:
         super().__init__(f"the origin {origin[:200]!r} is not allowed (CORS_ORIGINS)")
         self.origin = origin
+
+
+class IdempotencyKeyInvalid(RequestError):
+    """Raised when an ``Idempotency-Key`` header is empty, longer than 128 characters, or holds
+    anything but printable ASCII."""
+
+    code = "invalid_idempotency_key"
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key must be 1 to 128 printable ASCII characters")
+
+
+class IdempotencyKeyReused(RequestError):
+    """Raised when an ``Idempotency-Key`` comes back with another method, path or body than the
+    request it was first used for (within its 10 minutes)."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used for another request; use a new key")
+
+
+class IdempotencyKeyInUse(RequestError):
+    """Raised when a request comes with the ``Idempotency-Key`` of one still being carried out."""
+
+    code = "idempotency_key_in_use"
+    status = 409
+    retry_after_s = 1.0
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being carried out; "
+                         "retry in a moment to get its answer")
 
 
 class HostNotAllowed(AtomError):
