@@ -20,9 +20,10 @@ client asks the sentinels for the primary whenever it opens a connection (redis-
 * Lua scripts are not in a promoted replica's script cache: redis-py's ``Script`` loads the
   script again when EVALSHA answers NOSCRIPT (``redis.commands.core.AsyncScript``).
 
-Bounds, and why they are set here (redis-py #3874): redis-py 8's defaults retry a failed
+Bounds, and why they are set here: redis-py 8's defaults (its PR #4082) retry a failed
 connection ten times with backoff and wait 5 s for an answer, per sentinel asked, one sentinel
-after another — a call could stall for tens of seconds on a dead or hung host. Here the
+after another — a call could stall for tens of seconds on a dead or hung host (the stall
+redis-py #3874, still open, is about). Here the
 sentinels are asked with ``timeout_s`` (connecting: half of it) and no retry, the primary's
 connections retry once without backoff, and :class:`~atom_actors.aio.GuardedCalls` bounds the
 whole call at ``2 × timeout_s`` whatever the library does inside.
