@@ -22,8 +22,8 @@ client asks the sentinels for the primary whenever it opens a connection (redis-
 
 Bounds, and why they are set here: redis-py 8's defaults (its PR #4082) retry a failed
 connection ten times with backoff and wait 5 s for an answer, per sentinel asked, one sentinel
-after another — a call could stall for tens of seconds on a dead or hung host (the stall
-redis-py #3874, still open, is about). Here the
+after another — a call could stall for tens of seconds on a dead or hung host (issue 20 points
+at redis-py #3874 for such stalls). Here the
 sentinels are asked with ``timeout_s`` (connecting: half of it) and no retry, the primary's
 connections retry once without backoff, and :class:`~atom_actors.aio.GuardedCalls` bounds the
 whole call at ``2 × timeout_s`` whatever the library does inside.
