@@ -20,7 +20,7 @@ The tree::
     │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
     │   ├── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
     │   ├── IdempotencyKeyInvalid   an Idempotency-Key that is not 1-128 printable characters (400)
-    │   ├── IdempotencyKeyReused    a key used again for another request (422)
+    │   ├── IdempotencyKeyReused    a key used again for another request (409)
     │   └── IdempotencyKeyInUse     a key whose first request is still running (409 + Retry-After)
     ├── HostNotAllowed           a Host header not on ALLOWED_HOSTS, REST or WebSocket (400)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
@@ -255,10 +255,11 @@ class IdempotencyKeyInvalid(RequestError):
 
 class IdempotencyKeyReused(RequestError):
     """Raised when an ``Idempotency-Key`` comes back with another method, path or body than the
-    request it was first used for (within its 10 minutes)."""
+    request it was first used for (within its 10 minutes). A 409: the request itself is valid
+    (a 422 names bad fields), it conflicts with what the key already stands for."""
 
     code = "idempotency_key_reused"
-    status = 422
+    status = 409
 
     def __init__(self) -> None:
         super().__init__("this Idempotency-Key was used for another request; use a new key")

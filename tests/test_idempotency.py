@@ -79,8 +79,8 @@ async def test_a_key_used_again_for_another_request_is_refused(autojump_clock, a
     assert (await c.post("/api/v1/swarm/disperse", json={"level": "partial"},
                          headers=headers)).status_code == 202
     assert_error(await c.post("/api/v1/swarm/disperse", json={"level": "total"}, headers=headers),
-                 422, "idempotency_key_reused")
-    assert_error(await c.post("/api/v1/swarm/regroup", headers=headers), 422,
+                 409, "idempotency_key_reused")
+    assert_error(await c.post("/api/v1/swarm/regroup", headers=headers), 409,
                  "idempotency_key_reused")
 
 

@@ -167,6 +167,13 @@ RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying",
                                "schema": {"type": "integer", "minimum": 1}}}
 
 
+IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "the same key from the same caller within 10 minutes gets the first answer "
+                   "again and the command is applied at most once",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"}}
+
+
 class ContractOpenAPI(OpenAPIProvider):
     """quart-schema's document, completed with what its decorators cannot say: response headers
     (Retry-After, X-Sceau-Session), the 204 of a revocation, bodies that are required, and SCEAU_DURATION as the least
@@ -185,6 +192,8 @@ class ContractOpenAPI(OpenAPIProvider):
                 for status in ("409", "423", "429", 409, 423, 429):
                     if status in responses:
                         responses[status]["headers"] = RETRY_AFTER
+                if 409 in responses or "409" in responses:   # the idempotent routes (web.idempotent)
+                    op.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
                 if path.endswith("/sceau/activate") and 201 in responses:
                     responses[201]["headers"] = {SESSION_HEADER: {
                         "description": "the session token", "schema": {"type": "string"}}}

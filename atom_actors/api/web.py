@@ -151,7 +151,7 @@ def api() -> Api:
 def idempotent(func: F) -> F:
     """``Idempotency-Key`` on this (O) POST or PUT route (``api/idempotency.py``), its records
     in the API's coordinator; below ``json_body`` and the caller's check."""
-    document_errors(400, 409, 422)(func)
+    document_errors(400, 409)(func)
     return idempotency.idempotent(lambda: api().keys)(func)
 
 
