@@ -14,6 +14,11 @@ The tree::
     │   ├── SceauTooShort        the touch was shorter than SCEAU_DURATION (400)
     │   ├── SessionRequired      no X-Sceau-Session (401)
     │   └── SessionInvalid       unknown, expired, revoked or tampered token (401)
+    ├── OperatorError            an (O) endpoint's caller is not an operator with the right (§2.3)
+    │   ├── OperatorTokenRequired    no bearer token (401 + WWW-Authenticate: Bearer)
+    │   ├── OperatorTokenInvalid     a token that does not verify (401 + WWW-Authenticate)
+    │   ├── RoleRequired             a good token without the role (403)
+    │   └── MfaRequired              a reset below SAFEGUARD_RESET_AAL (403)
     ├── RateLimited              too many session creations from one address (429 + Retry-After)
     ├── RequestError             a request the API cannot read
     │   ├── BodyNotJSON          the body is not JSON (400)
@@ -192,6 +197,56 @@ class SessionInvalid(SessionError):
         super().__init__(f"the Sceau session is invalid: {why}")
 
 
+class OperatorError(AtomError):
+    """Base of the refusals of an operator's request (CONTRACT §2.3). Their details say what is
+    wrong with the token, never what it holds: no claim of it reaches an answer or a log."""
+
+    status = 401
+
+
+class OperatorTokenRequired(OperatorError):
+    """Raised when an (O) endpoint is called without ``Authorization: Bearer <token>``."""
+
+    code = "operator_token_required"
+
+    def __init__(self) -> None:
+        super().__init__("this endpoint is for operators: send Authorization: Bearer <access token>")
+
+
+class OperatorTokenInvalid(OperatorError):
+    """Raised when a bearer token does not verify: signature, key, algorithm, time, issuer or
+    audience; ``why`` says which, in words of our own."""
+
+    code = "operator_token_invalid"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the operator token is not accepted: {why}")
+        self.why = why
+
+
+class RoleRequired(OperatorError):
+    """Raised when a verified token does not carry the role an endpoint needs."""
+
+    code = "role_required"
+    status = 403
+
+    def __init__(self, role: str) -> None:
+        super().__init__(f"this needs the role {role!r}, which the token does not carry")
+        self.role = role
+
+
+class MfaRequired(OperatorError):
+    """Raised when a reset of the Brise-Circuit needs a token from a multi-factor sign-in
+    (SAFEGUARD_RESET_AAL=aal2) and the token's ``aal`` is below it."""
+
+    code = "mfa_required"
+    status = 403
+
+    def __init__(self, needed: str) -> None:
+        super().__init__(f"resetting the Brise-Circuit needs a multi-factor sign-in ({needed})")
+        self.needed = needed
+
+
 class RateLimited(AtomError):
     """Raised when one address opens sessions faster than the token bucket allows."""
 
@@ -290,7 +345,8 @@ class HostNotAllowed(AtomError):
         self.host = host
 
 
-_PUBLIC_BACKEND_NAMES = {"postgresql": "the database", "redis": "redis"}
+_PUBLIC_BACKEND_NAMES = {"postgresql": "the database", "redis": "redis",
+                         "issuer": "the operators' identity provider"}
 
 
 class BackendUnavailable(AtomError):

@@ -18,6 +18,7 @@ import trio
 from atom_actors.coordinator.redis import RedisCoordinator
 from atom_actors.protocol import decode_binary
 
+from .operators import bearer
 from .servers import atom_env
 from .test_broadcaster import open_websocket_url
 from .test_roles import is_frame, url_in
@@ -26,10 +27,11 @@ KEY = "Idempotency-Key"
 
 
 async def operator_headers(http: httpx.AsyncClient) -> dict[str, str]:
-    """What a caller allowed to send commands presents (the one place that says how)."""
+    """What an operator allowed to send commands presents (the one place that says how), and a
+    Sceau session for the stream."""
     r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
     assert r.status_code == 201, r.text
-    return {"X-Sceau-Session": r.json()["session"]}
+    return {"X-Sceau-Session": r.json()["session"], **bearer()}
 
 
 async def start_role(atom_processes, role: str, env: dict[str, str]) -> str:

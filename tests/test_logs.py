@@ -19,7 +19,8 @@ from atom_actors import app, logs
 from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
 from atom_actors.sessions import token_hash
-from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, UA_MARK, Seen, client_address,
+from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, OPERATOR_PHONE, OPERATOR_SUBJECT,
+                                UA_MARK, Seen, client_address,
                                 running_atom, scenario)
 from tests.conftest import make_settings
 from tests.servers import sql
@@ -251,7 +252,11 @@ def forbidden(seen: Seen) -> dict[str, bytes]:
     """What identifies the person of the scenario, as it could appear in any output."""
     return {"client address": CLIENT_HOST.encode(), "token": seen.token.encode(),
             "token hash": token_hash(seen.token).encode(), "user agent": UA_MARK.encode(),
-            "forwarded address": FORWARDED_FOR.encode()}
+            "forwarded address": FORWARDED_FOR.encode(),
+            "operator token": seen.operator_token.encode(),
+            "operator subject": OPERATOR_SUBJECT.encode(),     # also in the e-mail: <sub>@…
+            "operator phone": OPERATOR_PHONE.encode(),
+            "operator session_id": seen.operator_session_id.encode()}
 
 
 async def database_rows(url: str) -> dict[str, list[str]]:

@@ -3,7 +3,7 @@
 Every error leaves as ``{"error": code, "detail": sentence}`` JSON (CONTRACT.md §2):
 
 * an :class:`~atom_actors.errors.AtomError` by its ``code`` and ``status`` (422 adds ``fields``;
-  423 and 429 add ``Retry-After``);
+  423 and 429 add ``Retry-After``; an operator's 401 adds ``WWW-Authenticate: Bearer``);
 * an HTTP error of the framework (404 unknown route, 405 wrong method, 413 body too large) by
   its status;
 * anything else as 500 ``internal_error``, logged here, with no traceback to the client.
@@ -22,15 +22,16 @@ from quart_schema import Info, OpenAPIProvider, QuartSchema
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from ..errors import (AtomError, CommandError, HostNotAllowed, IdempotencyKeyInUse,
-                      OriginRefused, RateLimited, RequestInvalid, SafeguardOpen)
+from ..errors import (AtomError, CommandError, HostNotAllowed, IdempotencyKeyInUse, OperatorError,
+                      OperatorTokenInvalid, OriginRefused, RateLimited, RequestInvalid,
+                      SafeguardOpen)
 from ..logs import client_text
 from ..origins import OriginPolicy
 from .cors import CorsPolicy
 from .ratelimit import TokenBuckets
 from .routes import BLUEPRINTS
 from .routes.swarm import catalog_blueprint
-from .web import SESSION_HEADER, Api, ApiInput, api, no_content
+from .web import BEARER_SCHEME, SCEAU_SCHEME, SESSION_HEADER, Api, ApiInput, api, no_content
 
 log = logging.getLogger("atom_actors.api")
 
@@ -56,8 +57,11 @@ def create_app(parts: ApiInput) -> QuartTrio:
                                description=DESCRIPTION),
                 openapi_provider_class=ContractOpenAPI, swagger_ui_path=None,
                 redoc_ui_path=None, scalar_ui_path=None,
-                security_schemes={"sceau": {"type": "apiKey", "in_": "header",
-                                            "name": SESSION_HEADER}})
+                security_schemes={
+                    # A viewer's Sceau session (POST /sceau/activate).
+                    SCEAU_SCHEME: {"type": "apiKey", "in_": "header", "name": SESSION_HEADER},
+                    # An operator's access token from the deployment's identity provider (§2.3).
+                    BEARER_SCHEME: {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}})
     for blueprint in (*BLUEPRINTS, catalog_blueprint(settings.catalog, settings.frequency)):
         app.register_blueprint(blueprint)
     app.before_request(_cors_gate)
@@ -113,6 +117,11 @@ async def _atom_error(exc: AtomError) -> Response:
     response = error_response(exc.status, exc.code, exc.detail, **extra)
     if isinstance(exc, SafeguardOpen | RateLimited | IdempotencyKeyInUse):
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, OperatorError) and exc.status == 401:
+        # RFC 6750 §3: a 401 names the scheme; a token that was sent and refused is invalid_token.
+        response.headers["WWW-Authenticate"] = (
+            'Bearer realm="atom", error="invalid_token"' if isinstance(exc, OperatorTokenInvalid)
+            else 'Bearer realm="atom"')
     if exc.status >= 500:
         # str(exc): the whole story (a backend's address, its driver's message), for the log only.
         log.error("%s %s answered %d %s: %s", client_text(request.method), _rule(), exc.status,
