@@ -11,7 +11,7 @@ from quart_schema import document_response, tag
 from ...errors import MfaRequired
 from ...operators import GUARDIAN
 from ..schemas import ResetPending, SafeguardStatus
-from ..web import api, caller, requires_role, requires_session
+from ..web import api, caller, idempotent, requires_role, requires_session
 
 bp = Blueprint("safeguard", __name__, url_prefix="/api/v1/safeguard")
 
@@ -30,6 +30,7 @@ async def status() -> Any:
 @bp.post("/reset")
 @tag(["safeguard"])
 @requires_role(GUARDIAN)
+@idempotent
 @document_response(ResetPending, 202)
 @document_response(SafeguardStatus)
 async def reset() -> Any:
