@@ -545,6 +545,11 @@ def test_the_operator_link_shows_the_controls_and_a_dispersal_works(server, new_
     assert "operator=" not in page.evaluate("location.href") and "operator=" not in page.url
     assert holds_operator_token(page, secret)
     shot(page, "operator-signed-in")
+    # Every control within the column, none cut off at its right edge.
+    side = page.locator("#side").bounding_box()
+    for selector in ("[data-level=sectoral]", "#retune", "#reset", "#operator-signout"):
+        box = page.locator(selector).bounding_box()
+        assert side["x"] <= box["x"] and box["x"] + box["width"] <= side["x"] + side["width"], selector
 
     page.click("[data-level=partial]")
     page.wait_for_function("() => atomViewer.stats().dispersed === 70")
