@@ -611,13 +611,13 @@ def test_an_expired_token_says_so(signed_server, new_page):
     shot(page, "operator-expired")
 
     # Pasted: a good token signs in; then one about to expire is said to have expired when it does.
-    page.fill("#operator-token", token(("operator",), ttl_s=3))
+    page.fill("#operator-token", token(("operator",), ttl_s=5))
     page.click("#operator-signin-button")
     expect(page.locator("#commands")).to_be_visible()
     expect(message).to_be_hidden()
     expect(page.locator("#operator-roles .role")).to_have_text(["operator"])
     expect(page.locator("#guardian")).to_be_hidden()
-    expect(message).to_contain_text("Your operator token expired at", timeout=8000)
+    expect(message).to_contain_text("Your operator token expired at", timeout=10_000)
     expect(page.locator("#commands")).to_be_hidden()
     expect(page.locator("#operator-signin")).to_be_visible()
 
