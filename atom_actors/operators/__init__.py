@@ -34,10 +34,12 @@ class Operators:
     then :meth:`identify` each bearer token. Each process verifies on its own, with its own keys.
     """
 
-    def __init__(self, settings: Settings, *, clock: WallClock | None = None) -> None:
+    def __init__(self, settings: Settings, *, clock: WallClock | None = None,
+                 jwks: JwksKeys | None = None) -> None:
         self.policy = Policy.from_settings(settings)
         self.secret = settings.operator_jwt_secret.encode() or None
-        self.jwks = JwksKeys(settings.jwks_url) if settings.jwks_url else None
+        # ``jwks``: the keys' fetcher, when not the settings' own (tests tune its bounds).
+        self.jwks = jwks or (JwksKeys(settings.jwks_url) if settings.jwks_url else None)
         self.clock = clock or WallClock()
 
     @property
