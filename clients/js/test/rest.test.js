@@ -121,7 +121,7 @@ test("operator(): disperse, regroup, retune, reset and audit with a bearer token
     const both = operator(atom.api, mint(["operator", "guardian"]));
     const dispersed = await both.disperse("partial", { idempotencyKey: "first" });
     assert.deepEqual([dispersed.level, dispersed.dispersed], ["partial", 70]);
-    // (The Idempotency-Key header is sent; the server does not replay answers yet: no assertion.)
+    assert.deepEqual(await both.disperse("partial", { idempotencyKey: "first" }), dispersed, "the same key, the same answer");
     const sphere = await both.disperse("sectoral", { sphere: "transport" });
     assert.deepEqual([sphere.sphere, sphere.dispersed], ["transport", 25]);
     const agent = await both.retune(3, 440);
