@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from playwright.sync_api import sync_playwright
 
+from tests.operators import OPERATOR_SECRET, bearer
 from tests.servers import free_port, skip
 from tests.test_viewer import CHROMIUM, CHROMIUM_ARGS, atom_serve
 
@@ -93,15 +94,6 @@ def press(page, seconds: float = PRESS_S) -> None:
     page.mouse.up()
 
 
-def operator_headers(log: list[str], session: str) -> dict[str, str]:
-    """An operator's credentials: the embedded default's token (issue 19) when the server printed
-    one, else the Sceau session (a build where commands still take it)."""
-    for line in log:
-        if "#operator=" in line:
-            return {"Authorization": f"Bearer {line.split('#operator=', 1)[1].split()[0]}"}
-    return {"X-Sceau-Session": session}
-
-
 def post(api: str, path: str, body: dict, headers: dict[str, str]) -> int:
     request = urllib.request.Request(api + path, data=json.dumps(body).encode(), method="POST",
                                      headers={"Content-Type": "application/json", **headers})
@@ -119,7 +111,7 @@ def test_the_react_three_example_built_and_run_in_chromium(tmp_path):
     origin = f"http://127.0.0.1:{static_port}"
     ports = {"API_PORT": str(free_port()), "WS_PORT": str(free_port())}
     settings = {**ports, "CORS_ORIGINS": json.dumps([origin]), "DISPERSAL_DWELL_S": "30",
-                "SECRET_KEY": "k" * 40}
+                "SECRET_KEY": "k" * 40, "OPERATOR_JWT_SECRET": OPERATOR_SECRET}
     static = serve_dist(static_port)
     errors: list[str] = []
     try:
@@ -153,8 +145,7 @@ def test_the_react_three_example_built_and_run_in_chromium(tmp_path):
                 fps = page.evaluate("window.atomExample.renderFps")
 
                 # A dispersal shows: the agents fly out, and the page counts them.
-                headers = operator_headers(atom.log, atom.open_session()["token"])
-                assert post(atom.api, "/api/v1/swarm/disperse", {"level": "total"}, headers) == 202
+                assert post(atom.api, "/api/v1/swarm/disperse", {"level": "total"}, bearer()) == 202
                 page.wait_for_function("window.atomExample.dispersed >= 300")
                 time.sleep(2.0)
                 out = canvas_shot(page, "3-dispersed")
