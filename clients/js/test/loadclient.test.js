@@ -27,7 +27,7 @@ test("fps, gaps, latency and bytes of a delta stream; reconnects through a serve
   const ports = { API_PORT: String(await freePort()), WS_PORT: String(await freePort()) };
   let atom = await startAtom({ ...ports, WS_REQUIRE_SESSION: "false" });
   try {
-    const run = load(`${atom.ws}?encoding=delta&fps=30`, ["--clients", "4", "--seconds", "6",
+    const run = load(`${atom.ws}?encoding=delta&fps=30`, ["--clients", "4", "--seconds", "12",
       "--ramp-ms", "100", "--warmup-ms", "300", "--backoff-ms", "100", "--backoff-max-ms", "300", "--report-every-s", "1"]);
     while (!run.lines.some((l) => l.startsWith("# window start"))) await new Promise((ok) => setTimeout(ok, 50));
     await new Promise((ok) => setTimeout(ok, 1000));
@@ -37,7 +37,7 @@ test("fps, gaps, latency and bytes of a delta stream; reconnects through a serve
     const result = JSON.parse(run.lines.at(-1));
     assert.equal(result.connected, 4, run.out);
     assert.equal(result.encoding, "delta");
-    assert.ok(result.fps_mean > 10 && result.fps_mean <= 31, run.out);
+    assert.ok(result.fps_mean > 5 && result.fps_mean <= 31, run.out);
     assert.ok(result.bytes_per_frame > 100 && result.bytes_per_frame < 2200, run.out);
     assert.ok(result.wire_bytes_per_frame >= result.bytes_per_frame, run.out);
     assert.ok(result.lat_samples > 0 && result.lat_p50_ms !== null, run.out);
@@ -45,6 +45,7 @@ test("fps, gaps, latency and bytes of a delta stream; reconnects through a serve
     assert.ok(result.closes >= 4 && result.reconnects >= 4, run.out);
     assert.ok(result.keyframes >= 8, "a keyframe per connection");
     assert.equal(result.bad_frames, 0);
+    assert.ok(Object.keys(result.why).some((why) => why.includes("server shutting down")), JSON.stringify(result.why));
     assert.ok(run.lines.filter((l) => l.startsWith("# progress ")).length >= 4, run.out);
   } finally {
     await atom.stop();

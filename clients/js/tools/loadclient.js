@@ -69,7 +69,7 @@ class Histogram {
 const clients = [];
 let gaps = new Histogram(), lats = new Histogram();
 let measuring = false, ending = false, connectMs = null;
-const totals = { errors: 0, closes: 0, badFrames: 0, unauthorized: 0 };
+const totals = { errors: 0, closes: 0, badFrames: 0, unauthorized: 0, why: {} };
 
 function track() {
   const c = { client: null, msgs: 0, bytes: 0, wire: 0, last: 0, prevSeq: null, firstSeq: null, lastSeq: null,
@@ -119,6 +119,8 @@ function track() {
       if (!ending) {
         if (c.connected) totals.closes += 1;
         else totals.errors += 1;
+        const why = reason.replace(/\d+(\.\d+)?s?\b/g, "N").slice(0, 80);   // by kind, not by number
+        if (why in totals.why || Object.keys(totals.why).length < 8) totals.why[why] = (totals.why[why] || 0) + 1;
         if (reason.startsWith("undecodable frame")) totals.badFrames += 1;
       }
       c.connected = false;
@@ -152,7 +154,7 @@ function summary(inWindow, t0, cpu0) {
     lat_p50_ms: lats.pct(50), lat_p99_ms: lats.pct(99), lat_max_ms: lats.pct(100), lat_samples: lats.count,
     bytes_per_frame: msgs ? Math.round(bytes / msgs) : null, wire_bytes_per_frame: msgs ? Math.round(wire / msgs) : null,
     wire_mbytes_per_s: r2(wire / secs / 1e6),
-    errors: totals.errors, closes: totals.closes, bad_frames: totals.badFrames, unauthorized: totals.unauthorized,
+    errors: totals.errors, closes: totals.closes, why: totals.why, bad_frames: totals.badFrames, unauthorized: totals.unauthorized,
     reconnects: sum((c) => c.client.stats.reconnects), keyframes: sum((c) => c.client.stats.keyframes),
     client_cpu_cores: r2((cpu.user + cpu.system) / 1e6 / secs),
   };
