@@ -603,15 +603,18 @@ async def test_an_eof_waits_for_the_response_being_sent(autojump_clock, nursery)
             await accepted.send_eof()   # waits for the send: no BusyResourceError
         assert bytes(received) == payload   # whole, then EOF
 
-        # the other order: the EOF first, a send landing on its checkpoint
+        # the other order: the EOF starting, a send landing around its checkpoint (which task
+        # runs first is the scheduler's): sent before the EOF, or the broken stream, never busy
         client2 = await trio.open_tcp_stream("127.0.0.1", port)
         accepted2 = hyperworker._WatchedStream(await listeners[0].accept())
         async with trio.open_nursery() as tasks:
             tasks.start_soon(accepted2.send_eof)
             await trio.lowlevel.checkpoint()
-            with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)):
+            try:
                 await accepted2.send_all(b"late")
-        assert await until_closed(client2) == b""
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        assert await until_closed(client2) in (b"", b"late")
         for stream in (client, client2, accepted, accepted2):
             await stream.aclose()
     for listener in listeners:
