@@ -86,7 +86,10 @@ def start_server(clients: int) -> tuple[subprocess.Popen, str, str | None]:
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
     env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1",
                SAFEGUARD_MAX_COMMANDS="1000000", SAFEGUARD_MAX_TOTAL="1000000",
-               WS_MAX_CONNECTIONS=str(max(clients + 10, 500)))
+               WS_MAX_CONNECTIONS=str(max(clients + 10, 500)),
+               # one load client, one address (often one session): no fair share here (issue 24)
+               WS_MAX_PER_SESSION=str(max(clients + 10, 500)),
+               WS_MAX_PER_ADDRESS=str(max(clients + 10, 500)))
     python = ROOT / ".venv" / "bin" / "python"
     proc = subprocess.Popen([str(python if python.exists() else sys.executable), "-m",
                              "atom_actors", "serve"], cwd=tempfile.mkdtemp(), env=env,
