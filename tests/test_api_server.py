@@ -29,7 +29,7 @@ import trio.testing
 from trio_websocket import open_websocket_url
 
 from atom_actors import app as tree, logs
-from atom_actors.api import hyperworker, server
+from atom_actors.api import hyperworker, probes, server
 from atom_actors.api.app import create_app
 
 from .atom_process import ATOM, atom_env
@@ -619,3 +619,27 @@ async def test_an_eof_waits_for_the_response_being_sent(autojump_clock, nursery)
             await stream.aclose()
     for listener in listeners:
         await listener.aclose()
+
+
+async def test_the_probe_port_of_the_other_roles_has_the_same_bounds(autojump_clock, nursery):
+    """The engine's and ws roles' API_PORT (health, /metrics) runs on the same connection shell:
+    no HTTP/2, no CL + TE, no WebSocket."""
+
+    async def checks() -> dict[str, str]:
+        return {"engine": "ok"}
+
+    app = probes.ProbesApp("engine", lambda: b"", checks, dict)
+    url = await nursery.start(probes.serve_probes, app, "127.0.0.1", 0)
+    with trio.fail_after(BOUND_S):
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        client.initiate_connection()
+        assert (await exchange(url, client.data_to_send())).startswith(b"HTTP/1.1 400 ")
+        answer = await exchange(url, request("/api/v1/health", "Content-Length: 4",
+                                             "Transfer-Encoding: chunked", method="POST",
+                                             body=b"0\r\n\r\n" + request()))
+        assert answer.startswith(b"HTTP/1.1 400 ") and answer.count(b"HTTP/1.1 ") == 1, answer
+        answer = await exchange(url, request("/api/v1/health", *UPGRADE_WS))
+        head, _, body = answer.partition(b"\r\n\r\n")
+        json_error(head, body, 404, "not_found")
+        answer = await exchange(url, request("/api/v1/health", "Connection: close"))
+        assert answer.startswith(b"HTTP/1.1 200 "), answer[:200]

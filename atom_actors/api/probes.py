@@ -25,6 +25,7 @@ Checks = Callable[[], Awaitable[dict[str, str]]]
 
 PROBE_CONNECTIONS: Final = 64   # health checks and scrapes: a few at a time
 
+
 class ProbesApp:
     """The ASGI application: ``health()`` gives the liveness body's extra fields, ``checks()`` the
     readiness checks, ``render()`` the Prometheus text."""
