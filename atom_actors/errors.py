@@ -14,13 +14,22 @@ The tree::
     │   ├── SceauTooShort        the touch was shorter than SCEAU_DURATION (400)
     │   ├── SessionRequired      no X-Sceau-Session (401)
     │   └── SessionInvalid       unknown, expired, revoked or tampered token (401)
+    ├── OperatorError            an (O) endpoint's caller is not an operator with the right (§2.3)
+    │   ├── OperatorTokenRequired    no bearer token (401 + WWW-Authenticate: Bearer)
+    │   ├── OperatorTokenInvalid     a token that does not verify (401 + WWW-Authenticate)
+    │   ├── RoleRequired             a good token without the role (403)
+    │   └── MfaRequired              a reset below SAFEGUARD_RESET_AAL (403)
     ├── RateLimited              too many session creations from one address (429 + Retry-After)
     ├── RequestError             a request the API cannot read
     │   ├── BodyNotJSON          the body is not JSON (400)
     │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
-    │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
+    │   ├── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
+    │   ├── IdempotencyKeyInvalid   an Idempotency-Key that is not 1-128 printable characters (400)
+    │   ├── IdempotencyKeyReused    a key used again for another request (409)
+    │   └── IdempotencyKeyInUse     a key whose first request is still running (409 + Retry-After)
     ├── HostNotAllowed           a Host header not on ALLOWED_HOSTS, REST or WebSocket (400)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
+    │   └── CommandUnconfirmed   a command's write was not confirmed (REDIS_MIN_ACKS): outcome unknown
     ├── StreamRefused            a WebSocket handshake on WS_PORT was refused with an HTTP status
     │   ├── StreamNotFound       another path than /ws/swarm (404)
     │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
@@ -189,6 +198,56 @@ class SessionInvalid(SessionError):
         super().__init__(f"the Sceau session is invalid: {why}")
 
 
+class OperatorError(AtomError):
+    """Base of the refusals of an operator's request (CONTRACT §2.3). Their details say what is
+    wrong with the token, never what it holds: no claim of it reaches an answer or a log."""
+
+    status = 401
+
+
+class OperatorTokenRequired(OperatorError):
+    """Raised when an (O) endpoint is called without ``Authorization: Bearer <token>``."""
+
+    code = "operator_token_required"
+
+    def __init__(self) -> None:
+        super().__init__("this endpoint is for operators: send Authorization: Bearer <access token>")
+
+
+class OperatorTokenInvalid(OperatorError):
+    """Raised when a bearer token does not verify: signature, key, algorithm, time, issuer or
+    audience; ``why`` says which, in words of our own."""
+
+    code = "operator_token_invalid"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the operator token is not accepted: {why}")
+        self.why = why
+
+
+class RoleRequired(OperatorError):
+    """Raised when a verified token does not carry the role an endpoint needs."""
+
+    code = "role_required"
+    status = 403
+
+    def __init__(self, role: str) -> None:
+        super().__init__(f"this needs the role {role!r}, which the token does not carry")
+        self.role = role
+
+
+class MfaRequired(OperatorError):
+    """Raised when a reset of the Brise-Circuit needs a token from a multi-factor sign-in
+    (SAFEGUARD_RESET_AAL=aal2) and the token's ``aal`` is below it."""
+
+    code = "mfa_required"
+    status = 403
+
+    def __init__(self, needed: str) -> None:
+        super().__init__(f"resetting the Brise-Circuit needs a multi-factor sign-in ({needed})")
+        self.needed = needed
+
+
 class RateLimited(AtomError):
     """Raised when one address opens sessions faster than the token bucket allows."""
 
@@ -240,6 +299,40 @@ class OriginRefused(RequestError):
         self.origin = origin
 
 
+class IdempotencyKeyInvalid(RequestError):
+    """Raised when an ``Idempotency-Key`` header is empty, longer than 128 characters, or holds
+    anything but printable ASCII."""
+
+    code = "invalid_idempotency_key"
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key must be 1 to 128 printable ASCII characters")
+
+
+class IdempotencyKeyReused(RequestError):
+    """Raised when an ``Idempotency-Key`` comes back with another method, path or body than the
+    request it was first used for (within its 10 minutes). A 409: the request itself is valid
+    (a 422 names bad fields), it conflicts with what the key already stands for."""
+
+    code = "idempotency_key_reused"
+    status = 409
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used for another request; use a new key")
+
+
+class IdempotencyKeyInUse(RequestError):
+    """Raised when a request comes with the ``Idempotency-Key`` of one still being carried out."""
+
+    code = "idempotency_key_in_use"
+    status = 409
+    retry_after_s = 1.0
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being carried out; "
+                         "retry in a moment to get its answer")
+
+
 class HostNotAllowed(AtomError):
     """Raised when a request's ``Host`` (REST or WebSocket) is not on ALLOWED_HOSTS: a page on
     another name, re-pointed at this server by DNS rebinding, gets no answer from it."""
@@ -253,7 +346,8 @@ class HostNotAllowed(AtomError):
         self.host = host
 
 
-_PUBLIC_BACKEND_NAMES = {"postgresql": "the database", "redis": "redis"}
+_PUBLIC_BACKEND_NAMES = {"postgresql": "the database", "redis": "redis",
+                         "issuer": "the operators' identity provider"}
 
 
 class BackendUnavailable(AtomError):
@@ -268,6 +362,19 @@ class BackendUnavailable(AtomError):
         super().__init__(f"{_PUBLIC_BACKEND_NAMES.get(backend, backend)} is unavailable")
         self.backend = backend
         self.reason = why
+        self.args = (f"{self.detail}: {why}",)
+
+
+class CommandUnconfirmed(BackendUnavailable):
+    """Raised when a command's entry in the command stream could not be confirmed: Redis did not
+    answer the write, or fewer than REDIS_MIN_ACKS replicas acknowledged it in time. It may have
+    been written (and will then be applied), or not: the client may retry it with the same
+    ``Idempotency-Key``, which applies it at most once."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("redis", why)
+        self.detail = ("the command's write could not be confirmed, so its outcome is unknown; "
+                       "it may be retried with the same Idempotency-Key, which applies it at most once")
         self.args = (f"{self.detail}: {why}",)
 
 

@@ -39,6 +39,7 @@ from atom_actors.sessions import SessionService
 from atom_actors.store import MemoryStore
 
 from .conftest import make_settings
+from .operators import bearer
 
 ORIGIN = "https://operators.example"
 SESSION = "X-Sceau-Session"
@@ -50,14 +51,18 @@ SESSION_ENDPOINTS = [
     ("GET", "/api/v1/swarm", None),
     ("GET", "/api/v1/swarm/agents", None),
     ("GET", "/api/v1/swarm/agents/0", None),
-    ("POST", "/api/v1/swarm/disperse", {"level": "partial"}),
-    ("POST", "/api/v1/swarm/regroup", None),
-    ("PUT", "/api/v1/swarm/agents/0/frequency", {"frequency": 500}),
     ("GET", "/api/v1/frequency", None),
     ("GET", "/api/v1/spheres", None),
     ("GET", "/api/v1/spheres/privacy", None),
     ("GET", "/api/v1/safeguard", None),
-    ("POST", "/api/v1/safeguard/reset", None),
+]
+# Every (O) endpoint of §2 (tests/test_operators.py has their refusals), with its role.
+OPERATOR_ENDPOINTS = [
+    ("POST", "/api/v1/swarm/disperse", {"level": "partial"}, "operator"),
+    ("POST", "/api/v1/swarm/regroup", None, "operator"),
+    ("PUT", "/api/v1/swarm/agents/0/frequency", {"frequency": 500}, "operator"),
+    ("POST", "/api/v1/safeguard/reset", None, "guardian"),
+    ("GET", "/api/v1/audit", None, "guardian"),
 ]
 
 
@@ -115,7 +120,7 @@ async def test_over_http_the_api_binds_a_free_port_and_a_session_steers_the_swar
             r = await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
             assert r.status_code == 201 and r.headers[SESSION] == r.json()["session"]
             headers = {SESSION: r.headers[SESSION]}
-            r = await c.post("/api/v1/swarm/disperse", json={"level": "sectoral"}, headers=headers)
+            r = await c.post("/api/v1/swarm/disperse", json={"level": "sectoral"}, headers=bearer())
             assert r.status_code == 202 and r.json()["dispersed"] == 175
             assert (await c.delete("/api/v1/sceau/session", headers=headers)).status_code == 204
             assert_error(await c.get("/api/v1/swarm", headers=headers), 401, "sceau_session_invalid")
@@ -250,12 +255,19 @@ async def test_openapi_describes_every_endpoint_of_the_contract(autojump_clock, 
         assert method in doc["paths"][path] and "security" not in doc["paths"][path][method]
     for method, path, _ in SESSION_ENDPOINTS:
         op = doc["paths"][template(path)][method.lower()]
-        assert op["security"] == [{"sceau": []}] and "401" in op["responses"]
+        assert op["security"] == [{"sceau": []}, {"bearer": []}] and "401" in op["responses"]
+    for method, path, _, _ in OPERATOR_ENDPOINTS:
+        op = doc["paths"][template(path)][method.lower()]
+        assert op["security"] == [{"bearer": []}]
+        assert set(op["responses"]) >= {"401", "403", "503"}
     disperse = doc["paths"]["/api/v1/swarm/disperse"]["post"]
     assert disperse["responses"]["423"]["headers"]["Retry-After"]
-    assert set(disperse["responses"]) >= {"202", "401", "422", "423"}
+    assert set(disperse["responses"]) >= {"202", "401", "403", "422", "423"}
+    assert set(doc["paths"]["/api/v1/safeguard/reset"]["post"]["responses"]) >= {"200", "202"}
     assert doc["components"]["securitySchemes"]["sceau"] == {"type": "apiKey", "in": "header",
                                                              "name": SESSION}
+    assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer",
+                                                              "bearerFormat": "JWT"}
 
 
 async def test_docs_page_lists_every_path_without_scripts(autojump_clock, api):
@@ -538,7 +550,7 @@ async def test_swarm_summary(autojump_clock, api):
 
 async def test_agents_list_and_filters(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     agents = (await c.get("/api/v1/swarm/agents", headers=headers)).json()
     assert [a["id"] for a in agents] == list(range(350))
     assert all(set(a) == AGENT_KEYS and set(a["position"]) == {"x", "y", "z"} for a in agents)
@@ -562,7 +574,7 @@ async def test_the_agent_list_is_fresh_after_a_command(autojump_clock, api):
     """The list is reused for up to 0.1 s, but not across a command of the API (once the
     command has had a tick to reach the swarm)."""
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     active = "/api/v1/swarm/agents?status=active"
     assert len((await c.get(active, headers=headers)).json()) == 350
     await c.post("/api/v1/swarm/disperse", json={"level": "partial"}, headers=headers)
@@ -573,7 +585,7 @@ async def test_the_agent_list_is_fresh_after_a_command(autojump_clock, api):
 @pytest.mark.parametrize("ident", ["350", "-1", "abc", "1e3", "99999999999", " 1"])
 async def test_an_unknown_agent_is_a_404(autojump_clock, api, ident):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     assert_error(await c.get(f"/api/v1/swarm/agents/{ident}", headers=headers), 404,
                  "agent_not_found")
     assert_error(await c.put(f"/api/v1/swarm/agents/{ident}/frequency", json={"frequency": 500},
@@ -594,7 +606,7 @@ async def test_one_agent(autojump_clock, api):
 ])
 async def test_disperse_answers_202_and_is_recorded(autojump_clock, api, body, size, sphere):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     r = await c.post("/api/v1/swarm/disperse", json=body, headers=headers)
     assert r.status_code == 202
     result = r.json()
@@ -611,7 +623,7 @@ async def test_disperse_answers_202_and_is_recorded(autojump_clock, api, body, s
 ])
 async def test_disperse_names_the_bad_field(autojump_clock, api, body, field):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     error = assert_error(await c.post("/api/v1/swarm/disperse", json=body, headers=headers), 422,
                          "validation_error")
     assert field in error["fields"] and field in error["detail"]
@@ -620,7 +632,7 @@ async def test_disperse_names_the_bad_field(autojump_clock, api, body, field):
 
 async def test_regroup_answers_202_and_is_recorded(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     await c.post("/api/v1/swarm/disperse", json={"level": "partial"}, headers=headers)
     await trio.sleep(0.1)
     r = await c.post("/api/v1/swarm/regroup", headers=headers)
@@ -633,7 +645,7 @@ async def test_regroup_answers_202_and_is_recorded(autojump_clock, api):
 @pytest.mark.parametrize("hz", [432, 999, 640.5])
 async def test_retune_returns_the_agent_and_is_recorded(autojump_clock, api, hz):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     r = await c.put("/api/v1/swarm/agents/12/frequency", json={"frequency": hz}, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["id"] == 12 and r.json()["frequency"] == hz
@@ -645,7 +657,7 @@ async def test_retune_returns_the_agent_and_is_recorded(autojump_clock, api, hz)
                                   {"frequency": True}, {"frequency": None}, {}])
 async def test_retune_out_of_range_or_of_the_wrong_type_is_a_422(autojump_clock, api, body):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     error = assert_error(await c.put("/api/v1/swarm/agents/12/frequency", json=body,
                                      headers=headers), 422, "validation_error")
     assert "frequency" in error["fields"]
@@ -675,7 +687,7 @@ async def test_spheres(autojump_clock, api):
 
 async def test_a_flood_of_total_dispersals_opens_the_brise_circuit(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     for _ in range(3):
         r = await c.post("/api/v1/swarm/disperse", json={"level": "total"}, headers=headers)
         assert r.status_code == 202
@@ -699,7 +711,7 @@ async def test_a_flood_of_total_dispersals_opens_the_brise_circuit(autojump_cloc
 
 async def test_after_the_cooldown_one_command_closes_it(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     services.safeguard.trip("overload", "test")
     await trio.sleep(0.5)
     r = await c.post("/api/v1/swarm/regroup", headers=headers)
@@ -713,7 +725,7 @@ async def test_after_the_cooldown_one_command_closes_it(autojump_clock, api):
 
 async def test_reset_closes_the_brise_circuit(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     services.safeguard.trip("overload", "test")
     r = await c.post("/api/v1/safeguard/reset", headers=headers)
     assert r.status_code == 200 and r.json()["state"] == "closed"

@@ -22,7 +22,8 @@ from atom_actors import app, logs
 from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
 from atom_actors.sessions import token_hash
-from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, UA_MARK, Seen, client_address,
+from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, OPERATOR_PHONE, OPERATOR_SUBJECT,
+                                UA_MARK, Seen, client_address,
                                 running_atom, scenario)
 from tests.conftest import make_settings
 from tests.servers import sql
@@ -321,7 +322,11 @@ def forbidden(seen: Seen) -> dict[str, bytes]:
     """What identifies the person of the scenario, as it could appear in any output."""
     return {"client address": CLIENT_HOST.encode(), "token": seen.token.encode(),
             "token hash": token_hash(seen.token).encode(), "user agent": UA_MARK.encode(),
-            "forwarded address": FORWARDED_FOR.encode()}
+            "forwarded address": FORWARDED_FOR.encode(),
+            "operator token": seen.operator_token.encode(),
+            "operator subject": OPERATOR_SUBJECT.encode(),     # also in the e-mail: <sub>@…
+            "operator phone": OPERATOR_PHONE.encode(),
+            "operator session_id": seen.operator_session_id.encode()}
 
 
 async def database_rows(url: str) -> dict[str, list[str]]:
@@ -416,6 +421,9 @@ async def test_the_actor_trace_of_the_same_session(tmp_path):
     assert len(events("agent.status", command_id=dispersal, status="dispersed")) == 70
     (done,) = events("command.done", command_id=dispersal)
     assert done["actor"] == "api" and done["result"] == "accepted" and done["size"] == 70
+    # Who asked: the role and the audit's pseudonym, nothing else of the token (forbidden below).
+    assert done["role"] == "operator" and len(done["operator"]) == 16
+    assert int(done["operator"], 16) >= 0
     (regroup,) = events("command.done", command_id=seen.command_ids["regroup"])
     assert regroup["result"] == "accepted" and regroup["command"] == "regroup"
     assert events("agent.frequency", actor="agent/217")

@@ -3,7 +3,7 @@
 Every error leaves as ``{"error": code, "detail": sentence}`` JSON (CONTRACT.md §2):
 
 * an :class:`~atom_actors.errors.AtomError` by its ``code`` and ``status`` (422 adds ``fields``;
-  423 and 429 add ``Retry-After``);
+  423 and 429 add ``Retry-After``; an operator's 401 adds ``WWW-Authenticate: Bearer``);
 * an HTTP error of the framework (404 unknown route, 405 wrong method, 413 body too large) by
   its status;
 * anything else as 500 ``internal_error``, logged here, with no traceback to the client.
@@ -27,8 +27,9 @@ from quart_schema import Info, OpenAPIProvider, QuartSchema, hide
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from ..errors import (AtomError, CommandError, HostNotAllowed, OriginRefused, RateLimited,
-                      RequestInvalid, SafeguardOpen)
+from ..errors import (AtomError, CommandError, HostNotAllowed, IdempotencyKeyInUse, OperatorError,
+                      OperatorTokenInvalid, OriginRefused, RateLimited, RequestInvalid,
+                      SafeguardOpen)
 from ..logs import client_text
 from ..peers import ClientAddresses
 from ..origins import OriginPolicy
@@ -37,7 +38,7 @@ from .docs import render_docs
 from .ratelimit import SessionLimits
 from .routes import BLUEPRINTS
 from .routes.swarm import catalog_blueprint
-from .web import SESSION_HEADER, Api, ApiInput, api, no_content
+from .web import BEARER_SCHEME, SCEAU_SCHEME, SESSION_HEADER, Api, ApiInput, api, no_content
 
 log = logging.getLogger("atom_actors.api")
 
@@ -58,13 +59,17 @@ def create_app(parts: ApiInput) -> QuartTrio:
     app.extensions["atom"] = Api(
         parts, cors=CorsPolicy(OriginPolicy(settings.cors_origins, settings.allowed_hosts)),
         buckets=SessionLimits(settings.session_global_burst, settings.session_global_per_s),
-        addresses=ClientAddresses(settings.trusted_proxy_hops, settings.trusted_proxies))
+        addresses=ClientAddresses(settings.trusted_proxy_hops, settings.trusted_proxies),
+        **({"keys": parts.coordinator} if parts.coordinator is not None else {}))
     QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),
                                description=DESCRIPTION),
                 openapi_provider_class=ContractOpenAPI, openapi_path=None, swagger_ui_path=None,
                 redoc_ui_path=None, scalar_ui_path=None,
-                security_schemes={"sceau": {"type": "apiKey", "in_": "header",
-                                            "name": SESSION_HEADER}})
+                security_schemes={
+                    # A viewer's Sceau session (POST /sceau/activate).
+                    SCEAU_SCHEME: {"type": "apiKey", "in_": "header", "name": SESSION_HEADER},
+                    # An operator's access token from the deployment's identity provider (§2.3).
+                    BEARER_SCHEME: {"type": "http", "scheme": "bearer", "bearer_format": "JWT"}})
     for blueprint in (*BLUEPRINTS, catalog_blueprint(settings.catalog, settings.frequency)):
         app.register_blueprint(blueprint)
     app.add_url_rule("/openapi.json", "openapi", _openapi, methods=["GET"])
@@ -119,8 +124,13 @@ async def _atom_error(exc: AtomError) -> Response:
     elif isinstance(exc, CommandError) and exc.status == 422:
         extra["fields"] = {exc.field: exc.detail}
     response = error_response(exc.status, exc.code, exc.detail, **extra)
-    if isinstance(exc, SafeguardOpen | RateLimited):
+    if isinstance(exc, SafeguardOpen | RateLimited | IdempotencyKeyInUse):
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, OperatorError) and exc.status == 401:
+        # RFC 6750 §3: a 401 names the scheme; a token that was sent and refused is invalid_token.
+        response.headers["WWW-Authenticate"] = (
+            'Bearer realm="atom", error="invalid_token"' if isinstance(exc, OperatorTokenInvalid)
+            else 'Bearer realm="atom"')
     if exc.status >= 500:
         # str(exc): the whole story (a backend's address, its driver's message), for the log only.
         log.error("%s %s answered %d %s: %s", client_text(request.method), _rule(), exc.status,
@@ -184,6 +194,13 @@ async def _openapi() -> Response:
     return current_app.response_class(provider.document(), content_type="application/json")
 
 
+IDEMPOTENCY_PARAMETER = {
+    "name": "Idempotency-Key", "in": "header", "required": False,
+    "description": "the same key from the same caller within 10 minutes gets the first answer "
+                   "again and the command is applied at most once",
+    "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[ -~]+$"}}
+
+
 class ContractOpenAPI(OpenAPIProvider):
     """quart-schema's document, completed with what its decorators cannot say: response headers
     (Retry-After, X-Sceau-Session), the 204 of a revocation, bodies that are required, and SCEAU_DURATION as the least
@@ -223,9 +240,11 @@ class ContractOpenAPI(OpenAPIProvider):
                 responses = op["responses"]
                 if "requestBody" in op:
                     op["requestBody"]["required"] = True
-                for status in ("423", "429", 423, 429):
+                for status in ("409", "423", "429", 409, 423, 429):
                     if status in responses:
                         responses[status]["headers"] = RETRY_AFTER
+                if 409 in responses or "409" in responses:   # the idempotent routes (web.idempotent)
+                    op.setdefault("parameters", []).append(IDEMPOTENCY_PARAMETER)
                 if path.endswith("/sceau/activate") and 201 in responses:
                     responses[201]["headers"] = {SESSION_HEADER: {
                         "description": "the session token", "schema": {"type": "string"}}}

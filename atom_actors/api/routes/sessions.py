@@ -10,7 +10,7 @@ import trio
 from quart import Blueprint, g, jsonify, request
 from quart_schema import document_response, tag
 
-from ...errors import RateLimited
+from ...errors import RateLimited, SessionRequired
 from ..schemas import ActivateBody, SessionBody
 from ..web import SESSION_HEADER, api, document_errors, json_body, no_content, requires_session
 
@@ -63,6 +63,8 @@ async def activate(body: ActivateBody) -> Any:
 @requires_session
 async def revoke() -> Any:
     """Revoke the presented session (204); it is refused everywhere from then on."""
+    if g.session is None:   # an operator's token: there is no session here to revoke
+        raise SessionRequired()
     await api().sessions.revoke(g.session.token)
     response = no_content()
     return response
