@@ -104,8 +104,9 @@ def start_server(clients: int, jwks_url: str, tree: Path = ROOT
     env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(tree),
                SAFEGUARD_MAX_COMMANDS="1000000", SAFEGUARD_MAX_TOTAL="1000000",
                WS_MAX_CONNECTIONS=str(max(clients + 10, 500)),
-               # every subscriber of the load client shares one session and one address
-               WS_MAX_PER_SESSION=str(max(clients + 10, 500)), WS_MAX_PER_ADDRESS=str(max(clients + 10, 500)),
+               # one load client, one address (often one session): no fair share here (issue 24)
+               WS_MAX_PER_SESSION=str(max(clients + 10, 500)),
+               WS_MAX_PER_ADDRESS=str(max(clients + 10, 500)),
                OPERATOR_ISSUER=ISSUER, OPERATOR_JWKS_URL=jwks_url)
     python = ROOT / ".venv" / "bin" / "python"
     proc = subprocess.Popen([str(python if python.exists() else sys.executable), "-m",

@@ -80,7 +80,8 @@ def atom_env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
     env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1", WS_REQUIRE_SESSION="false",
                TICK_HZ=str(args.tick_hz), SECRET_KEY="bench-" + "k" * 40,
                WS_MAX_CONNECTIONS=str(max(args.clients, args.baseline_clients) + 10),
-               # every subscriber of the load client comes from one address
+               # one load client, one address (often one session): no fair share here (issue 24)
+               WS_MAX_PER_SESSION=str(max(args.clients, args.baseline_clients) + 10),
                WS_MAX_PER_ADDRESS=str(max(args.clients, args.baseline_clients) + 10))
     env.update(extra)
     return env

@@ -115,10 +115,10 @@ def _pump(stream, sink: list[str], on_line=None) -> None:
 def start_atom(args: argparse.Namespace) -> tuple[Server, str | None]:
     """``atom serve`` on a free WS port; returns the server and its API URL if it has one."""
     env = dict(os.environ, WS_PORT=str(free_port()), API_PORT="0", PYTHONUNBUFFERED="1",
-               WS_MAX_CONNECTIONS=str(max(500, args.clients + 10)), TICK_HZ=str(args.tick_hz),
-               # every subscriber of the load client shares one session and one address
+               WS_MAX_CONNECTIONS=str(max(500, args.clients + 10)),
+               # one load client, one address (often one session): no fair share here (issue 24)
                WS_MAX_PER_SESSION=str(max(500, args.clients + 10)),
-               WS_MAX_PER_ADDRESS=str(max(500, args.clients + 10)))
+               WS_MAX_PER_ADDRESS=str(max(500, args.clients + 10)), TICK_HZ=str(args.tick_hz))
     if not (args.session or args.session_url):
         env["WS_REQUIRE_SESSION"] = "false"
     if args.disperse_at:   # one total dispersal a window: the Brise-Circuit must let them pass

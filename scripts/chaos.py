@@ -229,7 +229,8 @@ class Chaos:
         self.env.update(REDIS_URL=self.redis.url, DATABASE_URL=self.pg.url, API_PORT="0",
                         WS_PORT="0", PYTHONUNBUFFERED="1", SECRET_KEY="chaos-" + "k" * 40,
                         WS_MAX_CONNECTIONS=str(self.args.subscribers + 50),
-                        # the load client's subscribers share one session and one address
+                        # one load client, one address (often one session): no fair shares
+                        # here (issue 24)
                         WS_MAX_PER_SESSION=str(self.args.subscribers + 50),
                         WS_MAX_PER_ADDRESS=str(self.args.subscribers + 50),
                         SAFEGUARD_MAX_COMMANDS="100000", SAFEGUARD_MAX_TOTAL="100000",

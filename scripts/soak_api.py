@@ -245,7 +245,7 @@ def main() -> int:
     env.update(API_HOST="127.0.0.1", API_PORT="0", WS_PORT="0", WS_REQUIRE_SESSION="true",
                PYTHONUNBUFFERED="1", SWARM_SEED="1",
                WS_MAX_CONNECTIONS=str(max(500, args.subscribers + 10)),
-               # the load client's subscribers share one session and one address
+               # one load client, one address (often one session): no fair share here (issue 24)
                WS_MAX_PER_SESSION=str(max(500, args.subscribers + 10)),
                WS_MAX_PER_ADDRESS=str(max(500, args.subscribers + 10)),
                SAFEGUARD_MAX_COMMANDS="1000000000", SAFEGUARD_MAX_TOTAL="1000000000",
