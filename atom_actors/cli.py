@@ -136,6 +136,7 @@ def _serve(settings: Settings, role: str = "all") -> int:
         netlimits.raise_file_limit()
         if settings.redis_url:
             _reach_redis(settings.redis_url, CONNECT_DEADLINE_S)
+        app.announce(netlimits.DescriptorShares.now().line())   # what each kind of client may hold
         trio.run(_serve_until_signal, settings, role)
     except ConfigError as exc:
         print(f"atom: bad setting {exc}", file=sys.stderr)

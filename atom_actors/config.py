@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator, 
 from .catalog import Catalog
 from .errors import ConfigError
 from .origins import ANY_HOST, split_host
+from .peers import parse_networks
 
 CANON_HZ = 999.0
 MIN_HZ = 432.0
@@ -87,6 +88,18 @@ class Settings(BaseModel):
     # whether their tokens must come from a multi-factor sign-in.
     safeguard_reset_quorum: int = Field(1, ge=1, le=16)
     safeguard_reset_aal: str = "aal1"
+    # The proxies whose X-Forwarded-For is believed (addresses or CIDRs); empty: loopback, when
+    # TRUSTED_PROXY_HOPS > 0. A peer not on the list is its own address, whatever it sends (peers.py).
+    trusted_proxies: tuple[str, ...] = ()
+    # Fair shares (issue 24), so that one client cannot take every slot: subscribers per Sceau
+    # session and per client address, API connections per address (behind trusted proxies the
+    # forwarded address; the proxies' own connections are not capped per address), and session
+    # creation for everyone together, beside each address's own bucket.
+    ws_max_per_session: int = Field(8, ge=1)
+    ws_max_per_address: int = Field(100, ge=1)
+    api_max_connections_per_address: int = Field(200, ge=1)
+    session_global_burst: int = Field(100, ge=1)
+    session_global_per_s: float = Field(20.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +115,7 @@ class Settings(BaseModel):
     def _empty_seed(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         if not isinstance(value, str):
@@ -127,6 +140,12 @@ class Settings(BaseModel):
             if host != ANY_HOST and split_host(host) is None:
                 raise ValueError(f"{host[:64]!r} is not a host or host:port")
         return tuple(h.lower() for h in value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)   # raises naming the bad entry
+        return value
 
     @field_validator("database_url")
     @classmethod

@@ -35,6 +35,7 @@ The tree::
     │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
     │   ├── OriginForbidden      a browser ``Origin`` that is not allowed (403)
     │   ├── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
+    │   │   └── SubscriberShareTaken  one session's or one address's share is open (503)
     │   └── TooManyHandshakes    handshakes pending beyond the bound, or from one address (503)
     ├── WatchUnreachable         ``atom watch`` cannot reach the API or the stream, or is refused
     ├── MalformedFrame           a binary message of L'Essaim that cannot be decoded (also a ValueError)
@@ -427,6 +428,20 @@ class TooManySubscribers(StreamRefused):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"this server already streams to its {limit} subscribers; retry later")
+        self.limit = limit
+
+
+class SubscriberShareTaken(TooManySubscribers):
+    """Raised when the subscribers of one Sceau session (WS_MAX_PER_SESSION) or of one client
+    address (WS_MAX_PER_ADDRESS) are already open: one client cannot take every slot."""
+
+    code = "too_many_subscribers"
+    status = 503
+
+    def __init__(self, whose: str, limit: int) -> None:
+        StreamRefused.__init__(self, f"{whose} already streams to its {limit} subscribers; close "
+                                     "one or retry later")
+        self.whose = whose
         self.limit = limit
 
 

@@ -34,7 +34,7 @@ async def status() -> Any:
 @document_response(ResetPending, 202)
 @document_response(SafeguardStatus)
 async def reset() -> Any:
-    """Close the Brise-Circuit; the command window starts empty. A guardian's act: with
+    """Close the Brise-Circuit; the command window starts empty. Role: guardian. A guardian's act: with
     SAFEGUARD_RESET_AAL=aal2 their token must come from a multi-factor sign-in, and with
     SAFEGUARD_RESET_QUORUM = n it closes once n distinct guardians have asked within 60 s
     (202 with the approvals so far until then)."""

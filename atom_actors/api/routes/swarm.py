@@ -63,7 +63,7 @@ async def agent(agent: str) -> Any:
 @document_errors(*COMMAND_ERRORS)
 @document_response(Regroup, 202)
 async def regroup(command_id: str) -> Any:
-    """Call every dispersed agent home."""
+    """Call every dispersed agent home. Role: operator."""
     a = api()
     with a.counted("regroup", "", command_id) as counted:
         async with a.safeguard.command():
@@ -132,6 +132,7 @@ def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
     @document_response(Dispersal, 202)
     async def disperse(body: Any, command_id: str) -> Any:
         """Disperse part of the swarm, or of one sphere: partial 20 %, sectoral 50 %, total 100 %.
+        Role: operator.
 
         Refused with 423 brise_circuit_open while the Brise-Circuit is open; a flood of commands
         or of total dispersals opens it.
@@ -154,7 +155,8 @@ def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
     @idempotent
     @document_response(Agent)
     async def retune(agent: str, body: Any, command_id: str) -> Any:
-        """Retune one agent to a frequency in [432, FREQUENCY] Hz; returns the agent once applied."""
+        """Retune one agent to a frequency in [432, FREQUENCY] Hz; returns the agent once applied.
+        Role: operator."""
         a = api()
         ident = agent_id(agent)
         with path_segment():
