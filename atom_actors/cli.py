@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Subscribe like a frontend and show the stream live. URL is the API "
                     "(default http://API_HOST:API_PORT); the WebSocket is ws://<its host>:WS_PORT"
                     "/ws/swarm, or <same origin>/ws/swarm when URL has no port, unless --ws.")
-    watch.add_argument("url", nargs="?", help="the API's base URL")
+    watch.add_argument("url", nargs="?",
+                       help="the API's base URL, or the stream's (ws://host:WS_PORT/ws/swarm)")
     watch.add_argument("--ws", help="the WebSocket URL (ws://host:port/ws/swarm)")
     watch.add_argument("--once", action="store_true",
                        help="sample the stream, print one line, exit 1 if below --min-fps")
@@ -189,6 +190,7 @@ def _serve(settings: Settings, role: str = "all") -> int:
         netlimits.raise_file_limit()
         if settings.redis_url:
             _reach_redis(settings.redis_url, CONNECT_DEADLINE_S)
+        app.announce(netlimits.DescriptorShares.now().line())   # what each kind of client may hold
         trio.run(_serve_until_signal, settings, role)
     except ConfigError as exc:
         print(f"atom: bad setting {exc}", file=sys.stderr)
@@ -208,10 +210,24 @@ def _reach_redis(url: str, deadline_s: float) -> None:
     At start only, as PostgreSQL is given CONNECT_DEADLINE_S: a REDIS_URL that points nowhere (a
     wrong host, port or password) is a deployment error, said in one line with exit code 1, not a
     process that stands by forever. An outage once running is retried instead (the bus's own).
+    With sentinels, the primary they name answers (no sentinel answering, or none naming a
+    primary, is the same deployment error).
     """
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    from redis.sentinel import Sentinel
 
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    from .config import parse_redis_url
+
+    address = parse_redis_url(url)
+    bounds = dict(socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
+    if address.sentinels:
+        client = Sentinel(list(address.sentinels), sentinel_kwargs=bounds).master_for(
+            address.master, db=address.db, username=address.username, password=address.password,
+            **bounds)
+    else:
+        client = redis.Redis.from_url(url, **bounds)
     deadline = time.monotonic() + deadline_s
     try:
         while True:

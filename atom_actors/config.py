@@ -11,9 +11,10 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pydantic
 from dotenv import dotenv_values
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator, 
 from .catalog import Catalog
 from .errors import ConfigError
 from .origins import ANY_HOST, split_host
+from .peers import parse_networks
 
 CANON_HZ = 999.0
 MIN_HZ = 432.0
@@ -46,6 +48,9 @@ class Settings(BaseModel):
     ws_port: int = Field(8001, ge=0, le=65535)
     database_url: str = ""
     redis_url: str = ""
+    # Replicas that must acknowledge (WAIT) a command's write before it is accepted; None: 1 with
+    # redis+sentinel://, else 0 (``min_acks`` says which).
+    redis_min_acks: int | None = Field(None, ge=0, le=16)
     frequency: float = Field(CANON_HZ, gt=MIN_HZ, le=20_000)
     essaim_size: int = Field(ge=1)    # default: the catalog's size
     sceau_duration: int = Field(2000, ge=0, description="milliseconds of touch that open a session")
@@ -83,6 +88,18 @@ class Settings(BaseModel):
     # whether their tokens must come from a multi-factor sign-in.
     safeguard_reset_quorum: int = Field(1, ge=1, le=16)
     safeguard_reset_aal: str = "aal1"
+    # The proxies whose X-Forwarded-For is believed (addresses or CIDRs); empty: loopback, when
+    # TRUSTED_PROXY_HOPS > 0. A peer not on the list is its own address, whatever it sends (peers.py).
+    trusted_proxies: tuple[str, ...] = ()
+    # Fair shares (issue 24), so that one client cannot take every slot: subscribers per Sceau
+    # session and per client address, API connections per address (behind trusted proxies the
+    # forwarded address; the proxies' own connections are not capped per address), and session
+    # creation for everyone together, beside each address's own bucket.
+    ws_max_per_session: int = Field(8, ge=1)
+    ws_max_per_address: int = Field(100, ge=1)
+    api_max_connections_per_address: int = Field(200, ge=1)
+    session_global_burst: int = Field(100, ge=1)
+    session_global_per_s: float = Field(20.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -93,12 +110,12 @@ class Settings(BaseModel):
             data.setdefault("essaim_size", catalog.size)
         return data
 
-    @field_validator("swarm_seed", mode="before")
+    @field_validator("swarm_seed", "redis_min_acks", mode="before")
     @classmethod
     def _empty_seed(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         if not isinstance(value, str):
@@ -124,6 +141,12 @@ class Settings(BaseModel):
                 raise ValueError(f"{host[:64]!r} is not a host or host:port")
         return tuple(h.lower() for h in value)
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)   # raises naming the bad entry
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -132,7 +155,11 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        return _check_url(value, ("redis", "rediss", "unix"))
+        value = value.strip()
+        if value.startswith(SENTINEL_SCHEME + "://"):
+            parse_redis_url(value)   # raises ValueError saying what is wrong (never the password)
+            return value
+        return _check_url(value, ("redis", "rediss", "unix", SENTINEL_SCHEME))
 
     @field_validator("operator_issuer", "operator_audience", "operator_jwt_secret")
     @classmethod
@@ -195,6 +222,15 @@ class Settings(BaseModel):
         return self
 
     @property
+    def min_acks(self) -> int:
+        """REDIS_MIN_ACKS as it applies: 0 without Redis; unset, 1 with sentinels, else 0."""
+        if not self.redis_url:
+            return 0
+        if self.redis_min_acks is not None:
+            return self.redis_min_acks
+        return 1 if parse_redis_url(self.redis_url).sentinels else 0
+
+    @property
     def jwks_url(self) -> str:
         """Where the issuer's public keys are: OPERATOR_JWKS_URL, else the issuer's well-known
         path (Supabase's), else none. From the settings only, never from a token."""
@@ -220,6 +256,75 @@ class _SettingError(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(problem)
         self.field = field
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where REDIS_URL points: ``url`` as given; with sentinels, the ``sentinels`` (host, port)
+    to ask for the primary of ``master``, and the primary's ``db``, ``username`` and
+    ``password`` (the sentinels themselves are asked without one). Its repr never shows the
+    password."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        where = ",".join(f"{h}:{p}" for h, p in self.sentinels) or "(url)"
+        return f"RedisAddress(sentinels={where}, master={self.master!r}, db={self.db})"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Read REDIS_URL: ``redis://…`` (and ``rediss://``, ``unix://``) as redis-py reads it, or
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/<master-name>[/<db>]``
+    (port 26379 by default). Raise ValueError saying what is wrong; the message never repeats
+    the password."""
+    url = url.strip()
+    if not url.startswith(SENTINEL_SCHEME + "://"):
+        return RedisAddress(url)
+    rest = url[len(SENTINEL_SCHEME) + 3:]
+    netloc, _, path = rest.partition("/")
+    if "?" in path or "#" in path:
+        raise ValueError("takes no query or fragment after the master name")
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if not colon:   # "secret@host": the conventional ":secret@host" without its colon
+            username, password = None, unquote(user) or None
+    sentinels = []
+    for item in netloc.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError("lists an empty sentinel address (host:port,host:port,...)")
+        if item.startswith("["):
+            host, _, tail = item[1:].partition("]")
+            port_text = tail[1:] if tail.startswith(":") else ""
+            if tail and not tail.startswith(":"):
+                raise ValueError(f"has a bad sentinel address {item[:64]!r}")
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ValueError(f"has a sentinel address without a host ({item[:64]!r})")
+        if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+            raise ValueError(f"has a sentinel port that is not a number in 1..65535 ({item[:64]!r})")
+        sentinels.append((host, int(port_text) if port_text else SENTINEL_PORT))
+    parts = path.split("/") if path else []
+    if not parts or not parts[0]:
+        raise ValueError("names no master: redis+sentinel://host:port[,host:port...]/<master-name>[/<db>]")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("has a path that is not /<master-name>[/<db>] (db: a number)")
+    return RedisAddress(url, tuple(sentinels), unquote(parts[0]),
+                        int(parts[1]) if len(parts) == 2 else 0, username, password)
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
@@ -261,6 +366,7 @@ def load_settings(environ: Mapping[str, str] | None = None,
         field = str(err["loc"][0]).upper() if err["loc"] else "settings"
         given = values.get(field.lower())
         msg = err["msg"].removeprefix("Value error, ")
-        secret = field in ("SECRET_KEY", "OPERATOR_JWT_SECRET")
-        problem = f"{msg} (got {given!r})" if given is not None and not secret else msg
+        # Never echoed: the secrets, and the URLs, which may carry a password.
+        quiet = field in ("SECRET_KEY", "OPERATOR_JWT_SECRET", "REDIS_URL", "DATABASE_URL")
+        problem = f"{msg} (got {given!r})" if given is not None and not quiet else msg
         raise ConfigError(field, problem) from None

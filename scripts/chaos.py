@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Chaos run of the split topology: faults on a schedule under load, then one table.
 
-    cp -r ../shared/peers ... is done for you: the Node load client is copied to a temporary
-    directory and `npm install`ed there (never into this repository).
+    The subscribers are the project's Node load client (clients/js/tools/loadclient.js, SDK
+    clients that reconnect with jitter); `npm ci` in clients/js is done for you when needed.
     .venv/bin/python scripts/chaos.py                  # full: 6 minutes, 200 subscribers
     .venv/bin/python scripts/chaos.py --mode short     # ~40 s (the test suite runs this one)
 
@@ -60,9 +60,12 @@ import trio_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from atom_operator import operator_env, operator_headers  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, sql  # noqa: E402
 
-PEERS_SOURCE = ROOT.parent / "shared" / "peers"
+import loadclient  # noqa: E402  (scripts/loadclient.py, beside this file)
+
 SPHERES = ("personal", "business", "transport", "creative_studio", "my_team", "scholar")
 MAX_IN_FLIGHT = 32        # commands the driver has sent and not yet had answered
 # New load-client subscribers a second per ws process. The run measures failover, not a connect
@@ -138,7 +141,7 @@ class Chaos:
         self.pg_down = False
         self.t0 = 0.0
         self.loader_results: list[dict] = []
-        self.token = ""
+        self.operator: dict[str, str] = {}
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -172,18 +175,14 @@ class Chaos:
     def start_loaders(self, ws_urls: list[str], token: str) -> None:
         if self.args.subscribers <= 0:
             return
-        peers = self.tmp / "peers"
-        shutil.copytree(self.args.peers, peers, ignore=shutil.ignore_patterns("node_modules"))
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=peers,
-                       check=True, stdout=subprocess.DEVNULL)
+        loadclient.prepare()
         share = self.args.subscribers // len(ws_urls)
         ramp_ms = self.ramp_ms(len(ws_urls))
         for i, url in enumerate(ws_urls):
             clients = share + (i < self.args.subscribers % len(ws_urls))
             proc = subprocess.Popen(
-                ["node", str(peers / "loadclient.js"), "--url", f"{url}?session={token}",
-                 "--clients", str(clients), "--seconds", str(self.schedule.duration_s),
-                 "--ramp-ms", str(ramp_ms), "--warmup-ms", "500", "--deflate", "0"],
+                loadclient.command(f"{url}?encoding=delta&session={token}", clients,
+                                   self.schedule.duration_s, ramp_ms=ramp_ms, warmup_ms=500),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self.loaders.append(proc)
 
@@ -230,8 +229,12 @@ class Chaos:
         self.env.update(REDIS_URL=self.redis.url, DATABASE_URL=self.pg.url, API_PORT="0",
                         WS_PORT="0", PYTHONUNBUFFERED="1", SECRET_KEY="chaos-" + "k" * 40,
                         WS_MAX_CONNECTIONS=str(self.args.subscribers + 50),
+                        # one load client, one address (often one session): no fair shares
+                        # here (issue 24)
+                        WS_MAX_PER_SESSION=str(self.args.subscribers + 50),
+                        WS_MAX_PER_ADDRESS=str(self.args.subscribers + 50),
                         SAFEGUARD_MAX_COMMANDS="100000", SAFEGUARD_MAX_TOTAL="100000",
-                        DISPERSAL_DWELL_S="3", PYTHONPATH=str(ROOT))
+                        DISPERSAL_DWELL_S="3", PYTHONPATH=str(ROOT), **operator_env())
         async with trio.open_nursery() as nursery:
             await self.start_atom("engine", "engine leading")
             await self.start_atom("engine", "engine standing by")
@@ -368,10 +371,9 @@ class Chaos:
 
     async def drive(self, http: httpx.AsyncClient) -> None:
         """About ``--rate`` commands a second (Poisson arrivals), each sent without waiting for
-        the ones before it (at most MAX_IN_FLIGHT at once), with one session."""
+        the ones before it (at most MAX_IN_FLIGHT at once), as one operator."""
         rng = random.Random(7)
-        self.token = (await http.post("/api/v1/sceau/activate",
-                                      json={"duration_ms": 2000})).json()["session"]
+        self.operator = operator_headers(self.env, subject="chaos-operator")
         in_flight = trio.Semaphore(MAX_IN_FLIGHT)
         async with trio.open_nursery() as nursery:
             while True:
@@ -392,8 +394,7 @@ class Chaos:
             self.tally.sent += 1
             pg_down = self.pg_down and not self.redis_down()
             try:
-                r = await http.post(request[0], json=request[1],
-                                    headers={"X-Sceau-Session": self.token})
+                r = await http.post(request[0], json=request[1], headers=self.operator)
                 status: int | str = r.status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
@@ -402,9 +403,6 @@ class Chaos:
                 return
             self.tally.refused[status] += 1
             self.tally.refused_while_pg_down += pg_down
-            if status == 401:      # the session was lost with Redis's data: open another
-                self.token = (await http.post("/api/v1/sceau/activate",
-                                              json={"duration_ms": 2000})).json()["session"]
         finally:
             in_flight.release()
 
@@ -520,16 +518,12 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=None,
                         help="Node load-client subscribers (full 200, short 20; 0: none)")
     parser.add_argument("--rate", type=float, default=2.0, help="commands a second (2)")
-    parser.add_argument("--peers", type=Path, default=PEERS_SOURCE,
-                        help="the directory of loadclient.js (copied, never modified)")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
     if args.subscribers is None:
         args.subscribers = 200 if args.mode == "full" else 20
-    if args.subscribers and not (shutil.which("node") and shutil.which("npm")
-                                 and (args.peers / "loadclient.js").is_file()):
-        sys.exit("chaos: the load client needs node, npm and loadclient.js (--peers), "
-                 "or --subscribers 0")
+    if args.subscribers:
+        loadclient.prepare()   # exits saying what is missing (or use --subscribers 0)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     from atom_actors.aio import configure
     configure()   # trio-asyncio, for the check of Redis's applied log and of PostgreSQL

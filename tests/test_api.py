@@ -151,6 +151,9 @@ async def test_over_http_cors_preflight_from_a_listed_origin(nursery):
     assert r.headers["access-control-allow-credentials"] == "true"
     assert "POST" in r.headers["access-control-allow-methods"]
     assert "X-Sceau-Session" in r.headers["access-control-allow-headers"]
+    # An operators' console on a listed origin sends its bearer token and its Idempotency-Key.
+    assert {"Authorization", "Idempotency-Key"} <= {
+        h.strip() for h in r.headers["access-control-allow-headers"].split(",")}
 
 
 async def test_atom_serve_makes_an_ephemeral_key_says_so_once_and_serves_the_api(tmp_path):
@@ -457,7 +460,7 @@ async def test_session_creation_is_rate_limited_per_address_in_memory_only(autoj
 @pytest.mark.parametrize("hops", [0, 1])
 async def test_behind_a_trusted_proxy_the_rate_limit_keys_on_the_forwarded_address(
         autojump_clock, nursery, hops):
-    services = await serve(nursery, trusted_proxy_hops=hops)
+    services = await serve(nursery, trusted_proxy_hops=hops, trusted_proxies="10.0.0.0/24")
     proxy = client(services, "10.0.0.5")               # every request comes from nginx
 
     def forwarded(address: str) -> dict[str, str]:
@@ -474,6 +477,62 @@ async def test_behind_a_trusted_proxy_the_rate_limit_keys_on_the_forwarded_addre
     # trusted: another client behind the same proxy still gets its session; not trusted: the
     # header is ignored and everyone behind the proxy shares one bucket
     assert other.status_code == (201 if hops else 429)
+
+
+async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(autojump_clock, nursery):
+    """Issue 24, finding 8: with TRUSTED_PROXY_HOPS=1 and the API reachable directly, a client
+    naming a new address in X-Forwarded-For each time opened unlimited sessions, and could have
+    a victim's address refused. A peer not on TRUSTED_PROXIES (default: loopback) is its own
+    address, whatever it forwards."""
+    services = await serve(nursery, trusted_proxy_hops=1)
+    on = one_app(services)
+
+    async def post(peer: str, forwarded: str | None = None) -> int:
+        async with on(peer) as c:
+            headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+            return (await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000},
+                                 headers=headers)).status_code
+
+    # a direct peer rotating the address it forwards: one bucket, its own
+    assert [await post("192.0.2.77", f"203.0.113.{i}") for i in range(11)] == [201] * 10 + [429]
+    # nor can it spend a victim's bucket by naming the victim
+    assert [await post("192.0.2.66", "192.0.2.55") for _ in range(10)] == [201] * 10
+    assert await post("127.0.0.1", "192.0.2.55") == 201     # the victim, through the proxy
+    # the proxy on this machine is believed: the client it names has its own bucket
+    assert await post("127.0.0.1", "192.0.2.77") == 429     # the rotating client, found again
+
+
+async def test_session_creation_has_a_global_bucket_beside_each_addresss(autojump_clock,
+                                                                          nursery):
+    """Issue 24, finding 8: 200 addresses opened 2,000 sessions in 5 s. Beside each address's
+    bucket, one for everyone: SESSION_GLOBAL_BURST at once, then SESSION_GLOBAL_PER_S."""
+    services = await serve(nursery, session_global_burst=30, session_global_per_s=2)
+    on = one_app(services)
+    codes = []
+    for i in range(20):                                # 20 addresses, 3 sessions each
+        async with on(f"198.51.100.{i + 1}") as c:
+            for _ in range(3):
+                r = await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    assert int(r.headers["retry-after"]) >= 1
+    assert codes == [201] * 30 + [429] * 30
+    await trio.sleep(5)                                # 2 a second come back
+    async with on("198.51.100.200") as c:
+        codes = [(await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000})).status_code
+                 for _ in range(11)]
+    assert codes == [201] * 10 + [429]
+
+
+def one_app(services: Services):
+    """In-process clients from any address, all of one app (one set of buckets)."""
+    app = create_app(services.api_input)
+
+    def on(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://atom.test")
+
+    return on
 
 
 # -- the swarm --------------------------------------------------------------------------------------

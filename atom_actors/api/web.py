@@ -22,16 +22,18 @@ from quart_schema import document_querystring, document_request, document_respon
 from ..bus import Bus
 from ..clock import WallClock
 from ..config import Settings
-from ..coordinator import Coordinator
+from ..coordinator import Coordinator, MemoryCoordinator
 from ..errors import (BackendUnavailable, BodyNotJSON, OperatorTokenInvalid, OperatorTokenRequired,
                       RequestInvalid, RoleRequired, UnknownAgent, UnknownSphere)
 from ..metrics import Counted, Metrics
 from ..operators import Operator, Operators
+from ..peers import ClientAddresses
 from ..safeguard import BriseCircuit
 from ..sessions import SessionService
 from ..store import EventRecord, Store
+from . import idempotency
 from .cors import CorsPolicy
-from .ratelimit import TokenBuckets
+from .ratelimit import SessionLimits
 from .schemas import ErrorBody, ValidationErrorBody
 
 if TYPE_CHECKING:
@@ -76,12 +78,16 @@ class ApiInput:
 @dataclass
 class Api:
     """What the routes use: the :class:`ApiInput`, and this app's own CORS policy, rate-limit
-    buckets and caches."""
+    buckets, rule for client addresses and caches."""
 
     input: ApiInput
     cors: CorsPolicy
-    buckets: TokenBuckets
+    buckets: SessionLimits
+    addresses: ClientAddresses = field(default_factory=lambda: ClientAddresses(0))
     clock: WallClock = field(default_factory=WallClock)
+    # Where Idempotency-Key records are: the deployment's coordinator (this app's own memory one
+    # when it was given none, as in some tests).
+    keys: Coordinator = field(default_factory=MemoryCoordinator)
     settled_at: float = -math.inf   # this API's last command has reached the swarm by then
     _agents_cache: tuple[float, dict[tuple, bytes]] = field(default_factory=lambda: (-math.inf, {}))
 
@@ -107,12 +113,10 @@ class Api:
 
     @property
     def operators(self) -> Operators:
+        """Who verifies bearer tokens: the API's input's, or none (view-only: every token is
+        refused) for an API given none."""
         if self.input.operators is None:
-            # A view-only API: no issuer, no secret. Made once, so every refusal is the same.
-            object.__setattr__(self.input, "operators", Operators(
-                self.settings.model_copy(update={"operator_issuer": "", "operator_jwks_url": "",
-                                                 "operator_jwt_secret": ""})))
-        assert self.input.operators is not None
+            return Operators.view_only()
         return self.input.operators
 
     def subscribers(self) -> int:
@@ -163,6 +167,13 @@ class Api:
 
 def api() -> Api:
     return current_app.extensions["atom"]
+
+
+def idempotent(func: F) -> F:
+    """``Idempotency-Key`` on this (O) POST or PUT route (``api/idempotency.py``), its records
+    in the API's coordinator; below ``json_body`` and the caller's check."""
+    document_errors(400, 409)(func)
+    return idempotency.idempotent(lambda: api().keys)(func)
 
 
 def no_content() -> Any:

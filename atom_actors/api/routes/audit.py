@@ -39,7 +39,7 @@ def record_json(entry: AuditEntry) -> dict[str, Any]:
 async def audit(query: AuditQuery) -> Any:
     """The newest records, newest first (``limit`` ≤ 500): every swarm-changing command and every
     Brise-Circuit change, with the role that allowed it and the operator's pseudonym; ``chain``
-    says whether the records' keyed hash chain holds."""
+    says whether the records' keyed hash chain holds. Role: guardian."""
     entries, chain = await api().store.audit(query.limit)
     return jsonify({"records": [record_json(e) for e in entries],
                     "chain": {"records": chain.records, "verified": chain.verified,

@@ -11,7 +11,7 @@ from quart_schema import document_response, tag
 from ...errors import MfaRequired
 from ...operators import GUARDIAN
 from ..schemas import ResetPending, SafeguardStatus
-from ..web import api, caller, requires_role, requires_session
+from ..web import api, caller, idempotent, requires_role, requires_session
 
 bp = Blueprint("safeguard", __name__, url_prefix="/api/v1/safeguard")
 
@@ -30,10 +30,11 @@ async def status() -> Any:
 @bp.post("/reset")
 @tag(["safeguard"])
 @requires_role(GUARDIAN)
+@idempotent
 @document_response(ResetPending, 202)
 @document_response(SafeguardStatus)
 async def reset() -> Any:
-    """Close the Brise-Circuit; the command window starts empty. A guardian's act: with
+    """Close the Brise-Circuit; the command window starts empty. Role: guardian. A guardian's act: with
     SAFEGUARD_RESET_AAL=aal2 their token must come from a multi-factor sign-in, and with
     SAFEGUARD_RESET_QUORUM = n it closes once n distinct guardians have asked within 60 s
     (202 with the approvals so far until then)."""

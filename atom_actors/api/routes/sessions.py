@@ -23,8 +23,7 @@ def rate_limited(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        wait = api().buckets.take(client_address(api().settings.trusted_proxy_hops),
-                                  trio.current_time())
+        wait = api().buckets.take(client_address(), trio.current_time())
         if wait > 0:
             raise RateLimited(wait)
         return await func(*args, **kwargs)
@@ -32,18 +31,11 @@ def rate_limited(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def client_address(trusted_hops: int) -> str:
-    """The client's address: the peer's, or behind ``trusted_hops`` proxies the one they forwarded.
-
-    A client can put anything in X-Forwarded-For, but each trusted proxy appends the address it
-    saw, so only the last ``trusted_hops`` entries are believed.
-    """
-    if trusted_hops:
-        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",")]
-        forwarded = [part for part in forwarded if part]
-        if len(forwarded) >= trusted_hops:
-            return forwarded[-trusted_hops]
-    return request.remote_addr or "-"
+def client_address() -> str:
+    """The client's address: the peer's, or, when the peer is one of TRUSTED_PROXIES, the one
+    the proxies forwarded (:class:`~atom_actors.peers.ClientAddresses`)."""
+    forwarded = ", ".join(request.headers.getlist("X-Forwarded-For"))
+    return api().addresses.client(request.remote_addr, forwarded)
 
 
 @bp.post("/activate")
