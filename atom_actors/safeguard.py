@@ -561,8 +561,13 @@ class BriseCircuit:
         while True:
             deadline = min(self.clock.to_trio(self.breaker.half_open_at),
                            trio.current_time() + REFRESH_S)
+            woke, change = False, None
             with trio.move_on_at(deadline):
                 change = await self._receive.receive()
+                woke = True
+            if woke:
+                # Outside the beat's deadline: a regroup through another process's engine may
+                # take longer than REFRESH_S, and cut short it would leave the change unrecorded.
                 if change is not None:
                     await self._carry_out(change, control)
                 if not self._unshared:
@@ -575,7 +580,11 @@ class BriseCircuit:
 
     async def _carry_out(self, change: Change, control: SwarmControl) -> None:
         if change.state == OPEN:
-            await control.regroup(command_id=f"safeguard-{uuid.uuid4().hex}")
+            try:
+                await control.regroup(command_id=f"safeguard-{uuid.uuid4().hex}")
+            except BackendUnavailable as exc:
+                # The commands are refused already; the record must still be written.
+                log.warning("the regroup on opening was not sent: %s", exc.detail)
         payload: dict[str, Any] = {"state": change.state, "reason": change.reason,
                                    "trigger": change.trigger, "trips": self.breaker.trips}
         by: dict[str, Any] = {}

@@ -426,3 +426,20 @@ async def test_on_redis_an_alarm_raised_before_a_reset_does_not_reopen_it_when_h
                 await coordinator.subscribed.wait()
         (prompt, late), engine, engine_bus, store = await api_processes(nursery, *coordinators)
         await heard_late(prompt, late, "api")
+
+
+async def test_an_opening_is_recorded_even_when_its_regroup_is_slow(autojump_clock, nursery):
+    """With split roles the regroup on opening goes to the engine through the command stream
+    and waits up to a second for its answer: longer than the circuit's refresh beat, which once
+    cancelled it half-way, so the opening was never recorded (seen in 3 runs of 4)."""
+    from atom_actors.remote import REPLY_TIMEOUT_S, RemoteSwarm
+    settings = make_settings()
+    bus, store, coordinator = MemoryBus(), MemoryStore(), MemoryCoordinator()
+    swarm = await nursery.start(RemoteSwarm(settings, bus, coordinator).run)  # no engine: silent
+    circuit = BriseCircuit(settings, bus, store, coordinator=coordinator)
+    await nursery.start(circuit.run, swarm)
+    assert REPLY_TIMEOUT_S > 0.5   # longer than the beat (REFRESH_S)
+    circuit.trip("overload", "test")
+    await trio.sleep(REPLY_TIMEOUT_S + 1.0)
+    [opening] = await store.events("safeguard")
+    assert opening.payload["state"] == OPEN and opening.payload["trigger"] == "overload"
