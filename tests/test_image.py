@@ -33,7 +33,7 @@ from trio_websocket import open_websocket_url
 
 from tests import podman
 from tests.servers import PostgresServer, RedisServer, free_port, skip
-from tests.operators import bearer
+from tests.operators import OPERATOR_SECRET, bearer
 from tests.test_deploy import (COMPOSE, Nginx, client_tls, nginx_binary,  # noqa: F401 - fixtures
                                nginx_command, tls, wait_until_listening)
 
@@ -180,8 +180,10 @@ def stack(image: str, tmp_path_factory: pytest.TempPathFactory, nginx_binary: st
     try:
         redis.start()
         postgres.start()
+        # The tests' operator tokens (bearer()) command, as an issuer's would in a deployment.
         backends = {"REDIS_URL": redis.url, "DATABASE_URL": postgres.url, "SECRET_KEY": TEST_SECRET,
-                    "API_HOST": "127.0.0.1", "SWARM_SEED": "7"}
+                    "API_HOST": "127.0.0.1", "SWARM_SEED": "7",
+                    "OPERATOR_JWT_SECRET": OPERATOR_SECRET}
 
         def add(key: str, service: str, env: dict[str, str | None],
                 command: list[str] | None = None,
