@@ -308,17 +308,27 @@ async def test_commands_accepted_while_no_engine_runs_are_applied_when_one_leads
         await committed(engine.coordinator, ["early"])
 
 
-async def test_a_command_sent_twice_is_applied_once(nursery, redis_namespace):
+async def test_a_command_sent_twice_is_applied_and_announced_once(nursery, redis_namespace):
+    """Applied once, and its events published once, by the checkpoint's script, on the bus's
+    channel (one batch), where every reader hears them."""
     with trio.fail_after(30):
+        reader = await nursery.start(RedisBus(SHARED_REDIS, namespace=redis_namespace).run)
+        await reader.subscribed.wait()
         engine = await EngineProcess(Deployment(SHARED_REDIS, redis_namespace), MemoryStore()).start(nursery)
         await engine.role.leading.wait()
-        for _ in range(2):
-            await engine.coordinator.add_command({"kind": "disperse", "level": "total", "sphere": "privacy",
-                                          "command_id": "same"})
-        await engine.coordinator.add_command({"kind": "regroup", "command_id": "after"})
-        await committed(engine.coordinator, ["same", "after"])
+        with reader.subscribe_events() as events:
+            for _ in range(2):
+                await engine.coordinator.add_command({"kind": "disperse", "level": "total",
+                                                      "sphere": "privacy", "command_id": "same"})
+            await engine.coordinator.add_command({"kind": "regroup", "command_id": "after"})
+            await committed(engine.coordinator, ["same", "after"])
+            await trio.sleep(0.2)
+            heard = [(e["event"], e.get("command_id")) for e in drain(events)]
         assert engine.role.commander.applied_count == 2
         assert engine.role.commander.skipped_count == 1
+        assert heard.count(("swarm.dispersal", "same")) == 1
+        assert heard.count(("agent.status", "same")) == 8
+        assert heard.count(("swarm.regroup", "after")) == 1
 
 
 async def test_a_leader_whose_lease_is_taken_steps_down(nursery, redis_namespace):
