@@ -376,6 +376,13 @@ class EngineRole:
         self.terms = 0
         self.leading = trio.Event()
 
+    def write_age(self) -> float:
+        """Seconds since Redis last acknowledged this leader's checkpoint (inf: none, or not
+        leading)."""
+        if self.commander is None:
+            return math.inf
+        return trio.current_time() - self.commander.checkpointed_at
+
     async def run(self, *, task_status: trio.TaskStatus[EngineRole] = trio.TASK_STATUS_IGNORED) -> None:
         """Stand by, lead, stand by again when the lease is lost; until cancelled.
 

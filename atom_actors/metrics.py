@@ -36,6 +36,10 @@ about a client.
     atom_safeguard_trips_total              times the Brise-Circuit opened
     atom_backend_errors_total{backend}      calls to Redis / PostgreSQL that found it unavailable
                                             (the store's and the bus's own ``failures`` counts)
+    atom_redis_primary{part,address}        1 for the Redis primary (host:port) each part (bus,
+                                            coordinator) is connected to, as asked each second
+    atom_redis_primary_changes_total{part}  times a part found its primary was another server
+                                            (a failover): the RedisFailover alert's input
     process_*                               CPU, memory, file descriptors of this process
 """
 
@@ -264,6 +268,22 @@ def _backend_metrics(parts: Iterable[Backend]) -> Iterator[Metric]:
     for name, count in failures.items():
         backend_errors.add_metric([name], count)
     yield backend_errors
+    # The Redis parts (``redislink.OnRedis``): which primary their link last found.
+    linked = [p for p in parts if hasattr(p, "primary_changes")]
+    if linked:
+        primary = GaugeMetricFamily("atom_redis_primary",
+                                    "1 for the Redis primary each part is connected to",
+                                    labels=["part", "address"])
+        changes = CounterMetricFamily("atom_redis_primary_changes",
+                                      "Times a part found its Redis primary was another server",
+                                      labels=["part"])
+        for part in linked:
+            label = part.link.name
+            if part.primary is not None:
+                primary.add_metric([label, part.primary], 1.0)
+            changes.add_metric([label], float(part.primary_changes))
+        yield primary
+        yield changes
 
 
 def _broadcaster_metrics(stats: BroadcastFigures, max_connections: int) -> Iterator[Metric]:

@@ -8,6 +8,7 @@ newest events are dropped and counted (``EventSubscription.dropped``).
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -90,6 +91,7 @@ class Bus(abc.ABC):
     def __init__(self) -> None:
         self._frames = LatestValue()
         self._event_subscribers: set[EventSubscription] = set()
+        self.frame_arrived_at = -math.inf   # Trio time the newest frame reached this process
 
     async def run(self, *, task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the bus's own tasks (connections, pumps) until cancelled."""
@@ -124,6 +126,7 @@ class Bus(abc.ABC):
             self._event_subscribers.discard(sub)
 
     def _deliver_frame(self, frame: Frame) -> None:
+        self.frame_arrived_at = trio.current_time()
         self._frames.set(frame)
 
     def _deliver_event(self, event: dict) -> None:

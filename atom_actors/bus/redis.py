@@ -72,6 +72,7 @@ class RedisBus(OnRedis, Bus):
         self.events_dropped = 0
         self.bad_messages = 0
         self.frames_received = 0
+        self.subscriptions = 0             # times the subscription was made (again)
 
     # -- running ------------------------------------------------------------------------------
 
@@ -155,6 +156,7 @@ class RedisBus(OnRedis, Bus):
 
     def _subscribed(self) -> None:
         self.link.mark_up()
+        self.subscriptions += 1
         self.subscribed.set()
         self.subscribed = trio.Event()
 

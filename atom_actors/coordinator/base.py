@@ -81,6 +81,11 @@ class Coordinator(abc.ABC):
     async def ping(self) -> None:
         """Return when the coordinator answers; raise BackendUnavailable otherwise."""
 
+    async def probe_write(self) -> None:
+        """Return when a write (as a command's) is accepted; raise BackendUnavailable otherwise
+        (Redis: down, or the server is a replica now). The readiness of an API process."""
+        await self.ping()
+
     # -- the engine's lease -----------------------------------------------------------------------
 
     @abc.abstractmethod

@@ -68,6 +68,9 @@ class MemoryCoordinator(Coordinator):
             raise BackendUnavailable(self.name, "this handle is severed")
         return self.shared
 
+    async def ping(self) -> None:
+        self._check()
+
     # -- lease --------------------------------------------------------------------------------------
 
     def _holder(self) -> str | None:

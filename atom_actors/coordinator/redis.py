@@ -16,6 +16,7 @@ What it keeps, under a namespace (``atom`` unless told otherwise)::
     atom:sessions:revoked   pub/sub   the id of each session revoked
     atom:safeguard          hash      the Brise-Circuit's state (JSON) and its version
     atom:subscribers:<id>   key       a ws process's subscriber count, expiring
+    atom:probe:<instance>   key       an API process's readiness write, expiring
 
 Atomic steps are Lua scripts: the checkpoint (state + acknowledgements + applied ids + summary +
 the applied commands' events, published on the bus's ``atom:events`` channel in one batch; only
@@ -150,6 +151,7 @@ class Keys:
         self.revoked = f"{namespace}:sessions:revoked"
         self.safeguard = f"{namespace}:safeguard"
         self.subscribers = f"{namespace}:subscribers:"  # + a ws process's id
+        self.probe = f"{namespace}:probe:"              # + a process's instance: readiness
 
 
 class RedisCoordinator(OnRedis, Coordinator):
@@ -194,6 +196,9 @@ class RedisCoordinator(OnRedis, Coordinator):
 
     async def ping(self) -> None:
         await self.link.call(_aio_ping)
+
+    async def probe_write(self) -> None:
+        await self.link.call(_aio_probe_write, self.keys.probe + self.instance)
 
     def _subscribed(self) -> None:
         self.link.mark_up()
@@ -335,6 +340,14 @@ def _decode_entry(fields: dict) -> dict | None:
 
 async def _aio_ping(client: Any) -> None:
     await client.ping()
+
+
+async def _aio_probe_write(client: Any, key: str) -> None:
+    try:
+        await client.set(key, 1, px=10_000)
+    except redis.exceptions.ReadOnlyError as exc:
+        # A replica answers PING but takes no command: for readiness, Redis is not there.
+        raise redis.exceptions.ConnectionError("the server is a replica (READONLY)") from exc
 
 
 async def _aio_get(client: Any, key: str) -> bytes | None:
