@@ -145,7 +145,7 @@ def make_coordinator(settings: Settings, parts: set[str]) -> Coordinator:
     if not settings.redis_url:
         return MemoryCoordinator()
     return RedisCoordinator(settings.redis_url, summaries=bool(parts & {"api", "ws"}),
-                            revocations="ws" in parts)
+                            revocations="ws" in parts, min_acks=settings.min_acks)
 
 
 async def serve(settings: Settings, *, role: str = "all",

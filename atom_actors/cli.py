@@ -107,10 +107,24 @@ def _reach_redis(url: str, deadline_s: float) -> None:
     At start only, as PostgreSQL is given CONNECT_DEADLINE_S: a REDIS_URL that points nowhere (a
     wrong host, port or password) is a deployment error, said in one line with exit code 1, not a
     process that stands by forever. An outage once running is retried instead (the bus's own).
+    With sentinels, the primary they name answers (no sentinel answering, or none naming a
+    primary, is the same deployment error).
     """
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    from redis.sentinel import Sentinel
 
-    client = redis.Redis.from_url(url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    from .config import parse_redis_url
+
+    address = parse_redis_url(url)
+    bounds = dict(socket_timeout=1.0, socket_connect_timeout=1.0, retry=Retry(NoBackoff(), 0))
+    if address.sentinels:
+        client = Sentinel(list(address.sentinels), sentinel_kwargs=bounds).master_for(
+            address.master, db=address.db, username=address.username, password=address.password,
+            **bounds)
+    else:
+        client = redis.Redis.from_url(url, **bounds)
     deadline = time.monotonic() + deadline_s
     try:
         while True:

@@ -11,9 +11,10 @@ import json
 import os
 import secrets
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import pydantic
 from dotenv import dotenv_values
@@ -45,6 +46,9 @@ class Settings(BaseModel):
     ws_port: int = Field(8001, ge=0, le=65535)
     database_url: str = ""
     redis_url: str = ""
+    # Replicas that must acknowledge (WAIT) a command's write before it is accepted; None: 1 with
+    # redis+sentinel://, else 0 (``min_acks`` says which).
+    redis_min_acks: int | None = Field(None, ge=0, le=16)
     frequency: float = Field(CANON_HZ, gt=MIN_HZ, le=20_000)
     essaim_size: int = Field(ge=1)    # default: the catalog's size
     sceau_duration: int = Field(2000, ge=0, description="milliseconds of touch that open a session")
@@ -82,7 +86,7 @@ class Settings(BaseModel):
             data.setdefault("essaim_size", catalog.size)
         return data
 
-    @field_validator("swarm_seed", mode="before")
+    @field_validator("swarm_seed", "redis_min_acks", mode="before")
     @classmethod
     def _empty_seed(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
@@ -121,7 +125,11 @@ class Settings(BaseModel):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str) -> str:
-        return _check_url(value, ("redis", "rediss", "unix"))
+        value = value.strip()
+        if value.startswith(SENTINEL_SCHEME + "://"):
+            parse_redis_url(value)   # raises ValueError saying what is wrong (never the password)
+            return value
+        return _check_url(value, ("redis", "rediss", "unix", SENTINEL_SCHEME))
 
     @field_validator("log_level")
     @classmethod
@@ -148,6 +156,15 @@ class Settings(BaseModel):
             raise _SettingError("ws_port", f"{self.ws_port} is also API_PORT")
         return self
 
+    @property
+    def min_acks(self) -> int:
+        """REDIS_MIN_ACKS as it applies: 0 without Redis; unset, 1 with sentinels, else 0."""
+        if not self.redis_url:
+            return 0
+        if self.redis_min_acks is not None:
+            return self.redis_min_acks
+        return 1 if parse_redis_url(self.redis_url).sentinels else 0
+
     def with_ephemeral_key(self) -> tuple[Settings, bool]:
         """Return settings with a SECRET_KEY, making a random one if empty, and whether it was made."""
         if self.secret_key:
@@ -159,6 +176,75 @@ class _SettingError(ValueError):
     def __init__(self, field: str, problem: str) -> None:
         super().__init__(problem)
         self.field = field
+
+
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+
+
+@dataclass(frozen=True)
+class RedisAddress:
+    """Where REDIS_URL points: ``url`` as given; with sentinels, the ``sentinels`` (host, port)
+    to ask for the primary of ``master``, and the primary's ``db``, ``username`` and
+    ``password`` (the sentinels themselves are asked without one). Its repr never shows the
+    password."""
+
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:
+        where = ",".join(f"{h}:{p}" for h, p in self.sentinels) or "(url)"
+        return f"RedisAddress(sentinels={where}, master={self.master!r}, db={self.db})"
+
+
+def parse_redis_url(url: str) -> RedisAddress:
+    """Read REDIS_URL: ``redis://…`` (and ``rediss://``, ``unix://``) as redis-py reads it, or
+    ``redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/<master-name>[/<db>]``
+    (port 26379 by default). Raise ValueError saying what is wrong; the message never repeats
+    the password."""
+    url = url.strip()
+    if not url.startswith(SENTINEL_SCHEME + "://"):
+        return RedisAddress(url)
+    rest = url[len(SENTINEL_SCHEME) + 3:]
+    netloc, _, path = rest.partition("/")
+    if "?" in path or "#" in path:
+        raise ValueError("takes no query or fragment after the master name")
+    username = password = None
+    if "@" in netloc:
+        userinfo, _, netloc = netloc.rpartition("@")
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if not colon:   # "secret@host": the conventional ":secret@host" without its colon
+            username, password = None, unquote(user) or None
+    sentinels = []
+    for item in netloc.split(","):
+        item = item.strip()
+        if not item:
+            raise ValueError("lists an empty sentinel address (host:port,host:port,...)")
+        if item.startswith("["):
+            host, _, tail = item[1:].partition("]")
+            port_text = tail[1:] if tail.startswith(":") else ""
+            if tail and not tail.startswith(":"):
+                raise ValueError(f"has a bad sentinel address {item[:64]!r}")
+        else:
+            host, _, port_text = item.partition(":")
+        if not host:
+            raise ValueError(f"has a sentinel address without a host ({item[:64]!r})")
+        if port_text and not (port_text.isdigit() and 0 < int(port_text) < 65536):
+            raise ValueError(f"has a sentinel port that is not a number in 1..65535 ({item[:64]!r})")
+        sentinels.append((host, int(port_text) if port_text else SENTINEL_PORT))
+    parts = path.split("/") if path else []
+    if not parts or not parts[0]:
+        raise ValueError("names no master: redis+sentinel://host:port[,host:port...]/<master-name>[/<db>]")
+    if len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise ValueError("has a path that is not /<master-name>[/<db>] (db: a number)")
+    return RedisAddress(url, tuple(sentinels), unquote(parts[0]),
+                        int(parts[1]) if len(parts) == 2 else 0, username, password)
 
 
 def _check_url(value: str, schemes: tuple[str, ...]) -> str:
@@ -200,5 +286,7 @@ def load_settings(environ: Mapping[str, str] | None = None,
         field = str(err["loc"][0]).upper() if err["loc"] else "settings"
         given = values.get(field.lower())
         msg = err["msg"].removeprefix("Value error, ")
-        problem = f"{msg} (got {given!r})" if given is not None and field != "SECRET_KEY" else msg
+        # Never echoed: the secret, and the URLs, which may carry a password.
+        quiet = field in ("SECRET_KEY", "REDIS_URL", "DATABASE_URL")
+        problem = f"{msg} (got {given!r})" if given is not None and not quiet else msg
         raise ConfigError(field, problem) from None

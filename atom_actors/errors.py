@@ -18,9 +18,13 @@ The tree::
     ├── RequestError             a request the API cannot read
     │   ├── BodyNotJSON          the body is not JSON (400)
     │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
-    │   └── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
+    │   ├── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
+    │   ├── IdempotencyKeyInvalid   an Idempotency-Key that is not 1-128 printable characters (400)
+    │   ├── IdempotencyKeyReused    a key used again for another request (422)
+    │   └── IdempotencyKeyInUse     a key whose first request is still running (409 + Retry-After)
     ├── HostNotAllowed           a Host header not on ALLOWED_HOSTS, REST or WebSocket (400)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
+    │   └── CommandUnconfirmed   a command's write was not confirmed (REDIS_MIN_ACKS): outcome unknown
     ├── StreamRefused            a WebSocket handshake on WS_PORT was refused with an HTTP status
     │   ├── StreamNotFound       another path than /ws/swarm (404)
     │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
@@ -239,6 +243,39 @@ class OriginRefused(RequestError):
         self.origin = origin
 
 
+class IdempotencyKeyInvalid(RequestError):
+    """Raised when an ``Idempotency-Key`` header is empty, longer than 128 characters, or holds
+    anything but printable ASCII."""
+
+    code = "invalid_idempotency_key"
+
+    def __init__(self) -> None:
+        super().__init__("Idempotency-Key must be 1 to 128 printable ASCII characters")
+
+
+class IdempotencyKeyReused(RequestError):
+    """Raised when an ``Idempotency-Key`` comes back with another method, path or body than the
+    request it was first used for (within its 10 minutes)."""
+
+    code = "idempotency_key_reused"
+    status = 422
+
+    def __init__(self) -> None:
+        super().__init__("this Idempotency-Key was used for another request; use a new key")
+
+
+class IdempotencyKeyInUse(RequestError):
+    """Raised when a request comes with the ``Idempotency-Key`` of one still being carried out."""
+
+    code = "idempotency_key_in_use"
+    status = 409
+    retry_after_s = 1.0
+
+    def __init__(self) -> None:
+        super().__init__("a request with this Idempotency-Key is still being carried out; "
+                         "retry in a moment to get its answer")
+
+
 class HostNotAllowed(AtomError):
     """Raised when a request's ``Host`` (REST or WebSocket) is not on ALLOWED_HOSTS: a page on
     another name, re-pointed at this server by DNS rebinding, gets no answer from it."""
@@ -267,6 +304,19 @@ class BackendUnavailable(AtomError):
         super().__init__(f"{_PUBLIC_BACKEND_NAMES.get(backend, backend)} is unavailable")
         self.backend = backend
         self.reason = why
+        self.args = (f"{self.detail}: {why}",)
+
+
+class CommandUnconfirmed(BackendUnavailable):
+    """Raised when a command's entry in the command stream could not be confirmed: Redis did not
+    answer the write, or fewer than REDIS_MIN_ACKS replicas acknowledged it in time. It may have
+    been written (and will then be applied), or not: the client may retry it with the same
+    ``Idempotency-Key``, which applies it at most once."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__("redis", why)
+        self.detail = ("the command's write could not be confirmed, so its outcome is unknown; "
+                       "it may be retried with the same Idempotency-Key, which applies it at most once")
         self.args = (f"{self.detail}: {why}",)
 
 

@@ -11,7 +11,8 @@ from atom_actors.config import Settings, load_settings
 from atom_actors.engine import Engine
 
 
-pytest_plugins = ["tests.servers"]   # real PostgreSQL and Redis, shared and throwaway
+# real PostgreSQL and Redis, shared and throwaway; a throwaway Redis Sentinel deployment
+pytest_plugins = ["tests.servers", "tests.sentinel"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

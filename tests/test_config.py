@@ -67,3 +67,59 @@ def test_empty_secret_key_gets_an_ephemeral_one():
     assert made and len(s.secret_key) >= 32
     again, made_again = s.with_ephemeral_key()
     assert again is s and not made_again
+
+
+KEY = {"SECRET_KEY": "k" * 32}
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_its_db():
+    from atom_actors.config import parse_redis_url
+
+    s = load_settings({"REDIS_URL": "redis+sentinel://:pa%40ss@10.0.0.1:26380,sentinel-b,[::1]:26381/atom/3",
+                       **KEY}, env_file=None)
+    address = parse_redis_url(s.redis_url)
+    assert address.sentinels == (("10.0.0.1", 26380), ("sentinel-b", 26379), ("::1", 26381))
+    assert (address.master, address.db, address.password, address.username) == ("atom", 3, "pa@ss", None)
+    assert "pa@ss" not in repr(address)
+    assert parse_redis_url("redis+sentinel://h/m").db == 0
+    assert parse_redis_url("redis://h:6379/0").sentinels == ()
+
+
+@pytest.mark.parametrize("url, words", [
+    ("redis+sentinel://h1:26379,h2:26379", "names no master"),
+    ("redis+sentinel://h1:26379/", "names no master"),
+    ("redis+sentinel://h1:port/atom", "not a number"),
+    ("redis+sentinel://h1:0/atom", "1..65535"),
+    ("redis+sentinel://h1,,h2/atom", "empty sentinel address"),
+    ("redis+sentinel://:pw@/atom", "empty sentinel address"),
+    ("redis+sentinel://h1/atom/zero", "<master-name>[/<db>]"),
+    ("redis+sentinel://h1/atom/0/more", "<master-name>[/<db>]"),
+    ("redis+sentinel://h1/atom?ssl=1", "no query"),
+    ("sentinel://h1/atom", "redis+sentinel://"),
+])
+def test_a_bad_sentinel_url_is_one_line_naming_redis_url_and_never_its_password(url, words):
+    url = url.replace("://", "://:hunter2-secret@", 1) if "@" not in url else url
+    with pytest.raises(ConfigError) as info:
+        load_settings({"REDIS_URL": url, **KEY}, env_file=None)
+    assert info.value.setting == "REDIS_URL" and words in info.value.problem
+    assert "\n" not in str(info.value) and "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("env, acks", [
+    ({}, 0),
+    ({"REDIS_URL": "redis://h:6379/0"}, 0),
+    ({"REDIS_URL": "redis+sentinel://h/atom"}, 1),
+    ({"REDIS_URL": "redis+sentinel://h/atom", "REDIS_MIN_ACKS": ""}, 1),
+    ({"REDIS_URL": "redis+sentinel://h/atom", "REDIS_MIN_ACKS": "0"}, 0),
+    ({"REDIS_URL": "redis+sentinel://h/atom", "REDIS_MIN_ACKS": "2"}, 2),
+    ({"REDIS_URL": "redis://h:6379/0", "REDIS_MIN_ACKS": "1"}, 1),
+    ({"REDIS_MIN_ACKS": "2"}, 0),   # no Redis: nothing to wait for
+])
+def test_redis_min_acks_defaults_to_one_with_sentinels(env, acks):
+    assert load_settings({**env, **KEY}, env_file=None).min_acks == acks
+
+
+def test_a_bad_redis_min_acks_names_it():
+    with pytest.raises(ConfigError) as info:
+        load_settings({"REDIS_MIN_ACKS": "-1"}, env_file=None)
+    assert info.value.setting == "REDIS_MIN_ACKS"

@@ -291,3 +291,105 @@ async def test_a_promoted_replica_never_hands_out_an_epoch_already_used(nursery)
     finally:
         replica.kill()
         primary.kill()
+
+
+async def test_an_idempotency_key_runs_once_then_replays_its_first_answer(pair):
+    from atom_actors.coordinator import BUSY, MISMATCH, REPLAY, RUN, Claim
+
+    first, second = pair
+    with trio.fail_after(10):
+        assert await first.idempotency_claim("r1", "fp", "cmd-a", 600, 5) == Claim(RUN, "cmd-a")
+        # Another process, while the first runs it: busy, nothing run twice.
+        busy = await second.idempotency_claim("r1", "fp", "cmd-b", 600, 5)
+        assert (busy.state, busy.command_id) == (BUSY, "cmd-a")
+        assert (await second.idempotency_claim("r1", "other", "cmd-b", 600, 5)).state == MISMATCH
+        kept = await first.idempotency_answer("r1", "fp", "cmd-a", 202, b'{"n":1}', 600)
+        assert (kept.state, kept.status, kept.body) == (REPLAY, 202, b'{"n":1}')
+        # A second answer (a concurrent retry finishing later) never replaces the first.
+        again = await second.idempotency_answer("r1", "fp", "cmd-a", 202, b'{"n":2}', 600)
+        assert (again.status, again.body) == (202, b'{"n":1}')
+        replay = await second.idempotency_claim("r1", "fp", "cmd-c", 600, 5)
+        assert replay == Claim(REPLAY, "cmd-a", 202, b'{"n":1}')
+        # Scopes are the records' ids: another record is another key.
+        assert (await second.idempotency_claim("r2", "fp", "cmd-d", 600, 5)).state == RUN
+
+
+async def test_a_released_or_abandoned_key_runs_again_with_its_first_command_id(pair):
+    """A command whose outcome is unknown (503) is released: the retry gets the same command id,
+    which the engine applies at most once. A holder that died is given up after ``hold_s``."""
+    from atom_actors.coordinator import BUSY, RUN, Claim
+
+    first, second = pair
+    with trio.fail_after(10):
+        assert (await first.idempotency_claim("r", "fp", "cmd-a", 600, 5)).state == RUN
+        await first.idempotency_release("r")
+        assert await second.idempotency_claim("r", "fp", "cmd-b", 600, 0.2) == Claim(RUN, "cmd-a")
+        assert (await first.idempotency_claim("r", "fp", "cmd-c", 600, 0.2)).state == BUSY
+        await trio.sleep(0.3)    # the holder (second) went silent: its hold lapses (Redis's clock)
+        assert await first.idempotency_claim("r", "fp", "cmd-c", 600, 5) == Claim(RUN, "cmd-a")
+
+
+async def test_an_idempotency_record_expires_after_its_ttl(pair):
+    from atom_actors.coordinator import RUN, Claim
+
+    first, _ = pair
+    with trio.fail_after(10):
+        await first.idempotency_claim("r", "fp", "cmd-a", 0.2, 5)
+        await first.idempotency_answer("r", "fp", "cmd-a", 202, b"{}", 0.2)
+        await trio.sleep(0.3)
+        assert await first.idempotency_claim("r", "fp", "cmd-b", 600, 5) == Claim(RUN, "cmd-b")
+
+
+# -- REDIS_MIN_ACKS: a command's entry acknowledged by replicas (a Sentinel deployment) ----------
+
+async def stream_length(node, key: str) -> int:
+    return await trio.to_thread.run_sync(lambda: node.client().xlen(key))
+
+
+async def test_a_command_returns_once_a_replica_has_its_entry(nursery, sentinel_cluster):
+    coordinator = await nursery.start(RedisCoordinator(
+        sentinel_cluster.url, summaries=False, revocations=False, min_acks=2).run)
+    with trio.fail_after(10):
+        entry = await coordinator.add_command({"kind": "regroup", "command_id": "c1"})
+    for replica in sentinel_cluster.replicas:     # both have it, the moment add_command returned
+        with replica.client() as c:
+            assert [e[0].decode() for e in c.xrange(coordinator.keys.commands)] == [entry]
+
+
+async def test_a_replica_that_stops_acknowledging_makes_commands_unconfirmed_within_the_bound(
+        nursery, sentinel_cluster):
+    """REDIS_MIN_ACKS=2 and one replica hung (SIGSTOP): every command is CommandUnconfirmed (503,
+    outcome unknown) within WAIT's bound; none returns as if accepted. The entries are in the
+    primary's stream all the same (WAIT does not undo a write): hence "unknown"."""
+    from atom_actors.errors import CommandUnconfirmed
+
+    coordinator = await nursery.start(RedisCoordinator(
+        sentinel_cluster.url, summaries=False, revocations=False, min_acks=2).run)
+    with trio.fail_after(10):
+        await coordinator.ping()
+    hung = sentinel_cluster.replicas[0]
+    hung.pause()
+    try:
+        for i in range(5):
+            started = trio.current_time()
+            with pytest.raises(CommandUnconfirmed) as caught:
+                await coordinator.add_command({"kind": "regroup", "command_id": f"u{i}"})
+            took = trio.current_time() - started
+            assert coordinator.ack_timeout_s <= took < coordinator.ack_timeout_s + 0.5
+            assert caught.value.status == 503 and caught.value.code == "backend_unavailable"
+            assert "outcome is unknown" in caught.value.detail
+            assert "Idempotency-Key" in caught.value.detail
+    finally:
+        hung.resume()
+    assert await stream_length(sentinel_cluster.primary, coordinator.keys.commands) == 5
+    with trio.fail_after(10):   # acknowledged again once the replica catches up
+        await coordinator.add_command({"kind": "regroup", "command_id": "ok"})
+
+
+async def test_a_command_while_redis_is_unreachable_is_unconfirmed(nursery):
+    from atom_actors.errors import CommandUnconfirmed
+
+    coordinator = await nursery.start(RedisCoordinator(
+        f"redis://127.0.0.1:{free_port()}/0", summaries=False, revocations=False).run)
+    with trio.fail_after(5), pytest.raises(CommandUnconfirmed):
+        await coordinator.add_command({"kind": "regroup", "command_id": "x"})

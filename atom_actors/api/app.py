@@ -22,8 +22,8 @@ from quart_schema import Info, OpenAPIProvider, QuartSchema
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
-from ..errors import (AtomError, CommandError, HostNotAllowed, OriginRefused, RateLimited,
-                      RequestInvalid, SafeguardOpen)
+from ..errors import (AtomError, CommandError, HostNotAllowed, IdempotencyKeyInUse,
+                      OriginRefused, RateLimited, RequestInvalid, SafeguardOpen)
 from ..logs import client_text
 from ..origins import OriginPolicy
 from .cors import CorsPolicy
@@ -50,7 +50,8 @@ def create_app(parts: ApiInput) -> QuartTrio:
     settings = parts.settings
     app.extensions["atom"] = Api(
         parts, cors=CorsPolicy(OriginPolicy(settings.cors_origins, settings.allowed_hosts)),
-        buckets=TokenBuckets())
+        buckets=TokenBuckets(),
+        **({"keys": parts.coordinator} if parts.coordinator is not None else {}))
     QuartSchema(app, info=Info(title="AT·OM swarm API", version=_version(),
                                description=DESCRIPTION),
                 openapi_provider_class=ContractOpenAPI, swagger_ui_path=None,
@@ -110,7 +111,7 @@ async def _atom_error(exc: AtomError) -> Response:
     elif isinstance(exc, CommandError) and exc.status == 422:
         extra["fields"] = {exc.field: exc.detail}
     response = error_response(exc.status, exc.code, exc.detail, **extra)
-    if isinstance(exc, SafeguardOpen | RateLimited):
+    if isinstance(exc, SafeguardOpen | RateLimited | IdempotencyKeyInUse):
         response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if exc.status >= 500:
         # str(exc): the whole story (a backend's address, its driver's message), for the log only.
@@ -181,7 +182,7 @@ class ContractOpenAPI(OpenAPIProvider):
                 responses = op["responses"]
                 if "requestBody" in op:
                     op["requestBody"]["required"] = True
-                for status in ("423", "429", 423, 429):
+                for status in ("409", "423", "429", 409, 423, 429):
                     if status in responses:
                         responses[status]["headers"] = RETRY_AFTER
                 if path.endswith("/sceau/activate") and 201 in responses:

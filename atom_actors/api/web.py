@@ -22,12 +22,13 @@ from quart_schema import document_querystring, document_request, document_respon
 from ..bus import Bus
 from ..clock import WallClock
 from ..config import Settings
-from ..coordinator import Coordinator
+from ..coordinator import Coordinator, MemoryCoordinator
 from ..errors import BackendUnavailable, BodyNotJSON, RequestInvalid, UnknownAgent, UnknownSphere
 from ..metrics import Counted, Metrics
 from ..safeguard import BriseCircuit
 from ..sessions import SessionService
 from ..store import EventRecord, Store
+from . import idempotency
 from .cors import CorsPolicy
 from .ratelimit import TokenBuckets
 from .schemas import ErrorBody, ValidationErrorBody
@@ -76,6 +77,9 @@ class Api:
     cors: CorsPolicy
     buckets: TokenBuckets
     clock: WallClock = field(default_factory=WallClock)
+    # Where Idempotency-Key records are: the deployment's coordinator (this app's own memory one
+    # when it was given none, as in some tests).
+    keys: Coordinator = field(default_factory=MemoryCoordinator)
     settled_at: float = -math.inf   # this API's last command has reached the swarm by then
     _agents_cache: tuple[float, dict[tuple, bytes]] = field(default_factory=lambda: (-math.inf, {}))
 
@@ -142,6 +146,13 @@ class Api:
 
 def api() -> Api:
     return current_app.extensions["atom"]
+
+
+def idempotent(func: F) -> F:
+    """``Idempotency-Key`` on this (O) POST or PUT route (``api/idempotency.py``), its records
+    in the API's coordinator; below ``json_body`` and the caller's check."""
+    document_errors(400, 409, 422)(func)
+    return idempotency.idempotent(lambda: api().keys)(func)
 
 
 def no_content() -> Any:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -35,6 +36,24 @@ Entry = tuple[str, dict | None]
 # to Redis): the reader re-checks every session it holds.
 RESYNC: Final = ""
 REVOCATION_BUFFER: Final = 1024
+
+
+# What an Idempotency-Key's record tells the request presenting it (Coordinator.idempotency_claim).
+RUN: Final = "run"             # run the command, as ``command_id`` (this request holds the record)
+REPLAY: Final = "replay"       # answered already: ``status`` and ``body`` are that answer
+BUSY: Final = "busy"           # another request with this key is running it now
+MISMATCH: Final = "mismatch"   # the key was used for another request (method, path or body)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The state of one Idempotency-Key's record, as :meth:`Coordinator.idempotency_claim` and
+    :meth:`Coordinator.idempotency_answer` find it."""
+
+    state: str
+    command_id: str = ""
+    status: int = 0
+    body: bytes = b""
 
 
 class Revocations:
@@ -110,7 +129,9 @@ class Coordinator(abc.ABC):
 
     @abc.abstractmethod
     async def add_command(self, command: dict) -> str:
-        """Append a command; once this returns, the command will be applied (exactly once)."""
+        """Append a command; once this returns, the command will be applied (exactly once).
+        Raises :class:`~atom_actors.errors.CommandUnconfirmed` when that cannot be told (the
+        write unanswered, or not acknowledged by REDIS_MIN_ACKS replicas)."""
 
     async def ensure_group(self) -> None:
         """Make the engines' consumer group if it is missing (after a Redis restart)."""
@@ -185,6 +206,28 @@ class Coordinator(abc.ABC):
     def _deliver_revocation(self, session_id: str) -> None:
         for reader in self._revocation_readers:
             reader.offer(session_id)
+
+    # -- Idempotency-Key records (CONTRACT §2) ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def idempotency_claim(self, record: str, fingerprint: str, command_id: str,
+                                ttl_s: float, hold_s: float) -> Claim:
+        """Look ``record`` (a key's id, the caller's scope included) up and hold it for this
+        request. Unknown: made, kept ``ttl_s``, holding ``command_id`` → RUN with it. Made for
+        another ``fingerprint`` → MISMATCH. Answered → REPLAY. Held by a request that started
+        less than ``hold_s`` ago → BUSY. Otherwise (released, or its holder gone) → RUN with the
+        command id the record was made with, so that a command sent again is applied once."""
+
+    @abc.abstractmethod
+    async def idempotency_answer(self, record: str, fingerprint: str, command_id: str,
+                                 status: int, body: bytes, ttl_s: float) -> Claim:
+        """Keep this answer unless one is kept already; REPLAY with the one kept (the first).
+        A record gone meanwhile (expired, or lost with a primary) is made again with it."""
+
+    @abc.abstractmethod
+    async def idempotency_release(self, record: str) -> None:
+        """Stop holding ``record`` without an answer (the command failed or its outcome is
+        unknown): the next request with its key runs it again, with the same command id."""
 
     # -- the Brise-Circuit's shared state ------------------------------------------------------------
 

@@ -20,10 +20,19 @@ import trio
 
 from ..errors import BackendUnavailable
 from ..store import SessionRecord
-from .base import Coordinator, Entry
+from .base import BUSY, MISMATCH, REPLAY, RUN, Claim, Coordinator, Entry
 
 APPLIED_KEEP_S = 3600.0
 LOG_KEEP = 10_000
+
+
+@dataclass
+class _KeyRecord:
+    fingerprint: str
+    command_id: str
+    expires_at: float            # Trio time
+    held_until: float = 0.0
+    answer: tuple[int, bytes] | None = None
 
 
 @dataclass
@@ -44,6 +53,7 @@ class Shared:
     sessions: dict[str, SessionRecord] = field(default_factory=dict)
     breaker: tuple[int, bytes | None] = (0, None)
     presence: dict[str, tuple[int, float]] = field(default_factory=dict)
+    idempotency: dict[str, _KeyRecord] = field(default_factory=dict)
     handles: list[MemoryCoordinator] = field(default_factory=list)
     new_entry: trio.Event = field(default_factory=trio.Event)
     announce: Callable[[list[dict]], None] | None = None
@@ -225,4 +235,44 @@ class MemoryCoordinator(Coordinator):
         now = trio.current_time()
         return sum(count for count, until in self._check().presence.values() if until > now)
 
+    # -- Idempotency-Key records --------------------------------------------------------------------
 
+    def _key_record(self, record: str) -> _KeyRecord | None:
+        shared = self._check()
+        now = trio.current_time()
+        if len(shared.idempotency) % 1024 == 1023:   # forget the expired now and then
+            shared.idempotency = {k: v for k, v in shared.idempotency.items() if v.expires_at > now}
+        found = shared.idempotency.get(record)
+        return found if found is not None and found.expires_at > now else None
+
+    async def idempotency_claim(self, record: str, fingerprint: str, command_id: str,
+                                ttl_s: float, hold_s: float) -> Claim:
+        now = trio.current_time()
+        found = self._key_record(record)
+        if found is None:
+            self.shared.idempotency[record] = _KeyRecord(fingerprint, command_id, now + ttl_s,
+                                                         now + hold_s)
+            return Claim(RUN, command_id)
+        if found.fingerprint != fingerprint:
+            return Claim(MISMATCH)
+        if found.answer is not None:
+            return Claim(REPLAY, found.command_id, *found.answer)
+        if found.held_until > now:
+            return Claim(BUSY, found.command_id)
+        found.held_until = now + hold_s
+        return Claim(RUN, found.command_id)
+
+    async def idempotency_answer(self, record: str, fingerprint: str, command_id: str,
+                                 status: int, body: bytes, ttl_s: float) -> Claim:
+        found = self._key_record(record)
+        if found is None:
+            found = self.shared.idempotency[record] = _KeyRecord(
+                fingerprint, command_id, trio.current_time() + ttl_s)
+        if found.answer is None:
+            found.answer = (status, body)
+        return Claim(REPLAY, found.command_id, *found.answer)
+
+    async def idempotency_release(self, record: str) -> None:
+        found = self._key_record(record)
+        if found is not None and found.answer is None:
+            found.held_until = 0.0

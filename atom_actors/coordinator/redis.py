@@ -17,12 +17,16 @@ What it keeps, under a namespace (``atom`` unless told otherwise)::
     atom:safeguard          hash      the Brise-Circuit's state (JSON) and its version
     atom:subscribers:<id>   key       a ws process's subscriber count, expiring
     atom:probe:<instance>   key       an API process's readiness write, expiring
+    atom:idempotency:<id>   hash      an Idempotency-Key's record (its id: a hash of the caller's
+                                      scope and the key): fingerprint, command id, held until,
+                                      the answer; expiring 10 minutes after it was made
 
 Atomic steps are Lua scripts: the checkpoint (state + acknowledgements + applied ids + summary +
 the applied commands' events, published on the bus's ``atom:events`` channel in one batch; only
 while the caller holds the lease and no newer epoch exists), the lease's acquisition (with its
 epoch), renewal and release, a revocation (flag + publish), and the Brise-Circuit's
-compare-and-swap.
+compare-and-swap, and an Idempotency-Key record's claim, answer and release (holds timed by
+Redis's own clock, the same for every API process).
 
 The lease's epoch is confirmed by the replicas: the acquisition and a ``WAIT`` for every replica
 the primary has (``ROLE``) go in one pipeline, on one connection, and a lease no replica confirmed
@@ -45,14 +49,16 @@ from typing import Any
 import redis.exceptions
 import trio
 
+from ..errors import BackendUnavailable, CommandUnconfirmed
 from ..redislink import OnRedis, RedisLink
 from ..store import SessionRecord
-from .base import RESYNC, Coordinator, Entry
+from .base import RESYNC, Claim, Coordinator, Entry
 
 log = logging.getLogger("atom_actors.coordinator")
 
 TIMEOUT_S = 1.0           # socket timeout of every call; connecting gets half of it
 WAIT_MS = 500             # how long an epoch's acquisition waits for the replicas to confirm it
+ACK_TIMEOUT_S = 0.5       # WAIT's own bound on replicas' acknowledgements (within TIMEOUT_S)
 RETRY_S = 0.2             # after a failure, the subscription tries again this soon
 GROUP = "engine"
 APPLIED_KEEP_MS = 3_600_000
@@ -136,8 +142,47 @@ return 1
 """
 
 
+# An Idempotency-Key record: claim (ARGV: fingerprint, command id, ttl ms, hold ms). Replies
+# {state, command id, status, body}; the states are base.RUN, MISMATCH, REPLAY and BUSY.
+_IDEM_CLAIM = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local r = redis.call('HMGET', KEYS[1], 'fp', 'cid', 'hold', 'status', 'body')
+if not r[1] then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'cid', ARGV[2], 'hold', now + tonumber(ARGV[4]))
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return {'run', ARGV[2]}
+end
+if r[1] ~= ARGV[1] then return {'mismatch', ''} end
+if r[4] then return {'replay', r[2], r[4], r[5]} end
+if tonumber(r[3]) > now then return {'busy', r[2]} end
+redis.call('HSET', KEYS[1], 'hold', now + tonumber(ARGV[4]))
+return {'run', r[2]}
+"""
+
+# Keep an answer unless one is kept (ARGV: fingerprint, command id, status, body, ttl ms).
+_IDEM_ANSWER = """
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  redis.call('HSET', KEYS[1], 'fp', ARGV[1], 'cid', ARGV[2], 'hold', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+if not redis.call('HGET', KEYS[1], 'status') then
+  redis.call('HSET', KEYS[1], 'status', ARGV[3], 'body', ARGV[4])
+end
+return redis.call('HMGET', KEYS[1], 'cid', 'status', 'body')
+"""
+
+_IDEM_RELEASE = """
+if redis.call('HEXISTS', KEYS[1], 'status') == 0 and redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'hold', 0)
+end
+return 1
+"""
+
+
 class Keys:
     def __init__(self, namespace: str) -> None:
+        self.idempotency = f"{namespace}:idempotency:"  # + the record's id
         self.summary = f"{namespace}:summary"
         self.commands = f"{namespace}:commands"
         self.lease = f"{namespace}:engine:lease"
@@ -158,23 +203,30 @@ class RedisCoordinator(OnRedis, Coordinator):
     """The :class:`~atom_actors.coordinator.base.Coordinator` on Redis.
 
     ``summaries`` / ``revocations``: whether this process subscribes to them (a process without
-    the engine mirrors the summaries; a ws process watches revocations).
+    the engine mirrors the summaries; a ws process watches revocations). ``min_acks``
+    (REDIS_MIN_ACKS): replicas that must acknowledge a command's entry before
+    :meth:`add_command` returns.
     """
 
     name = "redis"
 
     def __init__(self, url: str, *, namespace: str = "atom", summaries: bool = True,
-                 revocations: bool = True, timeout_s: float = TIMEOUT_S) -> None:
+                 revocations: bool = True, timeout_s: float = TIMEOUT_S,
+                 min_acks: int = 0) -> None:
         super().__init__()
         self.url = url
         self.keys = Keys(namespace)
         self.timeout_s = timeout_s
+        self.min_acks = min_acks
+        self.ack_timeout_s = min(ACK_TIMEOUT_S, timeout_s / 2)
         self.instance = uuid.uuid4().hex[:12]
         self._channels = [k for k, on in ((self.keys.summary, summaries),
                                           (self.keys.revoked, revocations)) if on]
         self.link = RedisLink(url, name="coordinator", timeout_s=timeout_s, log=log,
                               scripts={"checkpoint": _CHECKPOINT, "acquire": _ACQUIRE, "renew": _RENEW,
-                                       "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP})
+                                       "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP,
+                                       "idem_claim": _IDEM_CLAIM, "idem_answer": _IDEM_ANSWER,
+                                       "idem_release": _IDEM_RELEASE})
         self.subscribed = trio.Event()     # set each time the subscription is (re)established
         self._subscriptions = 0
 
@@ -245,7 +297,22 @@ class RedisCoordinator(OnRedis, Coordinator):
     # -- commands and checkpoints -----------------------------------------------------------------
 
     async def add_command(self, command: dict) -> str:
-        return await self.link.call(_aio_xadd, self.keys.commands, json.dumps(command).encode())
+        """XADD, then (``min_acks`` > 0) WAIT on the same connection for that many replicas,
+        bounded by ``ack_timeout_s``. Raises CommandUnconfirmed when Redis does not answer or
+        too few replicas acknowledge: the entry may or may not be in the stream (Redis's WAIT
+        does not undo a write), and an entry written is applied, once."""
+        data = json.dumps(command).encode()
+        try:
+            if not self.min_acks:
+                return await self.link.call(_aio_xadd, self.keys.commands, data)
+            entry, acks = await self.link.call(_aio_xadd_wait, self.keys.commands, data,
+                                               self.min_acks, int(self.ack_timeout_s * 1000))
+        except BackendUnavailable as exc:
+            raise CommandUnconfirmed(exc.reason) from None
+        if acks < self.min_acks:
+            raise CommandUnconfirmed(f"{acks} of {self.min_acks} replicas acknowledged within "
+                                     f"{self.ack_timeout_s:g} s")
+        return entry
 
     async def ensure_group(self) -> None:
         await self.link.call(_aio_group, self.keys.commands, GROUP)
@@ -318,6 +385,28 @@ class RedisCoordinator(OnRedis, Coordinator):
     async def swap_breaker(self, version: int, data: bytes) -> bool:
         done = await self.link.script("swap", [self.keys.safeguard], [version, data])
         return bool(done)
+
+    # -- Idempotency-Key records ----------------------------------------------------------------------
+
+    async def idempotency_claim(self, record: str, fingerprint: str, command_id: str,
+                                ttl_s: float, hold_s: float) -> Claim:
+        reply = await self.link.script("idem_claim", [self.keys.idempotency + record],
+                                       [fingerprint, command_id, int(ttl_s * 1000),
+                                        int(hold_s * 1000)])
+        state, claimed = reply[0].decode(), reply[1].decode()
+        if len(reply) == 4:
+            return Claim(state, claimed, int(reply[2]), bytes(reply[3]))
+        return Claim(state, claimed)
+
+    async def idempotency_answer(self, record: str, fingerprint: str, command_id: str,
+                                 status: int, body: bytes, ttl_s: float) -> Claim:
+        claimed, kept, kept_body = await self.link.script(
+            "idem_answer", [self.keys.idempotency + record],
+            [fingerprint, command_id, status, body, int(ttl_s * 1000)])
+        return Claim("replay", claimed.decode(), int(kept), bytes(kept_body))
+
+    async def idempotency_release(self, record: str) -> None:
+        await self.link.script("idem_release", [self.keys.idempotency + record], [])
 
     # -- presence -------------------------------------------------------------------------------------
 
@@ -401,6 +490,16 @@ def _text(value: Any) -> str:
 
 async def _aio_xadd(client: Any, stream: str, data: bytes) -> str:
     return (await client.xadd(stream, {"c": data})).decode()
+
+
+async def _aio_xadd_wait(client: Any, stream: str, data: bytes, acks: int,
+                         timeout_ms: int) -> tuple[str, int]:
+    # One pipeline is one connection: WAIT counts the replicas that have this very write.
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.xadd(stream, {"c": data})
+        pipe.execute_command("WAIT", acks, timeout_ms)
+        entry, acknowledged = await pipe.execute()
+    return entry.decode(), int(acknowledged)
 
 
 async def _aio_group(client: Any, stream: str, group: str) -> None:

@@ -8,7 +8,7 @@ from quart import Blueprint, jsonify
 from quart_schema import document_response, tag
 
 from ..schemas import SafeguardStatus
-from ..web import api, requires_session
+from ..web import api, idempotent, requires_session
 
 bp = Blueprint("safeguard", __name__, url_prefix="/api/v1/safeguard")
 
@@ -27,6 +27,7 @@ async def status() -> Any:
 @bp.post("/reset")
 @tag(["safeguard"])
 @requires_session
+@idempotent
 @document_response(SafeguardStatus)
 async def reset() -> Any:
     """Close the Brise-Circuit now; the command window starts empty."""

@@ -12,11 +12,11 @@ from quart import Blueprint, current_app, jsonify
 from quart_schema import document_response, tag
 
 from ...catalog import Catalog
-from ...engine import new_command_id
 from ...persistence import dispersal_record, regroup_record, retune_record
 from ..schemas import (Agent, Dispersal, FrequencyStats, Regroup, Sphere, SphereDetail,
                        SwarmSummary, agent_filter, disperse_body, retune_body)
-from ..web import agent_id, api, document_errors, json_body, path_segment, query, requires_session
+from ..web import (agent_id, api, document_errors, idempotent, json_body, path_segment, query,
+                   requires_session)
 
 bp = Blueprint("swarm", __name__, url_prefix="/api/v1")
 COMMAND_ERRORS = (423,)
@@ -56,12 +56,12 @@ async def agent(agent: str) -> Any:
 @bp.post("/swarm/regroup")
 @tag(["swarm"])
 @requires_session
+@idempotent
 @document_errors(*COMMAND_ERRORS)
 @document_response(Regroup, 202)
-async def regroup() -> Any:
+async def regroup(command_id: str) -> Any:
     """Call every dispersed agent home."""
     a = api()
-    command_id = new_command_id()
     with a.counted("regroup", "", command_id) as counted:
         async with a.safeguard.command():
             result = await a.control.regroup(command_id=command_id)
@@ -124,16 +124,16 @@ def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
     @tag(["swarm"])
     @requires_session
     @json_body(disperse_model)
+    @idempotent
     @document_errors(*COMMAND_ERRORS)
     @document_response(Dispersal, 202)
-    async def disperse(body: Any) -> Any:
+    async def disperse(body: Any, command_id: str) -> Any:
         """Disperse part of the swarm, or of one sphere: partial 20 %, sectoral 50 %, total 100 %.
 
         Refused with 423 brise_circuit_open while the Brise-Circuit is open; a flood of commands
         or of total dispersals opens it.
         """
         a = api()
-        command_id = new_command_id()
         with a.counted("disperse", body.level, command_id) as counted:
             async with a.safeguard.command(total=body.level == "total"):
                 result = await a.control.disperse(body.level, body.sphere, command_id=command_id)
@@ -147,14 +147,14 @@ def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
     @requires_session
     @document_errors(404, *COMMAND_ERRORS)
     @json_body(retune_body(max_hz))
+    @idempotent
     @document_response(Agent)
-    async def retune(agent: str, body: Any) -> Any:
+    async def retune(agent: str, body: Any, command_id: str) -> Any:
         """Retune one agent to a frequency in [432, FREQUENCY] Hz; returns the agent once applied."""
         a = api()
         ident = agent_id(agent)
         with path_segment():
             a.control.agent(ident)   # an unknown agent is a 404 before it counts as a command
-        command_id = new_command_id()
         with a.counted("retune", "", command_id) as counted:
             async with a.safeguard.command():
                 result = await a.control.retune(ident, body.frequency, command_id=command_id)
