@@ -9,6 +9,8 @@ above it); stopping goes the other way, one part at a time (:mod:`atom_actors.st
     coordinator  in memory, or Redis (REDIS_URL): the lease, commands, checkpoints, sessions,
                  the Brise-Circuit's state, presence
     sessions     the Sceau sessions (live ones in the coordinator; written behind to the store)
+    operators    (role all or api) who verifies operators' tokens: the issuer's keys, fetched
+                 and kept fresh, or the shared secret; none configured: a view-only API
     engine       single process: the engine itself (restored from the store) with its event log
                  and snapshots; with Redis (role all or engine): an EngineRole, the leader or a hot
                  standby among the engine processes
@@ -62,6 +64,7 @@ from .coordinator.redis import RedisCoordinator
 from .engine import Engine
 from .errors import ConfigError
 from .metrics import Metrics, supervision_reporter
+from .operators import Operators
 from .persistence import EventLog, restore_from_store, snapshot_agents
 from .remote import RemoteSwarm, SubscriberTotal, follow_engine_alarms, report_subscribers
 from .safeguard import BriseCircuit
@@ -94,6 +97,7 @@ class Services:
     ws_url: str | None = None    # ws://host:port/ws/swarm
     safeguard: BriseCircuit | None = None
     subscribers: Callable[[], int] | None = None   # WebSocket subscribers now (the broadcaster's)
+    operators: Operators | None = None
     metrics: Metrics | None = None
     api_input: ApiInput | None = None   # what the API was given
     extras: dict[str, object] = field(default_factory=dict)
@@ -173,6 +177,7 @@ async def serve(settings: Settings, *, role: str = "all",
             coordinator, settings.secret_key, store=store, sceau_duration_ms=settings.sceau_duration,
             ttl_s=settings.session_ttl_s, frequency=settings.frequency).run, name="sessions")
         if "api" in parts:
+            services.operators = await stack.start(Operators(settings).run, name="operators")
             services.safeguard = BriseCircuit(settings, bus, store, coordinator=coordinator)
             metrics.read_safeguard(services.safeguard.status)
         if clustered:
@@ -207,7 +212,8 @@ async def serve(settings: Settings, *, role: str = "all",
             assert services.swarm is not None and services.safeguard is not None
             services.api_input = ApiInput(
                 settings, services.swarm, services.sessions, services.safeguard, store, bus,
-                coordinator=coordinator, metrics=metrics, subscribers=services.subscribers, ws_url=services.ws_url)
+                coordinator=coordinator, metrics=metrics, subscribers=services.subscribers,
+                ws_url=services.ws_url, operators=services.operators)
             services.api_url = await stack.start(logs.traced, "api",
                                                  partial(serve_api, services.api_input), name="api")
             if services.broadcaster is not None:

@@ -3,6 +3,10 @@
     atom serve [--role all|engine|api|ws]   run everything in one process (all, the default), or
                                             one part of a Redis deployment
     atom migrate                            apply the pending database migrations (DATABASE_URL)
+    atom operator-token --role R[,R] [--ttl 15m] [--subject NAME] [--aal aal1|aal2]
+                                            print an operator's token signed with
+                                            OPERATOR_JWT_SECRET (for scripts, shared-secret
+                                            deployments)
     atom watch [URL]                        a live terminal view of a running swarm; --once: a
                                             health probe
 
@@ -14,10 +18,12 @@ unreachable), 2 for a bad setting or bad arguments.
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import sys
 import time
 from functools import partial
+from urllib.parse import urlsplit
 
 import trio
 
@@ -25,6 +31,7 @@ from . import aio, app, logs, netlimits
 from . import watch as watch_
 from .config import Settings, load_settings
 from .errors import BackendUnavailable, ConfigError, SupervisorEscalation, find
+from .operators import ROLES, local_operators, mint
 from .protocol import ENCODINGS
 from .store.postgres import CONNECT_DEADLINE_S, migrate
 
@@ -37,6 +44,17 @@ def main(argv: list[str] | None = None) -> int:
                        help="all (default): everything in one process; engine, api or ws: one "
                             "part, the processes meeting on Redis")
     commands.add_parser("migrate", help="apply the pending migrations to DATABASE_URL")
+    token = commands.add_parser(
+        "operator-token", help="print an operator's access token (OPERATOR_JWT_SECRET)",
+        description="Sign an access token with OPERATOR_JWT_SECRET (HS256), with the issuer, "
+                    "audience and roles claim of the settings, and print it.")
+    token.add_argument("--role", required=True, type=_roles,
+                       help=f"one or more of {', '.join(ROLES)}, comma-separated")
+    token.add_argument("--ttl", type=_duration, default=15 * 60.0,
+                       help="lifetime: 90s, 15m (default), 8h, 7d")
+    token.add_argument("--subject", help="who it is for (its sub; default: a new random one)")
+    token.add_argument("--aal", choices=("aal1", "aal2"), default="aal1",
+                       help="assurance level: aal2 for a guardian who signed in with a second factor")
     watch = commands.add_parser(
         "watch", help="watch a running swarm live (fps, latency, agents, Brise-Circuit)",
         description="Subscribe like a frontend and show the stream live. URL is the API "
@@ -62,9 +80,39 @@ def main(argv: list[str] | None = None) -> int:
         return _serve(settings, args.role)
     if args.command == "migrate":
         return _migrate(settings)
+    if args.command == "operator-token":
+        return _operator_token(settings, args)
     if args.command == "watch":
         return trio.run(_watch_until_signal, settings, args)
     return 2
+
+
+def _roles(text: str) -> tuple[str, ...]:
+    roles = tuple(r.strip() for r in text.split(",") if r.strip())
+    unknown = [r for r in roles if r not in ROLES]
+    if not roles or unknown:
+        raise argparse.ArgumentTypeError(f"roles are {', '.join(ROLES)}")
+    return roles
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(text: str) -> float:
+    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", text)
+    if not match or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError("a positive duration: 90s, 15m, 8h, 7d")
+    return float(match[1]) * _UNITS[match[2] or "s"]
+
+
+def _operator_token(settings: Settings, args: argparse.Namespace) -> int:
+    if not settings.operator_jwt_secret:
+        print("atom: OPERATOR_JWT_SECRET is not set: there is no key to sign an operator token "
+              "with", file=sys.stderr)
+        return 2
+    print(mint(settings.operator_jwt_secret, args.role, now=time.time(), ttl_s=args.ttl,
+               settings=settings, subject=args.subject, aal=args.aal))
+    return 0
 
 
 def _migrate(settings: Settings) -> int:
@@ -88,6 +136,7 @@ def _serve(settings: Settings, role: str = "all") -> int:
         netlimits.raise_file_limit()
         if settings.redis_url:
             _reach_redis(settings.redis_url, CONNECT_DEADLINE_S)
+        app.announce(netlimits.DescriptorShares.now().line())   # what each kind of client may hold
         trio.run(_serve_until_signal, settings, role)
     except ConfigError as exc:
         print(f"atom: bad setting {exc}", file=sys.stderr)
@@ -145,12 +194,23 @@ async def _serve_until_signal(settings: Settings, role: str = "all") -> None:
     settings, ephemeral = settings.with_ephemeral_key()
     if ephemeral:
         app.announce("SECRET_KEY is empty: using an ephemeral key; sessions end with this process")
+    link_token = None
+    if not settings.operators_configured and role in ("all", "api"):
+        if role == "all" and not settings.database_url and not settings.redis_url:
+            settings, link_token = local_operators(settings)
+        else:
+            app.announce("operators: neither OPERATOR_ISSUER nor OPERATOR_JWT_SECRET is set: this "
+                         "deployment is view-only (no one can command the swarm)")
     services = None
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         try:
             async with trio.open_nursery() as nursery:
                 services = await nursery.start(partial(app.serve, settings, role=role))
                 app.announce(f"serving: {services.describe()}")
+                if link_token is not None and services.api_url is not None:
+                    # In the fragment: a browser never sends it to a server or its logs.
+                    app.announce("operator link (both roles, for this process only): "
+                                 f"{_local(services.api_url)}/#operator={link_token}")
 
                 async def stop_on_signal() -> None:
                     async for signum in signals:
@@ -170,6 +230,14 @@ async def _serve_until_signal(settings: Settings, role: str = "all") -> None:
     if services is not None and services.broadcaster is not None:
         app.announce(f"broadcaster: {services.broadcaster.stats.summary()}")
     app.announce("stopped")
+
+
+def _local(url: str) -> str:
+    """``url`` with a wildcard bind address (0.0.0.0, ::) replaced by one a browser can open."""
+    parts = urlsplit(url)
+    if parts.hostname in ("0.0.0.0", "::"):
+        return f"{parts.scheme}://127.0.0.1:{parts.port}"
+    return url
 
 
 async def _watch_until_signal(settings: Settings, args: argparse.Namespace) -> int:

@@ -51,6 +51,7 @@ from typing import Any
 
 import trio
 
+from .audit import checked_by
 from .bus import Bus
 from .clock import WallClock
 from .config import Settings
@@ -262,13 +263,16 @@ class Commander:
 
     async def _apply_one(self, command: dict, command_id: str) -> None:
         kind = command.get("kind")
+        by = checked_by(command.get("by"))
         try:
             if kind == "disperse":
-                await self.engine.disperse(command.get("level"), command.get("sphere"), command_id)
+                await self.engine.disperse(command.get("level"), command.get("sphere"), command_id,
+                                           by=by)
             elif kind == "regroup":
-                await self.engine.regroup(command_id)
+                await self.engine.regroup(command_id, by=by)
             elif kind == "retune":
-                await self.engine.retune(command.get("agent"), command.get("frequency"), command_id)
+                await self.engine.retune(command.get("agent"), command.get("frequency"), command_id,
+                                         by=by)
             else:
                 log.error("command %s of unknown kind %r ignored", command_id, kind)
         except CommandError as exc:

@@ -23,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, InstanceOf, field_validator, 
 from .catalog import Catalog
 from .errors import ConfigError
 from .origins import ANY_HOST, split_host
+from .peers import parse_networks
 
 CANON_HZ = 999.0
 MIN_HZ = 432.0
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 MIN_SECRET_KEY_CHARS = 32
+AAL_LEVELS = ("aal1", "aal2")
 
 
 class Settings(BaseModel):
@@ -76,6 +78,28 @@ class Settings(BaseModel):
     # the client's address from the N-th X-Forwarded-For entry from the right, which the proxies
     # set. Only ever used to key the session rate limit, never written anywhere.
     trusted_proxy_hops: int = Field(0, ge=0, le=8)
+    # Operators (CONTRACT §2.3): who vouches for them, and how their tokens are checked.
+    operator_issuer: str = ""
+    operator_jwks_url: str = ""       # default: <OPERATOR_ISSUER>/.well-known/jwks.json
+    operator_audience: str = "authenticated"
+    operator_jwt_secret: str = Field("", repr=False)
+    operator_roles_claim: str = "user_role"
+    # A reset of the Brise-Circuit: how many distinct guardians within RESET_QUORUM_WINDOW_S, and
+    # whether their tokens must come from a multi-factor sign-in.
+    safeguard_reset_quorum: int = Field(1, ge=1, le=16)
+    safeguard_reset_aal: str = "aal1"
+    # The proxies whose X-Forwarded-For is believed (addresses or CIDRs); empty: loopback, when
+    # TRUSTED_PROXY_HOPS > 0. A peer not on the list is its own address, whatever it sends (peers.py).
+    trusted_proxies: tuple[str, ...] = ()
+    # Fair shares (issue 24), so that one client cannot take every slot: subscribers per Sceau
+    # session and per client address, API connections per address (behind trusted proxies the
+    # forwarded address; the proxies' own connections are not capped per address), and session
+    # creation for everyone together, beside each address's own bucket.
+    ws_max_per_session: int = Field(8, ge=1)
+    ws_max_per_address: int = Field(100, ge=1)
+    api_max_connections_per_address: int = Field(200, ge=1)
+    session_global_burst: int = Field(100, ge=1)
+    session_global_per_s: float = Field(20.0, gt=0)
 
     @model_validator(mode="before")
     @classmethod
@@ -91,7 +115,7 @@ class Settings(BaseModel):
     def _empty_seed(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value
 
-    @field_validator("cors_origins", "allowed_hosts", mode="before")
+    @field_validator("cors_origins", "allowed_hosts", "trusted_proxies", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         if not isinstance(value, str):
@@ -117,6 +141,12 @@ class Settings(BaseModel):
                 raise ValueError(f"{host[:64]!r} is not a host or host:port")
         return tuple(h.lower() for h in value)
 
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        parse_networks(value)   # raises naming the bad entry
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _database_url(cls, value: str) -> str:
@@ -130,6 +160,35 @@ class Settings(BaseModel):
             parse_redis_url(value)   # raises ValueError saying what is wrong (never the password)
             return value
         return _check_url(value, ("redis", "rediss", "unix", SENTINEL_SCHEME))
+
+    @field_validator("operator_issuer", "operator_audience", "operator_jwt_secret")
+    @classmethod
+    def _stripped(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("operator_jwks_url")
+    @classmethod
+    def _jwks_url(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            _check_url(value, ("https", "http"))
+        return value
+
+    @field_validator("operator_roles_claim")
+    @classmethod
+    def _roles_claim(cls, value: str) -> str:
+        value = value.strip()
+        if not value or any(not part for part in value.split(".")):
+            raise ValueError("must be a claim name or a dotted path (app_metadata.roles)")
+        return value
+
+    @field_validator("safeguard_reset_aal")
+    @classmethod
+    def _aal(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value not in AAL_LEVELS:
+            raise ValueError(f"must be one of {', '.join(AAL_LEVELS)}")
+        return value
 
     @field_validator("log_level")
     @classmethod
@@ -152,6 +211,12 @@ class Settings(BaseModel):
                 "secret_key",
                 f"must have at least {MIN_SECRET_KEY_CHARS} characters when DATABASE_URL or REDIS_URL is set",
             )
+        if self.operator_jwt_secret and len(self.operator_jwt_secret) < MIN_SECRET_KEY_CHARS:
+            raise _SettingError("operator_jwt_secret",
+                                f"must have at least {MIN_SECRET_KEY_CHARS} characters")
+        if self.operator_jwks_url and not self.operator_issuer:
+            raise _SettingError("operator_jwks_url",
+                                "needs OPERATOR_ISSUER: the iss its tokens must carry")
         if self.ws_port == self.api_port and self.api_port != 0:
             raise _SettingError("ws_port", f"{self.ws_port} is also API_PORT")
         return self
@@ -164,6 +229,21 @@ class Settings(BaseModel):
         if self.redis_min_acks is not None:
             return self.redis_min_acks
         return 1 if parse_redis_url(self.redis_url).sentinels else 0
+
+    @property
+    def jwks_url(self) -> str:
+        """Where the issuer's public keys are: OPERATOR_JWKS_URL, else the issuer's well-known
+        path (Supabase's), else none. From the settings only, never from a token."""
+        if self.operator_jwks_url:
+            return self.operator_jwks_url
+        if self.operator_issuer.startswith(("https://", "http://")):
+            return self.operator_issuer.rstrip("/") + "/.well-known/jwks.json"
+        return ""
+
+    @property
+    def operators_configured(self) -> bool:
+        """Whether the deployment names who vouches for operators (an issuer or a shared secret)."""
+        return bool(self.operator_issuer or self.operator_jwt_secret)
 
     def with_ephemeral_key(self) -> tuple[Settings, bool]:
         """Return settings with a SECRET_KEY, making a random one if empty, and whether it was made."""
@@ -286,7 +366,7 @@ def load_settings(environ: Mapping[str, str] | None = None,
         field = str(err["loc"][0]).upper() if err["loc"] else "settings"
         given = values.get(field.lower())
         msg = err["msg"].removeprefix("Value error, ")
-        # Never echoed: the secret, and the URLs, which may carry a password.
-        quiet = field in ("SECRET_KEY", "REDIS_URL", "DATABASE_URL")
+        # Never echoed: the secrets, and the URLs, which may carry a password.
+        quiet = field in ("SECRET_KEY", "OPERATOR_JWT_SECRET", "REDIS_URL", "DATABASE_URL")
         problem = f"{msg} (got {given!r})" if given is not None and not quiet else msg
         raise ConfigError(field, problem) from None

@@ -26,6 +26,7 @@ import trio
 
 from . import logs
 from .actors import Crash, Disperse, Regroup, Retune, SphereContext, SphereSlot, sphere_actor
+from .audit import By
 from .bus import Bus
 from .clock import WallClock
 from .compositor import Compositor, TickStats
@@ -40,6 +41,8 @@ SPHERE_INTENSITY = 5      # restarts ...
 SPHERE_PERIOD_S = 10.0    # ... within this many seconds before the engine gives up
 SPHERE_SHUTDOWN_S = 1.0
 RETUNE_TIMEOUT_S = 2.0
+# Who asked for the commands whose events have not come yet (for the event log's records).
+ATTRIBUTIONS_KEPT = 1024
 
 
 def new_command_id() -> str:
@@ -70,6 +73,7 @@ class Engine(SwarmView):
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self._on_event = on_event
         self._hold = hold
+        self._by: dict[str, By] = {}
         self._rng = np.random.default_rng(settings.swarm_seed)
         self.slots = [SphereSlot(s) for s in catalog.spheres]
         self.sphere = SphereContext(self.state, self.clock, settings.dispersal_dwell_s, self.emit,
@@ -118,10 +122,21 @@ class Engine(SwarmView):
         return [spec.id for spec in self.supervisor.children]
 
     def emit(self, event: dict) -> None:
+        """Publish ``event`` (unless ``hold`` takes it, for the checkpoint that announces it);
+        the event log hears it too, with who asked for its command (``by``, for the audit: never
+        on the bus)."""
         if self._hold is None or not self._hold(event):
             self.bus.publish_event(event)
         if self._on_event is not None:
-            self._on_event(event)
+            by = self._by.pop(event.get("command_id"), None) if event.get("command_id") else None
+            self._on_event(event if by is None else {**event, "by": by})
+
+    def _attribute(self, command_id: str, by: By | None) -> None:
+        if by is None:
+            return
+        self._by[command_id] = by
+        while len(self._by) > ATTRIBUTIONS_KEPT:   # a command whose event never came
+            self._by.pop(next(iter(self._by)))
 
     # -- checkpoints -------------------------------------------------------------------------------
 
@@ -142,7 +157,7 @@ class Engine(SwarmView):
     # -- commands ----------------------------------------------------------------------------------
 
     async def disperse(self, level: str, sphere: str | None = None,
-                       command_id: str | None = None) -> dict[str, Any]:
+                       command_id: str | None = None, *, by: By | None = None) -> dict[str, Any]:
         """Disperse int(count × fraction) agents of the swarm, or of one sphere, chosen at random
         among the active ones first. Returns ``{"level", "sphere", "dispersed", "command_id"}``."""
         level = self._check_level(level)
@@ -153,6 +168,7 @@ class Engine(SwarmView):
         others = ids[self.state.status[ids] != ACTIVE]
         chosen = np.concatenate([self._rng.permutation(active), self._rng.permutation(others)])[:count]
         command_id = command_id or new_command_id()
+        self._attribute(command_id, by)
         self.log.info("command.received", command="disperse", level=level, sphere=sphere,
                       command_id=command_id, size=count)
         by_sphere: dict[int, list[int]] = {}
@@ -164,9 +180,11 @@ class Engine(SwarmView):
                    "count": count, "command_id": command_id})
         return {"level": level, "sphere": sphere, "dispersed": count, "command_id": command_id}
 
-    async def regroup(self, command_id: str | None = None) -> dict[str, Any]:
+    async def regroup(self, command_id: str | None = None, *,
+                      by: By | None = None) -> dict[str, Any]:
         """Call every dispersed agent home. Returns ``{"regrouped", "command_id"}``."""
         command_id = command_id or new_command_id()
+        self._attribute(command_id, by)
         out = self.state.status == DISPERSED
         count = int(out.sum())
         self.log.info("command.received", command="regroup", command_id=command_id, size=count)
@@ -176,10 +194,12 @@ class Engine(SwarmView):
                    "command_id": command_id})
         return {"regrouped": count, "command_id": command_id}
 
-    async def retune(self, agent_id: int, hz: float, command_id: str | None = None) -> dict[str, Any]:
+    async def retune(self, agent_id: int, hz: float, command_id: str | None = None, *,
+                     by: By | None = None) -> dict[str, Any]:
         """Set one agent's frequency (in [432, FREQUENCY]); returns the agent once applied."""
         agent = self._agent_id(agent_id)
         message = Retune(agent, self._check_hz(hz), command_id or new_command_id())
+        self._attribute(message.command_id, by)
         self.log.info("command.received", command="retune", agent=agent, frequency=message.hz,
                       command_id=message.command_id, size=1)
         await self.slots[int(self.state.sphere_index[agent])].mailbox.send(message)

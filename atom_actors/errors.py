@@ -14,13 +14,18 @@ The tree::
     │   ├── SceauTooShort        the touch was shorter than SCEAU_DURATION (400)
     │   ├── SessionRequired      no X-Sceau-Session (401)
     │   └── SessionInvalid       unknown, expired, revoked or tampered token (401)
+    ├── OperatorError            an (O) endpoint's caller is not an operator with the right (§2.3)
+    │   ├── OperatorTokenRequired    no bearer token (401 + WWW-Authenticate: Bearer)
+    │   ├── OperatorTokenInvalid     a token that does not verify (401 + WWW-Authenticate)
+    │   ├── RoleRequired             a good token without the role (403)
+    │   └── MfaRequired              a reset below SAFEGUARD_RESET_AAL (403)
     ├── RateLimited              too many session creations from one address (429 + Retry-After)
     ├── RequestError             a request the API cannot read
     │   ├── BodyNotJSON          the body is not JSON (400)
     │   ├── RequestInvalid       a body or query field has a wrong type or value (422 + fields)
     │   ├── OriginRefused        a browser Origin outside CORS_ORIGINS (403)
     │   ├── IdempotencyKeyInvalid   an Idempotency-Key that is not 1-128 printable characters (400)
-    │   ├── IdempotencyKeyReused    a key used again for another request (422)
+    │   ├── IdempotencyKeyReused    a key used again for another request (409)
     │   └── IdempotencyKeyInUse     a key whose first request is still running (409 + Retry-After)
     ├── HostNotAllowed           a Host header not on ALLOWED_HOSTS, REST or WebSocket (400)
     ├── BackendUnavailable       Redis or PostgreSQL does not answer (503)
@@ -30,6 +35,7 @@ The tree::
     │   ├── BadStreamParameter   a bad ``encoding`` or ``fps`` (400)
     │   ├── OriginForbidden      a browser ``Origin`` that is not allowed (403)
     │   ├── TooManySubscribers   WS_MAX_CONNECTIONS subscribers are open (503)
+    │   │   └── SubscriberShareTaken  one session's or one address's share is open (503)
     │   └── TooManyHandshakes    handshakes pending beyond the bound, or from one address (503)
     ├── WatchUnreachable         ``atom watch`` cannot reach the API or the stream, or is refused
     ├── MalformedFrame           a binary message of L'Essaim that cannot be decoded (also a ValueError)
@@ -192,6 +198,56 @@ class SessionInvalid(SessionError):
         super().__init__(f"the Sceau session is invalid: {why}")
 
 
+class OperatorError(AtomError):
+    """Base of the refusals of an operator's request (CONTRACT §2.3). Their details say what is
+    wrong with the token, never what it holds: no claim of it reaches an answer or a log."""
+
+    status = 401
+
+
+class OperatorTokenRequired(OperatorError):
+    """Raised when an (O) endpoint is called without ``Authorization: Bearer <token>``."""
+
+    code = "operator_token_required"
+
+    def __init__(self) -> None:
+        super().__init__("this endpoint is for operators: send Authorization: Bearer <access token>")
+
+
+class OperatorTokenInvalid(OperatorError):
+    """Raised when a bearer token does not verify: signature, key, algorithm, time, issuer or
+    audience; ``why`` says which, in words of our own."""
+
+    code = "operator_token_invalid"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the operator token is not accepted: {why}")
+        self.why = why
+
+
+class RoleRequired(OperatorError):
+    """Raised when a verified token does not carry the role an endpoint needs."""
+
+    code = "role_required"
+    status = 403
+
+    def __init__(self, role: str) -> None:
+        super().__init__(f"this needs the role {role!r}, which the token does not carry")
+        self.role = role
+
+
+class MfaRequired(OperatorError):
+    """Raised when a reset of the Brise-Circuit needs a token from a multi-factor sign-in
+    (SAFEGUARD_RESET_AAL=aal2) and the token's ``aal`` is below it."""
+
+    code = "mfa_required"
+    status = 403
+
+    def __init__(self, needed: str) -> None:
+        super().__init__(f"resetting the Brise-Circuit needs a multi-factor sign-in ({needed})")
+        self.needed = needed
+
+
 class RateLimited(AtomError):
     """Raised when one address opens sessions faster than the token bucket allows."""
 
@@ -255,10 +311,11 @@ class IdempotencyKeyInvalid(RequestError):
 
 class IdempotencyKeyReused(RequestError):
     """Raised when an ``Idempotency-Key`` comes back with another method, path or body than the
-    request it was first used for (within its 10 minutes)."""
+    request it was first used for (within its 10 minutes). A 409: the request itself is valid
+    (a 422 names bad fields), it conflicts with what the key already stands for."""
 
     code = "idempotency_key_reused"
-    status = 422
+    status = 409
 
     def __init__(self) -> None:
         super().__init__("this Idempotency-Key was used for another request; use a new key")
@@ -289,7 +346,8 @@ class HostNotAllowed(AtomError):
         self.host = host
 
 
-_PUBLIC_BACKEND_NAMES = {"postgresql": "the database", "redis": "redis"}
+_PUBLIC_BACKEND_NAMES = {"postgresql": "the database", "redis": "redis",
+                         "issuer": "the operators' identity provider"}
 
 
 class BackendUnavailable(AtomError):
@@ -370,6 +428,20 @@ class TooManySubscribers(StreamRefused):
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"this server already streams to its {limit} subscribers; retry later")
+        self.limit = limit
+
+
+class SubscriberShareTaken(TooManySubscribers):
+    """Raised when the subscribers of one Sceau session (WS_MAX_PER_SESSION) or of one client
+    address (WS_MAX_PER_ADDRESS) are already open: one client cannot take every slot."""
+
+    code = "too_many_subscribers"
+    status = 503
+
+    def __init__(self, whose: str, limit: int) -> None:
+        StreamRefused.__init__(self, f"{whose} already streams to its {limit} subscribers; close "
+                                     "one or retry later")
+        self.whose = whose
         self.limit = limit
 
 

@@ -168,8 +168,12 @@ class Metrics:
 
     @contextmanager
     def counted(self, command: str, level: Any = "", command_id: str | None = None,
-                actor: str = "api") -> Iterator[Counted]:
+                actor: str = "api", *, role: str | None = None,
+                operator: str | None = None) -> Iterator[Counted]:
         """Count (``atom_commands_total``) and trace (``command.done``) the block's command.
+
+        The trace names who asked by ``role`` and ``operator`` (the audit's pseudonym), never
+        otherwise; the metric has neither (a label per person would be a record of people).
 
         Put it outside the Brise-Circuit, so that blocked commands count too. The result is the
         block's outcome: it returns → accepted; it raises a CommandError → invalid, SafeguardOpen
@@ -188,11 +192,12 @@ class Metrics:
             result = command_result(exc)
             self.command(command, level, result)
             log.info("command.done", command=command, level=level or None, command_id=command_id,
-                     result=result, error=getattr(exc, "code", type(exc).__name__))
+                     result=result, error=getattr(exc, "code", type(exc).__name__), role=role,
+                     operator=operator)
             raise
         self.command(command, level, "accepted")
         log.info("command.done", command=command, level=level or None, command_id=command_id,
-                 result="accepted", size=counted.size,
+                 role=role, operator=operator, result="accepted", size=counted.size,
                  ms=round((time.perf_counter() - started) * 1000, 3))
 
     # -- exposition -------------------------------------------------------------------------------

@@ -4,8 +4,16 @@ Both servers (the API on Hypercorn, L'Essaim on trio-websocket) accept through
 :class:`QuietListener`: running out of file descriptors (``EMFILE``/``ENFILE``) while accepting
 costs one log line a second at most, never a traceback per accept (trio's ``serve_listeners``
 logs one with its traceback every 100 ms per listener). :func:`raise_file_limit` lifts the soft
-descriptor limit to the hard one at start, and :func:`connection_budget` says how many sockets a
-server may hold so that one server's clients can never exhaust the descriptors of the other.
+descriptor limit to the hard one at start, and :class:`DescriptorShares` shares the soft limit out
+(issue 24), so that no kind of client can take the descriptors another needs::
+
+    own needs (backends, logs, listeners)   an eighth, at least OWN_MIN
+    API connections                         a quarter
+    pending WebSocket handshakes            an eighth
+    subscribers                             the rest (about half)
+
+Each server holds at most its share (its own setting, if lower) and answers 503 beyond it, before
+anything else is read or any handshake made; ``atom serve`` says the shares in one line at start.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import errno
 import logging
 import resource
+from dataclasses import dataclass
 from typing import Final
 
 import trio
@@ -23,9 +32,8 @@ log = logging.getLogger("atom_actors.net")
 CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
 ACCEPT_RETRY_S: Final = 0.1        # the pending connection waits in the backlog meanwhile
 LOG_INTERVAL_S: Final = 1.0        # at most one "out of descriptors" line per this, per listener
-# A server's share of the descriptor limit: the API's connections and the handshakes pending on
-# the WebSocket server each get a quarter, leaving half for subscribers, backends and files.
-BUDGET_SHARE: Final = 4
+OWN_MIN: Final = 32                # descriptors kept for the process's own needs, at least
+MIN_SHARE: Final = 8               # what a share is, however low the limit
 
 
 def file_limit() -> int:
@@ -46,10 +54,31 @@ def raise_file_limit() -> tuple[int, int]:
     return soft, hard
 
 
-def connection_budget(wanted: int) -> int:
-    """``wanted`` connections, or fewer if the descriptor limit cannot carry them (a share of it,
-    at least 8)."""
-    return min(wanted, max(8, file_limit() // BUDGET_SHARE))
+@dataclass(frozen=True)
+class DescriptorShares:
+    """The soft descriptor limit shared out (see the module docstring)."""
+
+    limit: int
+    own: int
+    api: int
+    handshakes: int
+    subscribers: int
+
+    @classmethod
+    def of(cls, limit: int) -> DescriptorShares:
+        own = max(OWN_MIN, limit // 8)
+        api = max(MIN_SHARE, limit // 4)
+        handshakes = max(MIN_SHARE, limit // 8)
+        return cls(limit, own, api, handshakes, max(MIN_SHARE, limit - own - api - handshakes))
+
+    @classmethod
+    def now(cls) -> DescriptorShares:
+        """The shares of this process's soft limit, as it is now."""
+        return cls.of(file_limit())
+
+    def line(self) -> str:
+        return (f"descriptors: {self.limit} = subscribers {self.subscribers}, API connections "
+                f"{self.api}, pending handshakes {self.handshakes}, own needs {self.own}")
 
 
 class QuietListener(trio.abc.Listener[trio.SocketStream]):

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 import trio
 
+from .audit import checked_by
 from .clock import WallClock
 from .errors import BackendUnavailable
 from .store import AgentRow, EventRecord, Store
@@ -163,8 +164,9 @@ class EventLog:
         if record is None:
             return
         kind, payload = record
+        by = checked_by(event.get("by")) or {}
         try:
-            self._send.send_nowait(EventRecord(self.clock.now(), kind, payload))
+            self._send.send_nowait(EventRecord(self.clock.now(), kind, payload, **by))
         except trio.WouldBlock:
             self.dropped += 1
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from .audit import By
 from .bus import Bus
 from .config import MIN_HZ, Settings
 from .coordinator import Coordinator
@@ -113,27 +114,29 @@ class RemoteSwarm(SwarmView):
     # -- SwarmControl: commands ---------------------------------------------------------------------
 
     async def disperse(self, level: str, sphere: str | None = None,
-                       command_id: str | None = None) -> dict[str, Any]:
+                       command_id: str | None = None, *, by: By | None = None) -> dict[str, Any]:
         level = self._check_level(level)
         rows = self._rows(sphere)
         command_id = command_id or new_command_id()
         await self._send({"kind": "disperse", "level": level, "sphere": sphere,
-                          "command_id": command_id})
+                          "command_id": command_id, "by": by})
         return {"level": level, "sphere": sphere, "dispersed": dispersal_size(level, len(rows)),
                 "command_id": command_id}
 
-    async def regroup(self, command_id: str | None = None) -> dict[str, Any]:
+    async def regroup(self, command_id: str | None = None, *,
+                      by: By | None = None) -> dict[str, Any]:
         command_id = command_id or new_command_id()
         predicted = int((self.state.status == DISPERSED).sum())
-        await self._send({"kind": "regroup", "command_id": command_id})
+        await self._send({"kind": "regroup", "command_id": command_id, "by": by})
         return {"regrouped": predicted, "command_id": command_id}
 
-    async def retune(self, agent_id: int, hz: float, command_id: str | None = None) -> dict[str, Any]:
+    async def retune(self, agent_id: int, hz: float, command_id: str | None = None, *,
+                     by: By | None = None) -> dict[str, Any]:
         agent = self._agent_id(agent_id)
         hz = self._check_hz(hz)
         command_id = command_id or new_command_id()
         await self._send({"kind": "retune", "agent": agent, "frequency": hz,
-                          "command_id": command_id})
+                          "command_id": command_id, "by": by})
         self.state.frequency[agent] = hz   # predicted; the engine's event and summary confirm it
         return self.agent(agent)
 

@@ -5,7 +5,7 @@ States and what moves them (a :class:`Breaker`, pure: every method takes ``now``
     closed ──trip──▶ open ──cooldown over──▶ half_open ──probe succeeds──▶ closed
        ▲                ▲                        │
        │                └──probe fails / trip────┘
-       └──────────── reset (an operator) from any state
+       └──────────── reset (guardians) from any state
 
 It trips
 
@@ -27,6 +27,12 @@ wait (Retry-After of one second). The probe decides:
   circuit stays half_open for the next command.
 
 A trip empties the window, so the commands that caused it do not count again after the cooldown.
+
+**A reset is a guardian's deliberate act** (CONTRACT §2.3; ISO 13849-1 and NIST AC-3(2) keep the
+reset of a safety interlock apart from its trip): tripping stays automatic and instant, but only
+a guardian closes the circuit, and with SAFEGUARD_RESET_QUORUM = n only n distinct guardians
+asking within RESET_QUORUM_WINDOW_S do (:meth:`Breaker.approve_reset`). The approvals are part of
+the shared state, so every API process counts one quorum.
 A probe whose process never reports its outcome (it died) is forgotten after PROBE_TIMEOUT_S.
 
 :class:`BriseCircuit` is the shell: it reads the wall clock, publishes a ``safeguard`` event on the
@@ -63,7 +69,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -93,8 +99,10 @@ REFRESH_S = 0.5
 SWAP_ATTEMPTS = 20
 # Pending state changes for the task that records them; a change beyond it is counted, not kept.
 CHANGES_BUFFER = 64
-# The reason an operator's reset gives: the other processes' circuits close on it (and only on it).
+# The reason a guardian's reset gives: the other processes' circuits close on it (and only on it).
 RESET_REASON = "reset by an operator"
+# A guardian's approval of a reset counts this long; a quorum must gather within it.
+RESET_QUORUM_WINDOW_S = 60.0
 
 
 # Every engine alarm's reason starts so: the API processes of a deployment open the shared circuit
@@ -144,6 +152,23 @@ class Change:
     reason: str
     trigger: str
     at: float
+    # A reset's guardians (pseudonyms), the last one first: who closed it, for the audit.
+    guardians: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """Where a reset stands: ``approvals`` of ``needed`` distinct guardians, the oldest one
+    counting for ``expires_in_s`` more; ``changes``: the closing, once the quorum is reached."""
+
+    approvals: int
+    needed: int
+    expires_in_s: float
+    changes: tuple[Change, ...]
+
+    @property
+    def granted(self) -> bool:
+        return self.approvals >= self.needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +206,7 @@ class Breaker:
         self._generation = 0          # bumped at every change, so stale tickets are ignored
         self._probe_out = False
         self._probe_at = -math.inf
+        self._approvals: dict[str, float] = {}   # a guardian's pseudonym → when they asked
 
     def dump(self) -> bytes:
         """The state and the windows, as JSON bytes (the limits are each process's settings)."""
@@ -189,7 +215,7 @@ class Breaker:
                            "reset_at": self.reset_at, "commands": list(self._commands),
                            "totals": list(self._totals),
                            "generation": self._generation, "probe_out": self._probe_out,
-                           "probe_at": self._probe_at}).encode()
+                           "probe_at": self._probe_at, "approvals": self._approvals}).encode()
 
     def load(self, data: bytes) -> None:
         """Take the state and windows of :meth:`dump`; raises ValueError on anything else."""
@@ -202,6 +228,7 @@ class Breaker:
             self._probe_at = float(d["probe_at"])
             # Absent from a state stored by a process from before it was kept.
             self.reset_at = float(d.get("reset_at", -math.inf))
+            self._approvals = {str(k): float(v) for k, v in d.get("approvals", {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a Brise-Circuit state: {exc}") from None
         if self.state not in (CLOSED, OPEN, HALF_OPEN):
@@ -283,8 +310,26 @@ class Breaker:
             return ()
         return (self._open(now, trigger, reason),)
 
+    def approve_reset(self, now: float, guardian: str, needed: int) -> Approval:
+        """``guardian`` (a pseudonym) asks for a reset: it happens (:meth:`reset`) once ``needed``
+        distinct guardians have asked within RESET_QUORUM_WINDOW_S; the same one asking again
+        counts once (their time is renewed)."""
+        horizon = now - RESET_QUORUM_WINDOW_S
+        self._approvals = {g: t for g, t in self._approvals.items() if t > horizon}
+        self._approvals.pop(guardian, None)
+        self._approvals[guardian] = now          # newest last
+        count = len(self._approvals)
+        oldest = min(self._approvals.values())
+        expires = max(0.0, oldest + RESET_QUORUM_WINDOW_S - now)
+        if count < needed:
+            return Approval(count, needed, expires, ())
+        guardians = tuple(reversed(self._approvals))
+        self._approvals = {}
+        changes = tuple(replace(change, guardians=guardians) for change in self.reset(now))
+        return Approval(count, needed, 0.0, changes)
+
     def reset(self, now: float) -> tuple[Change, ...]:
-        """Close the circuit now (an operator's decision)."""
+        """Close the circuit now (the guardians' decision: see :meth:`approve_reset`)."""
         self._commands.clear()
         self._totals.clear()
         if self.state == CLOSED:
@@ -418,9 +463,21 @@ class BriseCircuit:
             pass
 
     def reset(self) -> dict[str, Any]:
-        """Close it now (here at once; everywhere with the next swap)."""
+        """Close it now (here at once; everywhere with the next swap), with no quorum: the
+        process's own decision. Guardians go through :meth:`request_reset`."""
         self._local(lambda b, now=self.clock.now(): b.reset(now))
         return self.status()
+
+    async def request_reset(self, guardian: str) -> Approval:
+        """A guardian (``guardian``: their pseudonym) asks to close the circuit: done once
+        SAFEGUARD_RESET_QUORUM distinct guardians have asked within RESET_QUORUM_WINDOW_S, on the
+        shared state (every API process counts the same approvals). Errors: the coordinator
+        unreachable → BackendUnavailable, and nothing counted."""
+        now = self.clock.now()
+        needed = self.settings.safeguard_reset_quorum
+        approval = await self._swap(lambda b: b.approve_reset(now, guardian, needed))
+        self._apply(approval.changes)
+        return approval
 
     def status(self) -> dict[str, Any]:
         now = self.clock.now()
@@ -519,10 +576,14 @@ class BriseCircuit:
     async def _carry_out(self, change: Change, control: SwarmControl) -> None:
         if change.state == OPEN:
             await control.regroup(command_id=f"safeguard-{uuid.uuid4().hex}")
-        payload = {"state": change.state, "reason": change.reason, "trigger": change.trigger,
-                   "trips": self.breaker.trips}
+        payload: dict[str, Any] = {"state": change.state, "reason": change.reason,
+                                   "trigger": change.trigger, "trips": self.breaker.trips}
+        by: dict[str, Any] = {}
+        if change.guardians:
+            payload["guardians"] = list(change.guardians)
+            by = {"role": "guardian", "operator": change.guardians[0]}
         try:
-            await self.store.record_event(EventRecord(change.at, "safeguard", payload))
+            await self.store.record_event(EventRecord(change.at, "safeguard", payload, **by))
         except BackendUnavailable as exc:
             # The swarm is already safe; a missing audit line must not stop the breaker.
             log.warning("safeguard change not recorded: %s", exc)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from .audit import By
 from .catalog import Catalog, Sphere
 from .config import MIN_HZ, Settings
 from .errors import FrequencyOutOfRange, UnknownAgent, UnknownLevel, UnknownSphere
@@ -30,13 +31,16 @@ class SwarmControl(Protocol):
     @property
     def ticking(self) -> bool: ...
 
+    # ``by``: who asked, for the audit only ({"role", "operator"}: a role and a pseudonym,
+    # CONTRACT §2.4); it reaches the store's record of the command, never a subscriber.
     async def disperse(self, level: str, sphere: str | None = None,
-                       command_id: str | None = None) -> dict[str, Any]: ...
+                       command_id: str | None = None, *, by: By | None = None) -> dict[str, Any]: ...
 
-    async def regroup(self, command_id: str | None = None) -> dict[str, Any]: ...
+    async def regroup(self, command_id: str | None = None, *,
+                      by: By | None = None) -> dict[str, Any]: ...
 
-    async def retune(self, agent_id: int, hz: float,
-                     command_id: str | None = None) -> dict[str, Any]: ...
+    async def retune(self, agent_id: int, hz: float, command_id: str | None = None, *,
+                     by: By | None = None) -> dict[str, Any]: ...
 
     def agent(self, agent_id: int) -> dict[str, Any]: ...
 

@@ -1,17 +1,26 @@
 #!/usr/bin/env python3
-"""REST under load while the swarm streams (issue 4's benchmark).
+"""REST under load while the swarm streams (issue 4's benchmark), and what operators' tokens
+cost (issue 19's).
 
-Starts ``atom serve`` (API_PORT=0, WS_PORT=0), opens a Sceau session, connects N WebSocket
-subscribers when the process serves L'Essaim (``../shared/peers/loadclient.js``, Node), then
-drives, one after the other, at a fixed arrival rate with ``wrk`` (Debian package; a Lua pacer
-gives each request the next slot of a 1/rate schedule):
+Starts ``atom serve`` (API_PORT=0, WS_PORT=0) whose operators' keys are ES256 keys served by the
+bench itself (a JWKS on loopback, OPERATOR_ISSUER/OPERATOR_JWKS_URL as for Supabase Auth), opens
+a Sceau session, connects N WebSocket subscribers when the process serves L'Essaim
+(``../shared/peers/loadclient.js``, Node), then drives, one after the other, with ``wrk`` (Debian
+package; a Lua pacer gives each request the next slot of a 1/rate schedule; ``--rate 0``: as fast
+as ``--connections`` allow):
 
-    GET  /api/v1/swarm/agents
-    POST /api/v1/swarm/disperse  {"level": "partial"}   (--disperse for another body)
+    GET  /api/v1/swarm/agents                           (the viewer's session)
+    POST /api/v1/swarm/disperse  {"level": "partial"}   (an operator's ES256 bearer token)
 
 and prints each run's rate, latency p50/p99/max, non-2xx answers and the server's CPU, then the
 subscribers' fps over the whole window. Targets: REST p99 <= 50 ms at 200 requests/s, subscribers
 >= 59 fps.
+
+``--baseline REV`` runs the same bench, in the same run, on the tree of git revision REV (a
+worktree; by default the last commit before operators' tokens, whose commands took a Sceau
+session and verified nothing), alternating ``--runs`` times, so that the token's cost is read off
+one machine in one state: issue 19's target is at most 10 % fewer commands per second. The
+verification's own cost (µs per token, in this process) is printed first.
 
 The Brise-Circuit would trip on a disperse flood (that is its job): the bench raises
 SAFEGUARD_MAX_COMMANDS and SAFEGUARD_MAX_TOTAL for its own server, and says so.
@@ -29,6 +38,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +48,11 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.operators import AUDIENCE, Jwks, claims, new_key, serve_jwks  # noqa: E402
+
+BASELINE_REV = "047ccf2"      # main before operators' tokens: commands took a Sceau session
+ISSUER = "https://bench.supabase.co/auth/v1"
 # ../shared/peers beside a clone, or beside the worktrees' folder (/work/shared from /work/wt/api).
 PEERS = next((p for p in (ROOT.parent / "shared" / "peers", ROOT.parent.parent / "shared" / "peers")
               if p.is_dir()), ROOT.parent / "shared" / "peers")
@@ -60,10 +75,11 @@ end
 wrk.method = "%(method)s"
 wrk.body = %(body)s
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Sceau-Session"] = "%(token)s"
+%(headers)s
 local interval_ms = %(interval_ms)f
 local next_slot = nil
 function delay()
+  if interval_ms <= 0 then return 0 end
   local now = now_ms()
   local slot = math.max(next_slot or now, now)
   next_slot = slot + interval_ms
@@ -82,11 +98,14 @@ end
 """
 
 
-def start_server(clients: int) -> tuple[subprocess.Popen, str, str | None]:
+def start_server(clients: int, jwks_url: str, tree: Path = ROOT
+                 ) -> tuple[subprocess.Popen, str, str | None]:
+    """``atom serve`` of ``tree`` (its package first on the path: the baseline's worktree)."""
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
-    env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1",
+    env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(tree),
                SAFEGUARD_MAX_COMMANDS="1000000", SAFEGUARD_MAX_TOTAL="1000000",
-               WS_MAX_CONNECTIONS=str(max(clients + 10, 500)))
+               WS_MAX_CONNECTIONS=str(max(clients + 10, 500)),
+               OPERATOR_ISSUER=ISSUER, OPERATOR_JWKS_URL=jwks_url)
     python = ROOT / ".venv" / "bin" / "python"
     proc = subprocess.Popen([str(python if python.exists() else sys.executable), "-m",
                              "atom_actors", "serve"], cwd=tempfile.mkdtemp(), env=env,
@@ -133,10 +152,11 @@ def peers_dir(peers: Path) -> Path | None:
     return copy
 
 
-def run_wrk(url: str, method: str, body: str | None, token: str, seconds: int, rate: int,
-            connections: int, server_pid: int) -> dict:
+def run_wrk(url: str, method: str, body: str | None, headers: dict[str, str], seconds: int,
+            rate: int, connections: int, server_pid: int) -> dict:
+    lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
     script = WRK_SCRIPT % {"method": method, "body": json.dumps(body) if body else "nil",
-                           "token": token, "interval_ms": 1000.0 / rate}
+                           "headers": lines, "interval_ms": 1000.0 / rate if rate else 0.0}
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     cpu0, t0 = cpu_seconds(server_pid), time.monotonic()
@@ -151,26 +171,43 @@ def run_wrk(url: str, method: str, body: str | None, token: str, seconds: int, r
     return result
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=int, default=10, help="per endpoint")
-    parser.add_argument("--rate", type=int, default=200, help="requests per second")
-    parser.add_argument("--clients", type=int, default=500, help="WebSocket subscribers")
-    parser.add_argument("--disperse", default='{"level": "partial"}',
-                        help="the dispersal's body (partial: 70 agents each)")
-    parser.add_argument("--peers", type=Path, default=PEERS, help="where loadclient.js is")
-    parser.add_argument("--connections", type=int, default=20,
-                        help="wrk connections: the most requests in flight at once")
-    args = parser.parse_args()
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk is missing: apt-get install wrk")
+def verification_cost_us(rounds: int = 2000) -> dict[str, float]:
+    """What :func:`atom_actors.operators.tokens.verify` costs per token, by algorithm, here."""
+    from atom_actors.audit import derive_key
+    from atom_actors.operators.tokens import Keys, Policy, parse_jwks, verify
+    policy = Policy(ISSUER, AUDIENCE, ("user_role",), derive_key("k" * 40, "audit-pseudonym"))
+    now = time.time()
+    found = {}
+    for alg in ("ES256", "RS256", "EdDSA", "HS256"):
+        if alg == "HS256":
+            import jwt
+            secret = "s" * 40
+            token = jwt.encode({**claims(now=now), "iss": ISSUER}, secret, algorithm="HS256")
+            keys = Keys(secret=secret.encode())
+        else:
+            key = new_key(alg)
+            token = key.sign({**claims(now=now), "iss": ISSUER})
+            keys = Keys(parse_jwks(json.dumps({"keys": [key.jwk]}).encode()))
+        verify(token, keys, now, policy)
+        started = time.perf_counter()
+        for _ in range(rounds):
+            verify(token, keys, now, policy)
+        found[alg] = round((time.perf_counter() - started) / rounds * 1e6, 1)
+    return found
 
-    proc, api, ws = start_server(args.clients)
-    print(f"# server {api} ws {ws or '(none on this build)'}; Brise-Circuit thresholds raised "
-          f"to 1,000,000 for the bench", flush=True)
+
+def bench_tree(name: str, tree: Path, args: argparse.Namespace, jwks: Jwks, operator: dict,
+               viewer_auth: bool) -> dict:
+    """One server of ``tree``: subscribers, the agent list, then the commands; its figures."""
+    proc, api, ws = start_server(args.clients, jwks.url, tree)
+    print(f"# {name}: server {api} ws {ws or '(none on this build)'}; Brise-Circuit thresholds "
+          f"raised to 1,000,000 for the bench", flush=True)
     subscribers = None
     try:
         token = session(api)
+        viewer = {"X-Sceau-Session": token}
+        # The baseline's commands took a session; ours take the operator's token.
+        commander = operator if viewer_auth else viewer
         peers = peers_dir(args.peers) if ws and args.clients else None
         if peers is not None:
             window = 2 * args.seconds + 3
@@ -179,7 +216,6 @@ def main() -> int:
                  str(args.clients), "--seconds", str(window), "--ramp-ms", "3000",
                  "--deflate", "0"], cwd=peers, stdout=subprocess.PIPE, text=True)
             for line in subscribers.stdout:
-                print(line.rstrip(), flush=True)
                 if line.startswith("# window start"):
                     break
         else:
@@ -187,11 +223,11 @@ def main() -> int:
                    "this build serves no WebSocket" if not ws else "node or ../shared/peers missing")
             print(f"# no subscribers: {why}", flush=True)
         runs = {
-            "GET /api/v1/swarm/agents": run_wrk(f"{api}/api/v1/swarm/agents", "GET", None, token,
+            "GET /api/v1/swarm/agents": run_wrk(f"{api}/api/v1/swarm/agents", "GET", None, viewer,
                                                 args.seconds, args.rate, args.connections, proc.pid),
             "POST /api/v1/swarm/disperse": run_wrk(f"{api}/api/v1/swarm/disperse", "POST",
-                                                   args.disperse, token, args.seconds,
-                                                   args.rate, args.connections, proc.pid),
+                                                   args.disperse, commander, args.seconds,
+                                                   args.command_rate, args.connections, proc.pid),
         }
         fps = None
         if subscribers is not None:
@@ -204,22 +240,95 @@ def main() -> int:
             subscribers.kill()
         proc.terminate()
         proc.wait(timeout=10)
+    return {"runs": runs, "subscribers": fps}
 
+
+def baseline_tree(rev: str) -> Path | None:
+    """A worktree of ``rev`` (made once, under the temporary folder), or None if git cannot."""
+    where = Path(tempfile.gettempdir()) / f"atom-bench-baseline-{rev}"
+    if (where / "atom_actors").is_dir():
+        return where
+    done = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(where), rev],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"# no baseline: git worktree of {rev} failed: {done.stderr.strip()}", flush=True)
+        return None
+    return where
+
+
+def report(name: str, result: dict, clients: int) -> bool:
     ok = True
-    for name, r in runs.items():
+    for endpoint, r in result["runs"].items():
         meets = r["p99_ms"] <= TARGET_P99_MS and r["non_2xx"] == 0 and r["socket_errors"] == 0
         ok &= meets
-        print(f"{name:30s} {r['rate']:7.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 "
+        print(f"{name:9s} {endpoint:28s} {r['rate']:7.1f} req/s  p50 {r['p50_ms']:6.2f} ms  p99 "
               f"{r['p99_ms']:6.2f} ms  max {r['max_ms']:7.2f} ms  non-2xx {r['non_2xx']}  "
               f"server {r['server_cpu_cores']:.2f} cores  {'OK' if meets else 'MISSED'}")
+    fps = result["subscribers"]
     if fps is not None:
-        meets = fps["fps_min"] >= TARGET_FPS and fps["connected"] == args.clients
+        meets = fps["fps_min"] >= TARGET_FPS and fps["connected"] == clients
         ok &= meets
-        print(f"{'subscribers':30s} {fps['connected']}/{args.clients} connected  fps mean "
+        print(f"{name:9s} {'subscribers':28s} {fps['connected']}/{clients} connected  fps mean "
               f"{fps['fps_mean']}  min {fps['fps_min']}  latency p99 {fps['lat_p99_ms']} ms  "
               f"{'OK' if meets else 'MISSED'}")
-    print(json.dumps({"runs": runs, "subscribers": fps, "target_p99_ms": TARGET_P99_MS,
-                      "target_fps": TARGET_FPS, "met": ok}))
+    return ok
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=int, default=10, help="per endpoint")
+    parser.add_argument("--rate", type=int, default=200, help="agent-list requests per second")
+    parser.add_argument("--command-rate", type=int, default=0,
+                        help="commands per second (0, the default: as fast as they are answered)")
+    parser.add_argument("--clients", type=int, default=500, help="WebSocket subscribers")
+    parser.add_argument("--disperse", default='{"level": "partial"}',
+                        help="the dispersal's body (partial: 70 agents each)")
+    parser.add_argument("--peers", type=Path, default=PEERS, help="where loadclient.js is")
+    parser.add_argument("--connections", type=int, default=20,
+                        help="wrk connections: the most requests in flight at once")
+    parser.add_argument("--baseline", default=BASELINE_REV,
+                        help=f"git revision to compare with in the same run ({BASELINE_REV}: main "
+                             "before operators' tokens); 'none' to skip")
+    parser.add_argument("--runs", type=int, default=2, help="alternated runs of each tree")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install wrk")
+    print(f"# load average {os.getloadavg()[0]:.2f} at start", flush=True)
+    cost = verification_cost_us()
+    print("# token verification, µs per token: " + ", ".join(f"{k} {v}" for k, v in cost.items()),
+          flush=True)
+    baseline = None if args.baseline == "none" else baseline_tree(args.baseline)
+    key = new_key("ES256")
+    operator = {"Authorization": "Bearer " + key.sign({**claims(("operator",), ttl_s=3600),
+                                                      "iss": ISSUER})}
+    results: dict[str, list[dict]] = {"ours": [], "baseline": []}
+    ok = True
+    with serve_jwks(Jwks([key])) as jwks:
+        for _ in range(args.runs):
+            result = bench_tree("ours", ROOT, args, jwks, operator, viewer_auth=True)
+            ok &= report("ours", result, args.clients)
+            results["ours"].append(result)
+            if baseline is not None:
+                result = bench_tree("baseline", baseline, args, jwks, operator, viewer_auth=False)
+                report("baseline", result, args.clients)
+                results["baseline"].append(result)
+    summary = {}
+    for name, found in results.items():
+        if found:
+            commands = [r["runs"]["POST /api/v1/swarm/disperse"] for r in found]
+            summary[name] = {"commands_per_s": round(statistics.median(c["rate"] for c in commands), 1),
+                             "p50_ms": round(statistics.median(c["p50_ms"] for c in commands), 2),
+                             "p99_ms": round(statistics.median(c["p99_ms"] for c in commands), 2)}
+    if "baseline" in summary:
+        ratio = summary["ours"]["commands_per_s"] / max(summary["baseline"]["commands_per_s"], 1e-9)
+        summary["ours_over_baseline"] = round(ratio, 3)
+        meets = ratio >= 0.9
+        print(f"# commands/s (median of {args.runs}): ours {summary['ours']['commands_per_s']}, "
+              f"baseline {summary['baseline']['commands_per_s']} → ×{ratio:.3f} "
+              f"(target ≥ 0.90: {'OK' if meets else 'MISSED'})")
+    print(f"# load average {os.getloadavg()[0]:.2f} at the end", flush=True)
+    print(json.dumps({"verification_us": cost, "summary": summary, "results": results,
+                      "target_p99_ms": TARGET_P99_MS, "target_fps": TARGET_FPS, "met": ok}))
     return 0 if ok else 1
 
 

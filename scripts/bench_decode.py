@@ -29,6 +29,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from atom_operator import operator_env, operator_headers  # noqa: E402
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update"]
@@ -61,7 +63,7 @@ RECORD_AND_DECODE = """async ([ws, seconds, passes]) => {
 
 def start_atom() -> tuple[subprocess.Popen, str, str]:
     env = dict(os.environ, API_PORT="0", WS_PORT="0", WS_REQUIRE_SESSION="false",
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", **operator_env())
     proc = subprocess.Popen([sys.executable, "-m", "atom_actors", "serve"], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     deadline = time.monotonic() + 30
@@ -76,10 +78,8 @@ def start_atom() -> tuple[subprocess.Popen, str, str]:
     sys.exit("bench: atom serve did not start")
 
 
-def post(url: str, body: dict, session: str | None = None) -> dict:
-    headers = {"content-type": "application/json"}
-    if session:
-        headers["x-sceau-session"] = session
+def post(url: str, body: dict, operator: dict[str, str]) -> dict:
+    headers = {"content-type": "application/json", **operator}
     request = urllib.request.Request(url, method="POST", data=json.dumps(body).encode(),
                                      headers=headers)
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -100,8 +100,8 @@ def main() -> None:
             page.goto(api + "/")
 
             def disperse() -> None:
-                session = post(f"{api}/api/v1/sceau/activate", {"duration_ms": 2000})["session"]
-                post(f"{api}/api/v1/swarm/disperse", {"level": "total"}, session)
+                post(f"{api}/api/v1/swarm/disperse", {"level": "total"},
+                     operator_headers(os.environ))
 
             threading.Timer(1.0, disperse).start()
             result = page.evaluate(RECORD_AND_DECODE, [ws, args.seconds, args.passes])

@@ -50,6 +50,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from atom_operator import operator_env, operator_headers  # noqa: E402
 PEERS_SOURCE = ROOT.parent.parent / "shared" / "peers"   # /work/shared/peers from a worktree
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {"fps_mean": 59.5, "fps_min": 58.0, "gap_p99_ms": 25.0, "lat_p99_ms": 10.0,
@@ -112,7 +114,7 @@ def start_atom(args: argparse.Namespace) -> tuple[Server, str | None]:
     if not (args.session or args.session_url):
         env["WS_REQUIRE_SESSION"] = "false"
     if args.disperse_at:   # one total dispersal a window: the Brise-Circuit must let them pass
-        env.update(SAFEGUARD_MAX_TOTAL="1000", SAFEGUARD_MAX_COMMANDS="1000")
+        env.update(SAFEGUARD_MAX_TOTAL="1000", SAFEGUARD_MAX_COMMANDS="1000", **operator_env())
     proc = subprocess.Popen([sys.executable, "-m", "atom_actors", "serve"], cwd=ROOT, env=env,
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     server = Server("atom_actors", proc.pid, "", proc)
@@ -359,20 +361,17 @@ def cpu_per_frame_us(r: dict) -> float:
     return r["cpu_cores"] * 1e6 / max(r["fps_mean"] * r["clients"], 1e-9)
 
 
-def disperse(api: str | None, session: str | None) -> Callable[[], None]:
-    """A total dispersal through the started server's API (a session of its own if need be)."""
-    tokens = [session] if session else []
+def disperse(api: str | None) -> Callable[[], None]:
+    """A total dispersal through the started server's API, as the scripts' operator."""
+    operator = operator_headers(os.environ)
 
     def order() -> None:
         if api is None:
             print("bench: --disperse-at needs the started server's API", file=sys.stderr)
             return
-        if not tokens:
-            tokens.append(open_session(f"{api}/api/v1/sceau/activate", 2000))
-        token = tokens[0]
         request = urllib.request.Request(
             f"{api}/api/v1/swarm/disperse", method="POST", data=b'{"level": "total"}',
-            headers={"content-type": "application/json", "x-sceau-session": token})
+            headers={"content-type": "application/json", **operator})
         with urllib.request.urlopen(request, timeout=10) as response:
             print(f"# total dispersal ordered: {json.loads(response.read())['dispersed']} agents",
                   file=sys.stderr)
@@ -430,7 +429,7 @@ def main() -> None:
                 sys.exit("bench: the started server has no API to open a session with")
             session = open_session(target, args.session_ms)
         time.sleep(1.0)   # let the engine settle
-        during = disperse(api, session) if args.disperse_at else None
+        during = disperse(api) if args.disperse_at else None
         for encoding in encodings:
             query = [f"encoding={encoding}"] + ([f"fps={args.fps}"] if args.fps else []) \
                 + ([f"session={session}"] if session else [])

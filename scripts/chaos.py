@@ -60,6 +60,8 @@ import trio_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from atom_operator import operator_env, operator_headers  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, sql  # noqa: E402
 
 PEERS_SOURCE = ROOT.parent / "shared" / "peers"
@@ -138,7 +140,7 @@ class Chaos:
         self.pg_down = False
         self.t0 = 0.0
         self.loader_results: list[dict] = []
-        self.token = ""
+        self.operator: dict[str, str] = {}
 
     # -- processes -------------------------------------------------------------------------------
 
@@ -231,7 +233,7 @@ class Chaos:
                         WS_PORT="0", PYTHONUNBUFFERED="1", SECRET_KEY="chaos-" + "k" * 40,
                         WS_MAX_CONNECTIONS=str(self.args.subscribers + 50),
                         SAFEGUARD_MAX_COMMANDS="100000", SAFEGUARD_MAX_TOTAL="100000",
-                        DISPERSAL_DWELL_S="3", PYTHONPATH=str(ROOT))
+                        DISPERSAL_DWELL_S="3", PYTHONPATH=str(ROOT), **operator_env())
         async with trio.open_nursery() as nursery:
             await self.start_atom("engine", "engine leading")
             await self.start_atom("engine", "engine standing by")
@@ -368,10 +370,9 @@ class Chaos:
 
     async def drive(self, http: httpx.AsyncClient) -> None:
         """About ``--rate`` commands a second (Poisson arrivals), each sent without waiting for
-        the ones before it (at most MAX_IN_FLIGHT at once), with one session."""
+        the ones before it (at most MAX_IN_FLIGHT at once), as one operator."""
         rng = random.Random(7)
-        self.token = (await http.post("/api/v1/sceau/activate",
-                                      json={"duration_ms": 2000})).json()["session"]
+        self.operator = operator_headers(self.env, subject="chaos-operator")
         in_flight = trio.Semaphore(MAX_IN_FLIGHT)
         async with trio.open_nursery() as nursery:
             while True:
@@ -392,8 +393,7 @@ class Chaos:
             self.tally.sent += 1
             pg_down = self.pg_down and not self.redis_down()
             try:
-                r = await http.post(request[0], json=request[1],
-                                    headers={"X-Sceau-Session": self.token})
+                r = await http.post(request[0], json=request[1], headers=self.operator)
                 status: int | str = r.status_code
             except httpx.HTTPError as exc:
                 status = type(exc).__name__
@@ -402,9 +402,6 @@ class Chaos:
                 return
             self.tally.refused[status] += 1
             self.tally.refused_while_pg_down += pg_down
-            if status == 401:      # the session was lost with Redis's data: open another
-                self.token = (await http.post("/api/v1/sceau/activate",
-                                              json={"duration_ms": 2000})).json()["session"]
         finally:
             in_flight.release()
 

@@ -40,6 +40,8 @@ import httpx
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+from atom_operator import operator_env, operator_headers  # noqa: E402
 SERVING = re.compile(r"atom: serving: (.*)")
 TARGET_DRIFT = 0.05
 
@@ -185,14 +187,12 @@ async def _subscribe(ws_url: str, query: str, tally: Tally) -> None:
 
 # -- the commands ---------------------------------------------------------------------------------
 
-async def commands(api_url: str, rate: float, tally: Tally) -> None:
+async def commands(api_url: str, rate: float, tally: Tally, headers: dict[str, str]) -> None:
     """Swarm-changing commands at ``rate`` per second, on a fixed schedule (a late one does not
-    shift the next), each in its own task so that a slow answer never slows the rate."""
+    shift the next), each in its own task so that a slow answer never slows the rate; sent by
+    the operator whose ``headers`` they carry."""
     async with httpx.AsyncClient(base_url=api_url, timeout=10,
                                  limits=httpx.Limits(max_connections=64)) as http:
-        opened = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
-        opened.raise_for_status()
-        headers = {"X-Sceau-Session": opened.json()["session"]}
 
         async def one(n: int) -> None:
             kind = n % 3
@@ -237,7 +237,8 @@ async def soak(args: argparse.Namespace, servers: list[Server]) -> dict:
         for _ in range(args.subscribers):
             nursery.start_soon(subscriber, ws.ws_url, query, tally)
             await trio.sleep(0.005)
-        nursery.start_soon(commands, api.api_url, args.rate, tally)
+        nursery.start_soon(commands, api.api_url, args.rate, tally,
+                           operator_headers(os.environ, subject="soak-operator"))
         last = Tally()
         for minute in range(1, minutes + 1):
             await trio.sleep(60)
@@ -283,7 +284,8 @@ def main() -> int:
     env.update(API_HOST="127.0.0.1", API_PORT="0", WS_PORT="0", WS_REQUIRE_SESSION="true",
                PYTHONUNBUFFERED="1", SWARM_SEED="1",
                WS_MAX_CONNECTIONS=str(max(500, args.subscribers + 10)),
-               SAFEGUARD_MAX_COMMANDS="1000000000", SAFEGUARD_MAX_TOTAL="1000000000")
+               SAFEGUARD_MAX_COMMANDS="1000000000", SAFEGUARD_MAX_TOTAL="1000000000",
+               **operator_env())
     print("soak: the Brise-Circuit's thresholds are raised for this server (SAFEGUARD_MAX_COMMANDS,"
           " SAFEGUARD_MAX_TOTAL), so that every command reaches the swarm")
     servers: list[Server] = []

@@ -20,10 +20,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import jwt
 import trio
 
 from atom_actors.watch import subscribe
 from tests import servers
+from tests.operators import bearer
 
 ATOM = [sys.executable, "-m", "atom_actors"]
 SERVER_HOST = "127.0.0.2"
@@ -32,6 +34,9 @@ CLIENT_HOST = "127.0.0.1"
 USER_AGENT = "AtomProbe/9.99 (Quokka-7f3e; zero-log test)"
 UA_MARK = "Quokka-7f3e"
 FORWARDED_FOR = "203.0.113.77"   # TEST-NET-3, only ever a header value: no traffic goes there
+# The operator of the scenario, as Supabase Auth would describe them in their access token.
+OPERATOR_SUBJECT = "5c1e0f3a-operator-7f3e"
+OPERATOR_PHONE = "+15555550199"
 SERVING = re.compile(rb"atom: serving: ([^\n]*)\n")
 API_URL = re.compile(r"\bapi (http[^\s,]+)")
 WS_URL = re.compile(r"\bws (ws[^\s,]+)")
@@ -153,6 +158,8 @@ class Seen:
     dispersed: Tally = field(default_factory=Tally)      # agent.status "dispersed", f32 subscriber
     regroups: Tally = field(default_factory=Tally)       # swarm.regroup events, f32 subscriber
     refused_handshake: int | None = None
+    operator_token: str = ""
+    operator_session_id: str = ""   # the token's session_id claim
     metrics_during: str = ""   # /metrics while two subscribers stream
 
 
@@ -176,6 +183,12 @@ async def scenario(api_url: str, ws_url: str) -> Seen:
                             json={"duration_ms": 2000})
         seen.token = token = opened.headers["X-Sceau-Session"]
         session = {"X-Sceau-Session": token}
+        # The commands are an operator's, with a Supabase-shaped token (email, phone, session_id).
+        seen.operator_token = bearer(subject=OPERATOR_SUBJECT,
+                                     phone=OPERATOR_PHONE)["Authorization"].split()[1]
+        seen.operator_session_id = jwt.decode(seen.operator_token,
+                                              options={"verify_signature": False})["session_id"]
+        operator = {"Authorization": f"Bearer {seen.operator_token}"}
         await call("no_session", "GET", "/api/v1/swarm")
         await call("bad_session", "GET", "/api/v1/swarm",
                    headers={"X-Sceau-Session": token[:-4] + "AAAA"})
@@ -204,21 +217,21 @@ async def scenario(api_url: str, ws_url: str) -> Seen:
                 seen.refused_handshake, body = await raw_handshake(
                     ws_url, f"session={token[:-4]}AAAA", headers)
                 seen.error_bodies.append(body)
-                partial = await call("disperse", "POST", "/api/v1/swarm/disperse", headers=session,
+                partial = await call("disperse", "POST", "/api/v1/swarm/disperse", headers=operator,
                                      json={"level": "partial"})
                 seen.command_ids["disperse"] = partial.json()["command_id"]
                 sectoral = await call("disperse_sphere", "POST", "/api/v1/swarm/disperse",
-                                      headers=session,
+                                      headers=operator,
                                       json={"level": "sectoral", "sphere": "transport"})
                 seen.command_ids["disperse_sphere"] = sectoral.json()["command_id"]
-                await call("bad_level", "POST", "/api/v1/swarm/disperse", headers=session,
+                await call("bad_level", "POST", "/api/v1/swarm/disperse", headers=operator,
                            json={"level": "huge"})
-                await call("bad_json", "POST", "/api/v1/swarm/disperse", headers=session,
+                await call("bad_json", "POST", "/api/v1/swarm/disperse", headers=operator,
                            content=b"{not json")
-                await call("retune", "PUT", "/api/v1/swarm/agents/217/frequency", headers=session,
+                await call("retune", "PUT", "/api/v1/swarm/agents/217/frequency", headers=operator,
                            json={"frequency": 500})
                 await call("retune_high", "PUT", "/api/v1/swarm/agents/217/frequency",
-                           headers=session, json={"frequency": 100_000})
+                           headers=operator, json={"frequency": 100_000})
                 await call("no_agent", "GET", "/api/v1/swarm/agents/9999", headers=session)
                 await call("no_route", "GET", "/api/v1/nowhere")
                 await call("bad_method", "DELETE", "/api/v1/swarm", headers=session)
@@ -227,7 +240,7 @@ async def scenario(api_url: str, ws_url: str) -> Seen:
                 await seen.dispersed.reach(70)
                 await seen.frames.reach(seen.frames.count + 180)
                 seen.metrics_during = (await call("metrics", "GET", "/metrics")).text
-                regroup = await call("regroup", "POST", "/api/v1/swarm/regroup", headers=session)
+                regroup = await call("regroup", "POST", "/api/v1/swarm/regroup", headers=operator)
                 seen.command_ids["regroup"] = regroup.json()["command_id"]
                 await seen.regroups.reach(1)
                 await seen.frames.reach(seen.frames.count + 60)

@@ -10,6 +10,8 @@ from atom_actors.bus import MemoryBus
 from atom_actors.config import Settings, load_settings
 from atom_actors.engine import Engine
 
+from .operators import OPERATOR_SECRET
+
 
 # real PostgreSQL and Redis, shared and throwaway; a throwaway Redis Sentinel deployment
 pytest_plugins = ["tests.servers", "tests.sentinel"]
@@ -23,6 +25,8 @@ def make_settings(**overrides: object) -> Settings:
     """Settings as a fresh environment would give, plus ``overrides`` (lower-case names)."""
     env = {k.upper(): str(v) for k, v in overrides.items()}
     env.setdefault("SWARM_SEED", "7")
+    # Every test deployment accepts the tests' operator tokens (tests/operators.py's bearer()).
+    env.setdefault("OPERATOR_JWT_SECRET", OPERATOR_SECRET)
     return load_settings(env, env_file=None)
 
 

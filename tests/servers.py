@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 import trio
 
+from tests.operators import OPERATOR_SECRET
+
 SHARED_PG = os.environ.get("ATOM_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 SHARED_REDIS = os.environ.get("ATOM_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 PG_TEST_USER = "atom-pg"
@@ -342,7 +344,7 @@ def atom_env(**settings: str) -> dict[str, str]:
     """The environment of an ``atom`` process: ours less any AT·OM setting, plus ``settings``."""
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
     env.update({"API_PORT": "0", "WS_PORT": "0", "PYTHONUNBUFFERED": "1", "SWARM_SEED": "7",
-                "SECRET_KEY": "x" * 40})
+                "SECRET_KEY": "x" * 40, "OPERATOR_JWT_SECRET": OPERATOR_SECRET})
     env.update(settings)
     return env
 

@@ -39,6 +39,7 @@ from atom_actors.sessions import SessionService
 from atom_actors.store import MemoryStore
 
 from .conftest import make_settings
+from .operators import bearer
 
 ORIGIN = "https://operators.example"
 SESSION = "X-Sceau-Session"
@@ -50,14 +51,18 @@ SESSION_ENDPOINTS = [
     ("GET", "/api/v1/swarm", None),
     ("GET", "/api/v1/swarm/agents", None),
     ("GET", "/api/v1/swarm/agents/0", None),
-    ("POST", "/api/v1/swarm/disperse", {"level": "partial"}),
-    ("POST", "/api/v1/swarm/regroup", None),
-    ("PUT", "/api/v1/swarm/agents/0/frequency", {"frequency": 500}),
     ("GET", "/api/v1/frequency", None),
     ("GET", "/api/v1/spheres", None),
     ("GET", "/api/v1/spheres/privacy", None),
     ("GET", "/api/v1/safeguard", None),
-    ("POST", "/api/v1/safeguard/reset", None),
+]
+# Every (O) endpoint of §2 (tests/test_operators.py has their refusals), with its role.
+OPERATOR_ENDPOINTS = [
+    ("POST", "/api/v1/swarm/disperse", {"level": "partial"}, "operator"),
+    ("POST", "/api/v1/swarm/regroup", None, "operator"),
+    ("PUT", "/api/v1/swarm/agents/0/frequency", {"frequency": 500}, "operator"),
+    ("POST", "/api/v1/safeguard/reset", None, "guardian"),
+    ("GET", "/api/v1/audit", None, "guardian"),
 ]
 
 
@@ -115,7 +120,7 @@ async def test_over_http_the_api_binds_a_free_port_and_a_session_steers_the_swar
             r = await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
             assert r.status_code == 201 and r.headers[SESSION] == r.json()["session"]
             headers = {SESSION: r.headers[SESSION]}
-            r = await c.post("/api/v1/swarm/disperse", json={"level": "sectoral"}, headers=headers)
+            r = await c.post("/api/v1/swarm/disperse", json={"level": "sectoral"}, headers=bearer())
             assert r.status_code == 202 and r.json()["dispersed"] == 175
             assert (await c.delete("/api/v1/sceau/session", headers=headers)).status_code == 204
             assert_error(await c.get("/api/v1/swarm", headers=headers), 401, "sceau_session_invalid")
@@ -250,12 +255,19 @@ async def test_openapi_describes_every_endpoint_of_the_contract(autojump_clock, 
         assert method in doc["paths"][path] and "security" not in doc["paths"][path][method]
     for method, path, _ in SESSION_ENDPOINTS:
         op = doc["paths"][template(path)][method.lower()]
-        assert op["security"] == [{"sceau": []}] and "401" in op["responses"]
+        assert op["security"] == [{"sceau": []}, {"bearer": []}] and "401" in op["responses"]
+    for method, path, _, _ in OPERATOR_ENDPOINTS:
+        op = doc["paths"][template(path)][method.lower()]
+        assert op["security"] == [{"bearer": []}]
+        assert set(op["responses"]) >= {"401", "403", "503"}
     disperse = doc["paths"]["/api/v1/swarm/disperse"]["post"]
     assert disperse["responses"]["423"]["headers"]["Retry-After"]
-    assert set(disperse["responses"]) >= {"202", "401", "422", "423"}
+    assert set(disperse["responses"]) >= {"202", "401", "403", "422", "423"}
+    assert set(doc["paths"]["/api/v1/safeguard/reset"]["post"]["responses"]) >= {"200", "202"}
     assert doc["components"]["securitySchemes"]["sceau"] == {"type": "apiKey", "in": "header",
                                                              "name": SESSION}
+    assert doc["components"]["securitySchemes"]["bearer"] == {"type": "http", "scheme": "bearer",
+                                                              "bearerFormat": "JWT"}
 
 
 async def test_docs_page_lists_every_path_without_scripts(autojump_clock, api):
@@ -445,7 +457,7 @@ async def test_session_creation_is_rate_limited_per_address_in_memory_only(autoj
 @pytest.mark.parametrize("hops", [0, 1])
 async def test_behind_a_trusted_proxy_the_rate_limit_keys_on_the_forwarded_address(
         autojump_clock, nursery, hops):
-    services = await serve(nursery, trusted_proxy_hops=hops)
+    services = await serve(nursery, trusted_proxy_hops=hops, trusted_proxies="10.0.0.0/24")
     proxy = client(services, "10.0.0.5")               # every request comes from nginx
 
     def forwarded(address: str) -> dict[str, str]:
@@ -462,6 +474,62 @@ async def test_behind_a_trusted_proxy_the_rate_limit_keys_on_the_forwarded_addre
     # trusted: another client behind the same proxy still gets its session; not trusted: the
     # header is ignored and everyone behind the proxy shares one bucket
     assert other.status_code == (201 if hops else 429)
+
+
+async def test_x_forwarded_for_is_believed_only_from_a_trusted_proxy(autojump_clock, nursery):
+    """Issue 24, finding 8: with TRUSTED_PROXY_HOPS=1 and the API reachable directly, a client
+    naming a new address in X-Forwarded-For each time opened unlimited sessions, and could have
+    a victim's address refused. A peer not on TRUSTED_PROXIES (default: loopback) is its own
+    address, whatever it forwards."""
+    services = await serve(nursery, trusted_proxy_hops=1)
+    on = one_app(services)
+
+    async def post(peer: str, forwarded: str | None = None) -> int:
+        async with on(peer) as c:
+            headers = {"X-Forwarded-For": forwarded} if forwarded else {}
+            return (await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000},
+                                 headers=headers)).status_code
+
+    # a direct peer rotating the address it forwards: one bucket, its own
+    assert [await post("192.0.2.77", f"203.0.113.{i}") for i in range(11)] == [201] * 10 + [429]
+    # nor can it spend a victim's bucket by naming the victim
+    assert [await post("192.0.2.66", "192.0.2.55") for _ in range(10)] == [201] * 10
+    assert await post("127.0.0.1", "192.0.2.55") == 201     # the victim, through the proxy
+    # the proxy on this machine is believed: the client it names has its own bucket
+    assert await post("127.0.0.1", "192.0.2.77") == 429     # the rotating client, found again
+
+
+async def test_session_creation_has_a_global_bucket_beside_each_addresss(autojump_clock,
+                                                                          nursery):
+    """Issue 24, finding 8: 200 addresses opened 2,000 sessions in 5 s. Beside each address's
+    bucket, one for everyone: SESSION_GLOBAL_BURST at once, then SESSION_GLOBAL_PER_S."""
+    services = await serve(nursery, session_global_burst=30, session_global_per_s=2)
+    on = one_app(services)
+    codes = []
+    for i in range(20):                                # 20 addresses, 3 sessions each
+        async with on(f"198.51.100.{i + 1}") as c:
+            for _ in range(3):
+                r = await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
+                codes.append(r.status_code)
+                if r.status_code == 429:
+                    assert int(r.headers["retry-after"]) >= 1
+    assert codes == [201] * 30 + [429] * 30
+    await trio.sleep(5)                                # 2 a second come back
+    async with on("198.51.100.200") as c:
+        codes = [(await c.post("/api/v1/sceau/activate", json={"duration_ms": 2000})).status_code
+                 for _ in range(11)]
+    assert codes == [201] * 10 + [429]
+
+
+def one_app(services: Services):
+    """In-process clients from any address, all of one app (one set of buckets)."""
+    app = create_app(services.api_input)
+
+    def on(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app, client=(address, 50000))
+        return httpx.AsyncClient(transport=transport, base_url="http://atom.test")
+
+    return on
 
 
 # -- the swarm --------------------------------------------------------------------------------------
@@ -482,7 +550,7 @@ async def test_swarm_summary(autojump_clock, api):
 
 async def test_agents_list_and_filters(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     agents = (await c.get("/api/v1/swarm/agents", headers=headers)).json()
     assert [a["id"] for a in agents] == list(range(350))
     assert all(set(a) == AGENT_KEYS and set(a["position"]) == {"x", "y", "z"} for a in agents)
@@ -506,7 +574,7 @@ async def test_the_agent_list_is_fresh_after_a_command(autojump_clock, api):
     """The list is reused for up to 0.1 s, but not across a command of the API (once the
     command has had a tick to reach the swarm)."""
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     active = "/api/v1/swarm/agents?status=active"
     assert len((await c.get(active, headers=headers)).json()) == 350
     await c.post("/api/v1/swarm/disperse", json={"level": "partial"}, headers=headers)
@@ -517,7 +585,7 @@ async def test_the_agent_list_is_fresh_after_a_command(autojump_clock, api):
 @pytest.mark.parametrize("ident", ["350", "-1", "abc", "1e3", "99999999999", " 1"])
 async def test_an_unknown_agent_is_a_404(autojump_clock, api, ident):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     assert_error(await c.get(f"/api/v1/swarm/agents/{ident}", headers=headers), 404,
                  "agent_not_found")
     assert_error(await c.put(f"/api/v1/swarm/agents/{ident}/frequency", json={"frequency": 500},
@@ -538,7 +606,7 @@ async def test_one_agent(autojump_clock, api):
 ])
 async def test_disperse_answers_202_and_is_recorded(autojump_clock, api, body, size, sphere):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     r = await c.post("/api/v1/swarm/disperse", json=body, headers=headers)
     assert r.status_code == 202
     result = r.json()
@@ -555,7 +623,7 @@ async def test_disperse_answers_202_and_is_recorded(autojump_clock, api, body, s
 ])
 async def test_disperse_names_the_bad_field(autojump_clock, api, body, field):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     error = assert_error(await c.post("/api/v1/swarm/disperse", json=body, headers=headers), 422,
                          "validation_error")
     assert field in error["fields"] and field in error["detail"]
@@ -564,7 +632,7 @@ async def test_disperse_names_the_bad_field(autojump_clock, api, body, field):
 
 async def test_regroup_answers_202_and_is_recorded(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     await c.post("/api/v1/swarm/disperse", json={"level": "partial"}, headers=headers)
     await trio.sleep(0.1)
     r = await c.post("/api/v1/swarm/regroup", headers=headers)
@@ -577,7 +645,7 @@ async def test_regroup_answers_202_and_is_recorded(autojump_clock, api):
 @pytest.mark.parametrize("hz", [432, 999, 640.5])
 async def test_retune_returns_the_agent_and_is_recorded(autojump_clock, api, hz):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     r = await c.put("/api/v1/swarm/agents/12/frequency", json={"frequency": hz}, headers=headers)
     assert r.status_code == 200, r.text
     assert r.json()["id"] == 12 and r.json()["frequency"] == hz
@@ -589,7 +657,7 @@ async def test_retune_returns_the_agent_and_is_recorded(autojump_clock, api, hz)
                                   {"frequency": True}, {"frequency": None}, {}])
 async def test_retune_out_of_range_or_of_the_wrong_type_is_a_422(autojump_clock, api, body):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     error = assert_error(await c.put("/api/v1/swarm/agents/12/frequency", json=body,
                                      headers=headers), 422, "validation_error")
     assert "frequency" in error["fields"]
@@ -619,7 +687,7 @@ async def test_spheres(autojump_clock, api):
 
 async def test_a_flood_of_total_dispersals_opens_the_brise_circuit(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     for _ in range(3):
         r = await c.post("/api/v1/swarm/disperse", json={"level": "total"}, headers=headers)
         assert r.status_code == 202
@@ -643,7 +711,7 @@ async def test_a_flood_of_total_dispersals_opens_the_brise_circuit(autojump_cloc
 
 async def test_after_the_cooldown_one_command_closes_it(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     services.safeguard.trip("overload", "test")
     await trio.sleep(0.5)
     r = await c.post("/api/v1/swarm/regroup", headers=headers)
@@ -657,7 +725,7 @@ async def test_after_the_cooldown_one_command_closes_it(autojump_clock, api):
 
 async def test_reset_closes_the_brise_circuit(autojump_clock, api):
     services, c = api
-    headers = await activate(c)
+    headers = bearer()
     services.safeguard.trip("overload", "test")
     r = await c.post("/api/v1/safeguard/reset", headers=headers)
     assert r.status_code == 200 and r.json()["state"] == "closed"

@@ -22,6 +22,7 @@ from atom_actors.sessions import token_hash
 from atom_actors.store import EventRecord
 
 from .conftest import make_settings
+from tests.operators import bearer
 from .test_broadcaster import open_websocket_url, raw_subscribe
 
 KEY = "s" * 40
@@ -103,7 +104,7 @@ async def test_postgres_down_leaves_sessions_commands_and_the_stream_alone(nurse
             r = await http.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
             assert r.status_code == 201
             during = r.json()["session"]
-            r = await http.post("/api/v1/swarm/regroup", headers={"X-Sceau-Session": during})
+            r = await http.post("/api/v1/swarm/regroup", headers=bearer())
             assert r.status_code == 202
             async with open_websocket_url(f"{services.ws_url}?session={token}") as ws:
                 assert json.loads(await ws.get_message())["type"] == "hello"

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import socket
 import struct
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from urllib.parse import urlsplit
 
+import httpx
 import numpy as np
 import pytest
 import trio
@@ -27,7 +30,9 @@ from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
 from atom_actors.protocol import Q16_RANGE, DeltaDecoder, Frame, decode_binary
 
+from .atom_process import ATOM, atom_env
 from .conftest import make_settings
+from .servers import free_port
 from .test_wsraw import parse_frames
 
 # A bound on every test. It is on the virtual clock: a test stuck waiting for real I/O that will
@@ -756,3 +761,148 @@ async def test_a_delta_subscriber_that_talks_gets_the_same_treatment(autojump_cl
             seqs = [decoder.decode(await next_frame(listener))[0] for _ in range(60)]
     assert seqs == list(range(seqs[0], seqs[0] + 60)) and decoder.keyframes == 1
     assert services.broadcaster.stats.closed_oversize == 1
+
+
+# -- issue 24: fair shares ---------------------------------------------------------------------------
+
+async def subscribe_from(stack: AsyncExitStack, address: str, port: int, query: str = "",
+                         headers: bytes = b"") -> int:
+    """A raw handshake from the loopback ``address``; its HTTP status. An accepted subscriber is
+    kept open until ``stack`` closes."""
+    stream = await stack.enter_async_context(await open_from(address, port))
+    await stream.send_all(
+        b"GET /ws/swarm" + query.encode() + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + headers + b"\r\n")
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        chunk = await stream.receive_some()
+        assert chunk, buffer
+        buffer += chunk
+    status = int(buffer.split(b" ", 2)[1])
+    if status != 101:
+        body = buffer.partition(b"\r\n\r\n")[2] + await read_all(stream)
+        assert json.loads(body)["error"] == "too_many_subscribers", body
+    return status
+
+
+async def test_one_session_and_one_address_take_only_their_share(autojump_clock, serve):
+    """Issue 24, finding 7: one session from one address held all 500 subscriber slots (fps 1,
+    reading a frame a second). Now a session holds WS_MAX_PER_SESSION, an address
+    WS_MAX_PER_ADDRESS; beyond, 503 before the handshake; others are served, and a closed
+    subscriber gives its share back."""
+    services = await serve(ws_require_session="true", ws_max_per_session=3, ws_max_per_address=5)
+    port = services.broadcaster.port
+    a, b, c = [(await services.sessions.activate(2000)).token for _ in range(3)]
+    with trio.fail_after(BOUND_S):
+        async with AsyncExitStack() as stack:
+            assert [await subscribe_from(stack, "127.0.0.1", port, f"?fps=1&session={a}")
+                    for _ in range(4)] == [101, 101, 101, 503]       # the session's share
+            assert [await subscribe_from(stack, "127.0.0.1", port, f"?fps=1&session={b}")
+                    for _ in range(3)] == [101, 101, 503]            # the address's share
+            assert await subscribe_from(stack, "127.0.0.2", port, f"?fps=1&session={c}") == 101
+            assert services.broadcaster.stats.refused == {503: 2}
+        await trio.sleep(1)   # all closed: the shares are back
+        async with AsyncExitStack() as stack:
+            assert [await subscribe_from(stack, "127.0.0.1", port, f"?fps=1&session={a}")
+                    for _ in range(3)] == [101, 101, 101]
+
+
+async def test_behind_a_trusted_proxy_the_share_is_the_forwarded_addresss(autojump_clock, serve):
+    """Issue 24, findings 7 and 8: behind TRUSTED_PROXY_HOPS the per-address share applies to
+    the address the proxy forwarded; a peer not on TRUSTED_PROXIES is its own address, whatever
+    it forwards."""
+    services = await serve(ws_max_per_address=2, trusted_proxy_hops=1,
+                           trusted_proxies="127.0.0.1")
+    port = services.broadcaster.port
+
+    def forwarded(address: str) -> bytes:
+        return b"X-Forwarded-For: 198.51.100.9, " + address.encode() + b"\r\n"
+
+    with trio.fail_after(BOUND_S):
+        async with AsyncExitStack() as stack:
+            assert [await subscribe_from(stack, "127.0.0.1", port, "?fps=1",
+                                         forwarded("203.0.113.1")) for _ in range(3)] \
+                == [101, 101, 503]                                   # the client behind it
+            assert await subscribe_from(stack, "127.0.0.1", port, "?fps=1",
+                                        forwarded("203.0.113.2")) == 101   # another client
+            assert [await subscribe_from(stack, "127.0.0.3", port, "?fps=1",
+                                         forwarded(f"203.0.113.{10 + i}")) for i in range(3)] \
+                == [101, 101, 503]                                   # not a proxy: itself
+
+
+PRLIMIT = shutil.which("prlimit")
+NOFILE = 256
+
+
+@pytest.mark.skipif(PRLIMIT is None, reason="prlimit (util-linux) is not installed")
+async def test_a_flood_of_subscribers_under_a_low_descriptor_limit_leaves_others_served(tmp_path):
+    """Issue 24, finding 4: under ``prlimit --nofile=256``, 244 subscribers used every
+    descriptor and new REST and WebSocket clients got no answer at all. Now the subscribers
+    have a share of the limit (said at start), one address a part of it: a flood from one
+    address leaves REST and a subscriber from elsewhere served, and a flood from several is
+    answered 503 beyond the share while REST is still served. (Real time: a subprocess.)"""
+    api_port, ws_port = free_port(), free_port()
+    env = atom_env(API_PORT=str(api_port), WS_PORT=str(ws_port), WS_REQUIRE_SESSION="false")
+    host = env["API_HOST"]
+    proc = await trio.lowlevel.open_process(
+        [PRLIMIT, f"--nofile={NOFILE}:{NOFILE}", *ATOM, "serve"], env=env, cwd=str(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    stderr = bytearray()
+
+    async def drain() -> None:
+        while chunk := await proc.stderr.receive_some():
+            stderr.extend(chunk)
+
+    async def subscribe(stack: AsyncExitStack, address: str) -> int:
+        sock = trio.socket.socket()
+        await sock.bind((address, 0))
+        await sock.connect((host, ws_port))
+        stream = await stack.enter_async_context(trio.SocketStream(sock))
+        await stream.send_all(
+            b"GET /ws/swarm?fps=1 HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        buffer = b""
+        while b"\r\n\r\n" not in buffer:
+            chunk = await stream.receive_some()
+            assert chunk, buffer
+            buffer += chunk
+        return int(buffer.split(b" ", 2)[1])
+
+    async def rest_answers() -> None:
+        with trio.fail_after(10):
+            async with httpx.AsyncClient(base_url=f"http://{host}:{api_port}") as c:
+                assert (await c.get("/api/v1/health")).status_code == 200
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(drain)
+            with trio.fail_after(30):
+                while b"serving:" not in stderr:
+                    assert proc.poll() is None, stderr.decode(errors="replace")
+                    await trio.sleep(0.1)
+            line = next(l for l in stderr.decode().splitlines() if "descriptors:" in l)
+            assert line == ("atom: descriptors: 256 = subscribers 128, API connections 64, "
+                            "pending handshakes 32, own needs 32"), line
+            async with AsyncExitStack() as stack:
+                with trio.fail_after(60):
+                    flood = [await subscribe(stack, "127.0.0.1") for _ in range(300)]
+                assert flood.count(101) == NOFILE // 4 and set(flood) == {101, 503}, flood
+                await rest_answers()
+                with trio.fail_after(10):
+                    assert await subscribe(stack, "127.0.0.3") == 101
+                with trio.fail_after(60):   # three more addresses: beyond the share, 503
+                    more = [await subscribe(stack, f"127.0.0.{4 + i % 3}") for i in range(150)]
+                assert set(more) == {101, 503} and flood.count(101) + more.count(101) + 1 <= 128
+                await rest_answers()
+            nursery.cancel_scope.cancel()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        with trio.move_on_after(10):
+            await proc.wait()
+        if proc.poll() is None:
+            proc.kill()
+    text = stderr.decode(errors="replace")
+    assert "Traceback" not in text, text[-3000:]

@@ -10,6 +10,7 @@ import json
 import httpx
 import trio
 
+from .operators import bearer
 from .servers import atom_env, sql
 from .test_broadcaster import open_websocket_url
 from .test_guard import closed_with
@@ -98,9 +99,10 @@ async def test_three_api_processes_trip_one_brise_circuit_on_exactly_one_process
             for api in apis:
                 await until_ready(http, api)
             headers = {"X-Sceau-Session": await session(http, apis[0])}
+            operator = bearer()
             statuses = []
             for i in range(9):   # round robin: 7 accepted, the 8th trips it, the 9th finds it open
-                r = await http.post(f"{apis[i % 3]}/api/v1/swarm/regroup", headers=headers)
+                r = await http.post(f"{apis[i % 3]}/api/v1/swarm/regroup", headers=operator)
                 statuses.append(r.status_code)
             assert statuses == [202] * 7 + [423, 423]
             for api in apis:
@@ -109,7 +111,7 @@ async def test_three_api_processes_trip_one_brise_circuit_on_exactly_one_process
                 assert status["reason"] == "more than 7 commands in 60 s"
             # A reset anywhere is seen everywhere within a second.
             assert (await http.post(f"{apis[2]}/api/v1/safeguard/reset",
-                                    headers=headers)).status_code == 200
+                                    headers=operator)).status_code == 200
             reset = trio.current_time()
             for api in apis:
                 while (await http.get(f"{api}/api/v1/safeguard",
@@ -117,7 +119,7 @@ async def test_three_api_processes_trip_one_brise_circuit_on_exactly_one_process
                     await trio.sleep(0.05)
                 assert trio.current_time() - reset < 1.0
             assert (await http.post(f"{apis[0]}/api/v1/swarm/regroup",
-                                    headers=headers)).status_code == 202
+                                    headers=operator)).status_code == 202
 
 
 async def test_every_role_serves_metrics_health_and_readiness_on_its_api_port(
@@ -161,11 +163,12 @@ async def test_commands_succeed_while_postgresql_is_down_and_are_recorded_after(
             during = await session(http, api)                    # no PostgreSQL: still 201
             ids = []
             for token in (before, during):
-                r = await http.post(f"{api}/api/v1/swarm/disperse", headers={"X-Sceau-Session": token},
+                r = await http.post(f"{api}/api/v1/swarm/disperse",
+                                    headers={"X-Sceau-Session": token, **bearer()},
                                     json={"level": "partial", "sphere": "transport"})
                 assert r.status_code == 202
                 ids.append(r.json()["command_id"])
-            r = await http.post(f"{api}/api/v1/swarm/regroup", headers={"X-Sceau-Session": during})
+            r = await http.post(f"{api}/api/v1/swarm/regroup", headers=bearer())
             assert r.status_code == 202
             ids.append(r.json()["command_id"])
             await pg_server.astart()

@@ -10,14 +10,15 @@ import trio
 
 from atom_actors.api.idempotency import REPLAYED_HEADER
 
-from .test_api import activate, assert_error, client, serve
+from .operators import bearer
+from .test_api import assert_error, client, serve
 
 KEY = "Idempotency-Key"
 
 
-async def caller(c: httpx.AsyncClient) -> dict[str, str]:
-    """The headers of a caller allowed to send commands (the one place that says how)."""
-    return await activate(c)
+async def caller(c: httpx.AsyncClient, subject: str = "op-1") -> dict[str, str]:
+    """The headers of an operator allowed to send commands (the one place that says how)."""
+    return bearer(subject=subject)
 
 
 async def dispersed(c: httpx.AsyncClient, headers: dict[str, str]) -> int:
@@ -66,7 +67,7 @@ async def test_every_command_endpoint_replays(autojump_clock, api):
 
 async def test_a_key_is_the_callers_own(autojump_clock, api):
     _, c = api
-    alice, bob = await caller(c), await caller(c)
+    alice, bob = await caller(c, "alice"), await caller(c, "bob")
     a = await c.post("/api/v1/swarm/regroup", headers={**alice, KEY: "same"})
     b = await c.post("/api/v1/swarm/regroup", headers={**bob, KEY: "same"})
     assert a.status_code == b.status_code == 202
@@ -79,8 +80,8 @@ async def test_a_key_used_again_for_another_request_is_refused(autojump_clock, a
     assert (await c.post("/api/v1/swarm/disperse", json={"level": "partial"},
                          headers=headers)).status_code == 202
     assert_error(await c.post("/api/v1/swarm/disperse", json={"level": "total"}, headers=headers),
-                 422, "idempotency_key_reused")
-    assert_error(await c.post("/api/v1/swarm/regroup", headers=headers), 422,
+                 409, "idempotency_key_reused")
+    assert_error(await c.post("/api/v1/swarm/regroup", headers=headers), 409,
                  "idempotency_key_reused")
 
 
@@ -126,8 +127,8 @@ async def test_a_key_held_by_a_running_request_is_409_then_runs_with_its_command
     services, c = api
     headers = await caller(c)
     keys = services.api_input.coordinator
-    (session_id,) = keys.shared.sessions
-    record = record_id(f"session:{session_id}", "held")
+    operator = await services.api_input.operators.identify(headers["Authorization"].split()[1])
+    record = record_id(f"operator:{operator.pseudonym}", "held")
     await keys.idempotency_claim(record, fingerprint("POST", "/api/v1/swarm/regroup", None),
                                  "cmd-held", 600, HOLD_S)
     r = await c.post("/api/v1/swarm/regroup", headers={**headers, KEY: "held"})

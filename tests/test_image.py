@@ -33,6 +33,7 @@ from trio_websocket import open_websocket_url
 
 from tests import podman
 from tests.servers import PostgresServer, RedisServer, free_port, skip
+from tests.operators import bearer
 from tests.test_deploy import (COMPOSE, Nginx, client_tls, nginx_binary,  # noqa: F401 - fixtures
                                nginx_command, tls, wait_until_listening)
 
@@ -322,7 +323,7 @@ async def test_through_nginx_a_command_is_applied_and_frames_stream(
                 assert seqs == sorted(seqs) and len(set(seqs)) == 10
 
                 dispersed = await http.post("/api/v1/swarm/disperse", json={"level": "partial"},
-                                            headers=session)
+                                            headers=bearer())
                 assert dispersed.status_code == 202, dispersed.text
                 assert dispersed.json()["dispersed"] == 70
                 # Applied by the engine container, seen by the API container through Redis.

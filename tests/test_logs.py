@@ -9,9 +9,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 import sys
 import time
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 import trio
 
@@ -19,7 +22,8 @@ from atom_actors import app, logs
 from atom_actors.bus import MemoryBus
 from atom_actors.engine import Engine
 from atom_actors.sessions import token_hash
-from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, UA_MARK, Seen, client_address,
+from tests.atom_process import (CLIENT_HOST, FORWARDED_FOR, OPERATOR_PHONE, OPERATOR_SUBJECT,
+                                UA_MARK, Seen, client_address,
                                 running_atom, scenario)
 from tests.conftest import make_settings
 from tests.servers import sql
@@ -95,6 +99,73 @@ def test_scrub_removes_what_identifies_a_person(text, secret):
 ])
 def test_scrub_keeps_what_a_developer_needs(text):
     assert logs.scrub_text(text) == text
+
+
+# -- the scrubber's properties (issue 24, finding 9) -------------------------------------------------
+# Random text around what identifies a person: none of it may come out. The text draws on digits,
+# dots, colons, letters and punctuation so that the neighbours an address meets in real lines
+# ("digit + dot", a version, a port) are tried.
+
+TEXT = st.text(alphabet=st.sampled_from("0123456789.:abcxyzAF -_/=,'\"()[]\n\t"), max_size=40)
+# Where an IPv6 address or a hash may stand: after anything that is not part of one (a hex digit
+# or colon next to it would make a longer candidate, which is no longer that address).
+SEPARATOR = st.sampled_from(" \t\n[(=,'\"@/;")
+UA_CHARS = st.characters(codec="ascii", categories=("L", "N"), include_characters=" ._-;()+'\"\\")
+USER_AGENT = st.one_of(
+    st.text(UA_CHARS, min_size=6, max_size=40).filter(lambda t: t.strip() == t and t),
+    st.builds(lambda name, major, minor, comment: f"{name}/{major}.{minor} ({comment})",
+              st.from_regex(r"[A-Za-z][A-Za-z0-9-]{3,12}", fullmatch=True),
+              st.integers(0, 200), st.integers(0, 99),
+              st.from_regex(r"[A-Za-z0-9; ]{4,20}", fullmatch=True)))
+# How a user agent appears in a line: a header, a headers list or mapping as Python prints them
+# (with their quotes escaped), JSON, a keyword, a WSGI environ.
+UA_CONTEXTS = (
+    lambda ua: f"User-Agent: {ua}",
+    lambda ua: repr([(b"host", b"x"), (b"user-agent", ua.encode())]),
+    lambda ua: repr({"user-agent": ua}),
+    lambda ua: repr([("User-Agent", ua)]),
+    lambda ua: json.dumps({"User-Agent": ua}),
+    lambda ua: f"user_agent={ua}",
+    lambda ua: f"HTTP_USER_AGENT={ua!r}",
+)
+
+
+def ua_leaked(ua: str, out: str) -> bool:
+    """Whether ``out`` still holds ``ua``, or a telling piece of it (its longest word)."""
+    longest = max(re.findall(r"[A-Za-z0-9]+", ua) or [""], key=len)
+    return ua in out or (len(longest) >= 6 and longest in out)
+
+
+@hypothesis.given(before=TEXT, address=st.ip_addresses(v=4).map(str), after=TEXT)
+def test_no_ipv4_address_survives_the_scrubber_whatever_surrounds_it(before, address, after):
+    assert address not in logs.scrub_text(before + address + after)
+
+
+@hypothesis.given(before=TEXT, sep=SEPARATOR, address=st.ip_addresses(v=6),
+                  exploded=st.booleans(), port=st.sampled_from(["", ":8000", "]:443"]),
+                  after=TEXT)
+def test_no_ipv6_address_survives_the_scrubber(before, sep, address, exploded, port, after):
+    text = address.exploded if exploded else str(address)
+    hypothesis.assume(len(text) > 2)   # "::" alone is no one's
+    out = logs.scrub_text(f"{before}{sep}{text}{port} {after}")
+    assert text not in out
+
+
+@hypothesis.given(before=TEXT, token=st.from_regex(r"v1\.[A-Za-z0-9_-]{22,43}\.[A-Za-z0-9_-]{22,43}",
+                                                   fullmatch=True), after=TEXT,
+                  sep=SEPARATOR, digest=st.from_regex(r"[0-9a-f]{64}", fullmatch=True))
+def test_no_token_or_token_hash_survives_the_scrubber(before, token, after, sep, digest):
+    out = logs.scrub_text(f"{before}{token}{after}{sep}{digest}{sep}")
+    assert token not in out and digest not in out
+
+
+@hypothesis.given(before=TEXT, ua=USER_AGENT, context=st.sampled_from(UA_CONTEXTS), after=TEXT)
+# Found by this test: a repr escapes a quote inside the value, which ended the match early.
+@hypothesis.example(before="", ua="it's \"Quokka\" Navigator", context=UA_CONTEXTS[2], after="")
+def test_no_user_agent_survives_the_scrubber(before, ua, context, after):
+    """Versioned or not ("MyBot", "Bob's agent"), quoted, escaped, in bytes or in JSON."""
+    hypothesis.assume(not ua_leaked(ua, before + after))
+    assert not ua_leaked(ua, logs.scrub_text(f"{before} {context(ua)}\n{after}"))
 
 
 def test_scrub_processor_redacts_sensitive_keys_and_nested_values():
@@ -251,7 +322,11 @@ def forbidden(seen: Seen) -> dict[str, bytes]:
     """What identifies the person of the scenario, as it could appear in any output."""
     return {"client address": CLIENT_HOST.encode(), "token": seen.token.encode(),
             "token hash": token_hash(seen.token).encode(), "user agent": UA_MARK.encode(),
-            "forwarded address": FORWARDED_FOR.encode()}
+            "forwarded address": FORWARDED_FOR.encode(),
+            "operator token": seen.operator_token.encode(),
+            "operator subject": OPERATOR_SUBJECT.encode(),     # also in the e-mail: <sub>@…
+            "operator phone": OPERATOR_PHONE.encode(),
+            "operator session_id": seen.operator_session_id.encode()}
 
 
 async def database_rows(url: str) -> dict[str, list[str]]:

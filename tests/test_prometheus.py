@@ -23,6 +23,7 @@ import trio
 import yaml
 
 from tests.atom_process import running_atom
+from tests.operators import bearer
 from tests.servers import atom_env as servers_env
 from tests.servers import free_port, skip
 
@@ -171,8 +172,8 @@ async def test_a_real_prometheus_scrapes_atom_serve_and_evaluates_the_rules(tmp_
                 async with httpx.AsyncClient(base_url=atom.api_url) as api:
                     opened = await api.post("/api/v1/sceau/activate", json={"duration_ms": 2000})
                     session = {"X-Sceau-Session": opened.json()["session"]}
-                    assert (await api.post("/api/v1/swarm/regroup", headers=session)).status_code == 202
-                    assert (await api.post("/api/v1/swarm/regroup", headers=session)).status_code == 423
+                    assert (await api.post("/api/v1/swarm/regroup", headers=bearer())).status_code == 202
+                    assert (await api.post("/api/v1/swarm/regroup", headers=bearer())).status_code == 423
                 (firing,) = await until("the alert fires", lambda: query(
                     http, 'ALERTS{alertstate="firing"}'))
                 assert firing["metric"]["alertname"] == "AtomBriseCircuitOpen"

@@ -19,6 +19,7 @@ from atom_actors.protocol import DeltaDecoder, decode_binary
 from atom_actors.remote import RemoteSwarm
 
 from .conftest import make_settings
+from tests.operators import bearer
 from .servers import atom_env, sql
 from .test_broadcaster import open_websocket_url
 
@@ -181,7 +182,7 @@ async def test_two_ws_processes_and_one_api_process_against_one_engine(
                 seqs = [decode_binary(await messages_until(ws, is_frame))[0] for ws in (a, b)]
                 assert abs(seqs[0] - seqs[1]) < 30        # one engine's frames, in both
 
-                r = await http.post("/api/v1/swarm/disperse", headers=session,
+                r = await http.post("/api/v1/swarm/disperse", headers=bearer(),
                                     json={"level": "partial", "sphere": "transport"})
                 assert r.status_code == 202 and r.json()["dispersed"] == 10
                 command_id = r.json()["command_id"]
@@ -192,7 +193,7 @@ async def test_two_ws_processes_and_one_api_process_against_one_engine(
                 while (await http.get("/api/v1/swarm", headers=session)).json()["subscribers"] != 2:
                     await trio.sleep(0.2)
 
-            r = await http.put("/api/v1/swarm/agents/42/frequency", headers=session,
+            r = await http.put("/api/v1/swarm/agents/42/frequency", headers=bearer(),
                                json={"frequency": 701.5})
             assert r.status_code == 200 and r.json()["frequency"] == 701.5
             while len((await http.get("/api/v1/swarm/agents?status=dispersed",
@@ -214,7 +215,7 @@ async def test_redis_restarted_broadcasters_keep_their_clients_and_commands_fail
                 await messages_until(ws, is_frame)
                 await redis_server.astop()
                 start = trio.current_time()
-                r = await http.post("/api/v1/swarm/disperse", headers=session, json={"level": "partial"})
+                r = await http.post("/api/v1/swarm/disperse", headers=bearer(), json={"level": "partial"})
                 assert trio.current_time() - start < 1.0
                 assert r.status_code == 503 and r.json()["error"] == "backend_unavailable"
                 # Drain what was in flight, then nothing comes while Redis is away.
@@ -231,7 +232,7 @@ async def test_redis_restarted_broadcasters_keep_their_clients_and_commands_fail
                 assert trio.current_time() - back < 2.0
                 last = decode_binary(message)[0]
                 assert decode_binary(await messages_until(ws, is_frame))[0] > last
-            r = await http.post("/api/v1/swarm/disperse", headers=session, json={"level": "partial"})
+            r = await http.post("/api/v1/swarm/disperse", headers=bearer(), json={"level": "partial"})
             assert r.status_code == 202
 
 

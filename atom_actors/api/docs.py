@@ -17,7 +17,8 @@ def render_docs(schema: dict[str, Any]) -> str:
         for method in sorted(operations, key=lambda m: METHOD_ORDER.index(m)
                              if m in METHOD_ORDER else len(METHOD_ORDER)):
             op = operations[method]
-            session = "(S)" if op.get("security") else ""
+            schemes = {name for need in op.get("security", ()) for name in need}
+            session = "(S)" if "sceau" in schemes else "(O)" if "bearer" in schemes else ""
             codes = ", ".join(sorted(str(c) for c in op.get("responses", {})))
             body = _body_fields(schema, op)
             rows.append(
@@ -35,7 +36,10 @@ td.m{{font-weight:600;font-family:monospace}} p{{margin:.2rem 0;color:#444}} cod
 <h1>{escape(info.get('title', 'API'))} <small>{escape(info.get('version', ''))}</small></h1>
 <p>{escape(info.get('description', ''))}</p>
 <p>Machine-readable: <a href="/openapi.json">/openapi.json</a> (OpenAPI 3.1).
-(S): send the session token in the <code>X-Sceau-Session</code> header.
+(S): send a viewer's session token in the <code>X-Sceau-Session</code> header, or an operator's
+<code>Authorization: Bearer</code> token. (O): operators only, <code>Authorization: Bearer
+&lt;access token&gt;</code> from the deployment's identity provider, with the role the
+description names (401 without a token that verifies, 403 without the role).
 Every error is JSON: <code>{{"error": code, "detail": sentence}}</code>, 422 adds <code>fields</code>.</p>
 <table><tr><th>method</th><th>path</th><th>what</th><th>answers</th></tr>
 {''.join(rows)}

@@ -15,7 +15,7 @@ on every API process and across a Redis failover:
   applied (422, 423 ...) or its outcome is unknown (503): the retry sends it again **with the
   same command id**, which the engine applies at most once (``cluster.Commander``).
 * A request with the key of one still running answers 409 ``idempotency_key_in_use`` (a holder
-  that died is given up after HOLD_S); the key with another method, path or body answers 422
+  that died is given up after HOLD_S); the key with another method, path or body answers 409
   ``idempotency_key_reused``; a key that is not 1-128 printable characters answers 400.
 
 Errors: the coordinator unreachable while looking the key up → 503 (nothing was run). Unreachable

@@ -180,6 +180,43 @@ class SafeguardStatus(BaseModel):
     limits: SafeguardLimits
 
 
+class ResetPending(BaseModel):
+    """A reset that waits for more guardians (SAFEGUARD_RESET_QUORUM)."""
+
+    state: SafeguardState
+    approvals: int = Field(description="distinct guardians who asked within the last 60 s")
+    needed: int = Field(description="SAFEGUARD_RESET_QUORUM")
+    expires_in_s: float = Field(description="seconds until the oldest approval no longer counts")
+
+
+class AuditChain(BaseModel):
+    """The keyed hash chain over the listed records (CONTRACT §2.4)."""
+
+    records: int
+    verified: bool
+    first_broken: int | None = Field(description="the id of the first record whose link fails")
+
+
+class AuditRecord(BaseModel):
+    """A command or Brise-Circuit record; its other fields are what it is about (sizes, states)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    at: float = Field(description="Unix seconds")
+    kind: Literal["dispersal", "regroup", "retune", "safeguard"]
+    command_id: str | None
+    role: Literal["operator", "guardian"] | None
+    operator: str | None = Field(description="the operator's pseudonym; null: the server itself")
+
+
+class AuditPage(BaseModel):
+    """The newest audit records, newest first, and the chain's state."""
+
+    records: list[AuditRecord]
+    chain: AuditChain
+
+
 class SwarmSummary(BaseModel):
     """The swarm at a glance."""
 

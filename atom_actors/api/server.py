@@ -5,7 +5,8 @@ Every connection is bounded in time and number: ``Connection: close`` closes the
 after the response; an idle keep-alive connection, or one whose request head trickles in, is
 closed after KEEP_ALIVE_S; a request body not received within BODY_TIMEOUT_S is answered 408;
 a connection silent both ways for ``hyperworker.SILENCE_S`` is closed; and one process holds at
-most MAX_CONNECTIONS (fewer if the descriptor limit is low), answering 503 JSON beyond.
+most MAX_CONNECTIONS (fewer if the descriptor limit is low), and one address at most
+API_MAX_CONNECTIONS_PER_ADDRESS (or half that cap), answering 503 JSON beyond. HTTP/1.1 only.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import Final
 import trio
 from hypercorn.config import Config
 
-from ..netlimits import connection_budget
+from ..netlimits import DescriptorShares
+from ..peers import ClientAddresses
 from . import hyperworker
 from .app import create_app
 from .web import ApiInput
@@ -30,7 +32,7 @@ GRACEFUL_TIMEOUT_S: Final = 1.0
 # instant fails, and no client retries a POST (a 20-minute soak at 5 s lost 13 commands so).
 KEEP_ALIVE_S: Final = 7.0
 BODY_TIMEOUT_S: Final = 10.0       # a request body not whole by then: 408
-MAX_CONNECTIONS: Final = 1000      # per process; see netlimits.connection_budget
+MAX_CONNECTIONS: Final = 1000      # per process; see netlimits.DescriptorShares
 
 
 def hypercorn_config(host: str, port: int) -> Config:
@@ -59,7 +61,12 @@ async def serve_api(parts: ApiInput, *,
     app = create_app(parts)
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT_S
     config = hypercorn_config(parts.settings.api_host, parts.settings.api_port)
+    settings = parts.settings
+    share = DescriptorShares.now().api
     async with trio.open_nursery() as nursery:
         binds, _ = await nursery.start(partial(
-            hyperworker.serve, app, config, max_connections=connection_budget(MAX_CONNECTIONS)))
+            hyperworker.serve, app, config, max_connections=min(MAX_CONNECTIONS, share),
+            # One address may hold no more than half of what the descriptor limit leaves the API.
+            max_per_address=min(settings.api_max_connections_per_address, max(1, share // 2)),
+            addresses=ClientAddresses(settings.trusted_proxy_hops, settings.trusted_proxies)))
         task_status.started(binds[0])

@@ -23,14 +23,17 @@ from ..bus import Bus
 from ..clock import WallClock
 from ..config import Settings
 from ..coordinator import Coordinator, MemoryCoordinator
-from ..errors import BackendUnavailable, BodyNotJSON, RequestInvalid, UnknownAgent, UnknownSphere
+from ..errors import (BackendUnavailable, BodyNotJSON, OperatorTokenInvalid, OperatorTokenRequired,
+                      RequestInvalid, RoleRequired, UnknownAgent, UnknownSphere)
 from ..metrics import Counted, Metrics
+from ..operators import Operator, Operators
+from ..peers import ClientAddresses
 from ..safeguard import BriseCircuit
 from ..sessions import SessionService
 from ..store import EventRecord, Store
 from . import idempotency
 from .cors import CorsPolicy
-from .ratelimit import TokenBuckets
+from .ratelimit import SessionLimits
 from .schemas import ErrorBody, ValidationErrorBody
 
 if TYPE_CHECKING:
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("atom_actors.api")
 
 SESSION_HEADER = "X-Sceau-Session"
+BEARER_SCHEME = "bearer"   # the OpenAPI security scheme of operators' tokens (§2.3)
+SCEAU_SCHEME = "sceau"
 # The agent list over REST may be this old (and is never older than the last command).
 AGENTS_MAX_AGE_S = 0.1
 F = TypeVar("F", bound=Callable[..., Any])
@@ -53,7 +58,8 @@ class ApiInput:
     and what readiness pings, with ``bus`` and ``coordinator``; ``metrics``: served on
     /metrics and counting commands (none: nothing counted, an empty /metrics); ``subscribers``:
     the WebSocket
-    subscribers now (none: 0); ``ws_url``: the broadcaster's, whose port /health tells.
+    subscribers now (none: 0); ``ws_url``: the broadcaster's, whose port /health tells;
+    ``operators``: who verifies operators' tokens (none: a view-only API, every token refused).
     """
 
     settings: Settings
@@ -66,16 +72,18 @@ class ApiInput:
     metrics: Metrics | None = None
     subscribers: Callable[[], int] | None = None
     ws_url: str | None = None
+    operators: Operators | None = None
 
 
 @dataclass
 class Api:
     """What the routes use: the :class:`ApiInput`, and this app's own CORS policy, rate-limit
-    buckets and caches."""
+    buckets, rule for client addresses and caches."""
 
     input: ApiInput
     cors: CorsPolicy
-    buckets: TokenBuckets
+    buckets: SessionLimits
+    addresses: ClientAddresses = field(default_factory=lambda: ClientAddresses(0))
     clock: WallClock = field(default_factory=WallClock)
     # Where Idempotency-Key records are: the deployment's coordinator (this app's own memory one
     # when it was given none, as in some tests).
@@ -103,15 +111,29 @@ class Api:
     def store(self) -> Store:
         return self.input.store
 
+    @property
+    def operators(self) -> Operators:
+        if self.input.operators is None:
+            # A view-only API: no issuer, no secret. Made once, so every refusal is the same.
+            object.__setattr__(self.input, "operators", Operators(
+                self.settings.model_copy(update={"operator_issuer": "", "operator_jwks_url": "",
+                                                 "operator_jwt_secret": ""})))
+        assert self.input.operators is not None
+        return self.input.operators
+
     def subscribers(self) -> int:
         count = self.input.subscribers
         return int(count()) if count is not None else 0
 
     def counted(self, command: str, level: Any, command_id: str) -> ContextManager[Counted]:
         """Count and trace one swarm-changing command (atom_commands_total, ``command.done``);
-        put it around the Brise-Circuit, so that refused and blocked commands count too."""
+        put it around the Brise-Circuit, so that refused and blocked commands count too. The
+        trace names the operator by pseudonym and role, never otherwise."""
         metrics = self.input.metrics
-        return metrics.counted(command, level, command_id) if metrics else nullcontext(Counted())
+        if metrics is None:
+            return nullcontext(Counted())
+        by = attribution()
+        return metrics.counted(command, level, command_id, **by)
 
     async def command_done(self, record: tuple[str, dict[str, Any]]) -> None:
         """A swarm-changing command was carried out: forget cached views of the swarm, and keep
@@ -123,8 +145,9 @@ class Api:
         # The sphere actors apply a command within a tick: views made before then are stale.
         self.settled_at = trio.current_time() + 1.0 / self.settings.tick_hz
         kind, payload = record
+        by = attribution()
         try:
-            await self.store.record_event(EventRecord(self.clock.now(), kind, payload))
+            await self.store.record_event(EventRecord(self.clock.now(), kind, payload, **by))
         except BackendUnavailable as exc:
             log.warning("command %s not recorded by the API: %s", payload.get("command_id"), exc)
 
@@ -151,7 +174,7 @@ def api() -> Api:
 def idempotent(func: F) -> F:
     """``Idempotency-Key`` on this (O) POST or PUT route (``api/idempotency.py``), its records
     in the API's coordinator; below ``json_body`` and the caller's check."""
-    document_errors(400, 409, 422)(func)
+    document_errors(400, 409)(func)
     return idempotency.idempotent(lambda: api().keys)(func)
 
 
@@ -163,19 +186,78 @@ def no_content() -> Any:
     return response
 
 
-# -- sessions ---------------------------------------------------------------------------------------
+# -- who is calling: viewers and operators (CONTRACT §2.3) ---------------------------------------
 
 def requires_session(func: F) -> F:
-    """(S) in CONTRACT §2: the route runs only with a live session in ``g.session``."""
-    security_scheme([{"sceau": []}])(func)
+    """(S) in CONTRACT §2: the route runs only for a viewer with a live Sceau session (in
+    ``g.session``) or a caller with an operator's token that verifies (in ``g.operator``, with
+    ``g.session`` None). A bearer token, when sent, is what is checked."""
+    security_scheme([{SCEAU_SCHEME: []}, {BEARER_SCHEME: []}])(func)
     document_errors(401)(func)
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        g.session = await api().sessions.verify(request.headers.get(SESSION_HEADER))
+        token = bearer_token()
+        if token is not None:
+            g.operator, g.session = await api().operators.identify(token), None
+        else:
+            g.session = await api().sessions.verify(request.headers.get(SESSION_HEADER))
         return await func(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def requires_role(role: str) -> Callable[[F], F]:
+    """(O) in CONTRACT §2: the route runs only for a bearer of an operator's token that verifies
+    and carries ``role`` (in ``g.operator``); a Sceau session is not enough. Checked before the
+    body is read: a stranger learns nothing from a 422."""
+
+    def decorator(func: F) -> F:
+        security_scheme([{BEARER_SCHEME: []}])(func)
+        document_errors(401, 403, 503)(func)
+
+        @wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            token = bearer_token()
+            if token is None:
+                raise OperatorTokenRequired()
+            caller = await api().operators.identify(token)
+            if not caller.has(role):
+                raise RoleRequired(role)
+            g.operator, g.role = caller, role
+            return await func(*args, **kwargs)
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorator
+
+
+def bearer_token() -> str | None:
+    """The token of ``Authorization: Bearer <token>``, or None when the request has no bearer
+    credential (no header, or another scheme)."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    if not token:
+        raise OperatorTokenInvalid("the Authorization header holds no token")
+    return token
+
+
+def caller() -> Operator | None:
+    """The operator this request was verified for, if any."""
+    return getattr(g, "operator", None)
+
+
+def attribution() -> dict[str, str | None]:
+    """What the audit keeps of who made this request: the role that allowed it and the
+    operator's pseudonym (CONTRACT §2.4); both None for a viewer or the server itself."""
+    operator = caller()
+    return {"role": getattr(g, "role", None) if operator is not None else None,
+            "operator": operator.pseudonym if operator is not None else None}
 
 
 # -- bodies and queries -----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ however long the server then takes to admit them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Final
 
 import trio
@@ -33,22 +33,27 @@ STALE_AFTER_S: Final = 1.0
 
 
 class PendingHandshakes:
-    def __init__(self, bound: int, *, per_address: bool = True) -> None:
+    """``exempt(address)``: a peer not counted per address (a trusted proxy, whose connections
+    are everyone's); only the total bound applies to it. ``refusing``: the 503 answers being
+    written at once, at most (beyond, a bare close)."""
+
+    def __init__(self, bound: int, *, exempt: Callable[[str], bool] = lambda _: False,
+                 refusing: int = 64) -> None:
         self.bound = bound
-        self.per_address = per_address
+        self.exempt = exempt
         self.address_share = max(PER_ADDRESS, bound // 4)
-        self.refusals = Refusals()
+        # Refusals hold descriptors too: at most ``refusing`` at once (a part of their share).
+        self.refusals = Refusals(max_open=refusing)
         self.total = 0
         self._by_address: dict[str, dict[object, float]] = {}
 
     def peer(self, stream: trio.SocketStream) -> str | None:
         """The address a connection comes from (None: not counted per address)."""
-        if not self.per_address:
-            return None
         try:
-            return str(stream.socket.getpeername()[0])
-        except OSError:
+            address = str(stream.socket.getpeername()[0])
+        except (OSError, IndexError):
             return None
+        return None if self.exempt(address) else address
 
     def admits(self, peer: str | None) -> bool:
         """Whether a new connection from ``peer`` may start its handshake."""

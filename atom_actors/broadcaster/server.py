@@ -33,8 +33,9 @@ import trio_websocket
 from ..bus import Bus
 from ..config import Settings
 from ..errors import (AtomError, BackendUnavailable, HostNotAllowed, SessionError, StreamRefused,
-                      TooManyHandshakes, TooManySubscribers)
-from ..netlimits import QuietListener, connection_budget, json_response
+                      SubscriberShareTaken, TooManyHandshakes, TooManySubscribers)
+from ..netlimits import DescriptorShares, QuietListener, json_response
+from ..peers import ClientAddresses
 from ..origins import OriginPolicy
 from ..swarm_view import SwarmControl
 from ..sessions import Session, SessionService
@@ -84,9 +85,20 @@ class Broadcaster:
         self.closing = False
         self._admitted = 0                       # subscribers streaming or being admitted
         self._handshaking: set[trio.CancelScope] = set()
-        # Behind a trusted proxy every connection comes from the proxy: no per-address share.
-        self.pending = PendingHandshakes(connection_budget(settings.ws_max_connections),
-                                         per_address=settings.trusted_proxy_hops == 0)
+        self.addresses = ClientAddresses(settings.trusted_proxy_hops, settings.trusted_proxies)
+        # The descriptors' shares (netlimits): subscribers, and handshakes pending, each a part.
+        shares = DescriptorShares.now()
+        self.max_subscribers = min(settings.ws_max_connections, shares.subscribers)
+        # Fair shares: one session, one address (behind a trusted proxy, the forwarded one) may
+        # not take every slot, nor more than half of what the descriptor limit leaves them.
+        self.max_per_session = min(settings.ws_max_per_session, self.max_subscribers)
+        self.max_per_address = min(settings.ws_max_per_address, max(1, shares.subscribers // 2))
+        self._by_session: dict[str, int] = {}
+        self._by_address: dict[str, int] = {}
+        # A trusted proxy's connections are everyone's: only the total bound applies to them.
+        self.pending = PendingHandshakes(min(settings.ws_max_connections, shares.handshakes),
+                                         exempt=self.addresses.is_proxy,
+                                         refusing=min(64, max(4, shares.handshakes // 2)))
         self._subscribers: set[Subscriber] = set()
         self._stopping = trio.Event()
         self._hello_heads: dict[tuple[int, str], str] = {}
@@ -175,6 +187,10 @@ class Broadcaster:
             return
         raw = RawStream(stream, self.settings.ws_stall_timeout_s)
         try:
+            address = str(stream.socket.getpeername()[0])
+        except (OSError, IndexError):
+            address = None
+        try:
             async with trio.open_nursery() as nursery:   # trio-websocket's reader lives here
                 admitted = None
                 with self._handshake_scope(nursery.cancel_scope):
@@ -187,12 +203,14 @@ class Broadcaster:
                     if request is None:
                         self.stats.handshakes_failed += 1
                     else:
-                        admitted = await self._admit(request)
+                        admitted = await self._admit(request, address)
                 if admitted is not None:
+                    *streamed, keys = admitted
                     try:
-                        await self._stream(*admitted, raw)
+                        await self._stream(*streamed, raw)
                     finally:
                         self._admitted -= 1
+                        self._release(keys)
                 nursery.cancel_scope.cancel()
         except Exception:
             self.stats.errors += 1
@@ -201,12 +219,14 @@ class Broadcaster:
             with trio.CancelScope(shield=True):
                 await raw.aclose()
 
-    async def _admit(self, request: trio_websocket.WebSocketRequest
+    async def _admit(self, request: trio_websocket.WebSocketRequest, peer: str | None
                      ) -> tuple[trio_websocket.WebSocketConnection, StreamRequest,
-                                Session | None] | None:
+                                Session | None, _ShareKeys] | None:
         """Accept the handshake, or refuse it with its HTTP status (None).
 
-        An accepted subscriber holds one of the WS_MAX_CONNECTIONS slots; the caller frees it.
+        An accepted subscriber holds one of the WS_MAX_CONNECTIONS slots (fewer when the
+        descriptors' share is lower) and one of its session's and its address's shares; the
+        caller frees them (``_admitted``, :meth:`_release`).
         Bounds (the request is read: no longer a pending handshake): the session's verification
         and the 101 happen only in a slot (at most WS_MAX_CONNECTIONS with the streams), each
         backend call bounded by its own timeout and the answer by HANDSHAKE_TIMEOUT_S; a
@@ -215,21 +235,32 @@ class Broadcaster:
         """
         reserved = False
         session = None
+        keys: _ShareKeys = (None, None)
         try:
             wanted = handshake.parse_request(request.path, request.headers, self.settings.tick_hz,
                                              request_host(request))
             handshake.check_host_and_origin(wanted, self.origins)
-            if self.closing or self._admitted >= self.settings.ws_max_connections:
-                raise TooManySubscribers(self.settings.ws_max_connections)
+            if self.closing or self._admitted >= self.max_subscribers:
+                raise TooManySubscribers(self.max_subscribers)
+            address = self.addresses.client(peer, _header(request, b"x-forwarded-for"))
+            if self._by_address.get(address, 0) >= self.max_per_address:
+                raise SubscriberShareTaken("this address", self.max_per_address)
             self._admitted += 1
             reserved = True
+            keys = (address, None)
+            self._by_address[address] = self._by_address.get(address, 0) + 1
             if self.settings.ws_require_session:
                 assert self.sessions is not None
                 session = await self.sessions.verify(wanted.session)
+                if self._by_session.get(session.id, 0) >= self.max_per_session:
+                    raise SubscriberShareTaken("this session", self.max_per_session)
+                keys = (address, session.id)
+                self._by_session[session.id] = self._by_session.get(session.id, 0) + 1
         except (StreamRefused, HostNotAllowed, SessionError, BackendUnavailable) as exc:
             # BackendUnavailable: the store that knows the sessions is down (503, not a crash).
             if reserved:
                 self._admitted -= 1
+                self._release(keys)
             await self._refuse(request, exc)
             return None
         conn = None
@@ -241,10 +272,19 @@ class Broadcaster:
         finally:
             if conn is None:
                 self._admitted -= 1
+                self._release(keys)
         if conn is None:
             self.stats.handshakes_failed += 1
             return None
-        return conn, wanted, session
+        return conn, wanted, session, keys
+
+    def _release(self, keys: _ShareKeys) -> None:
+        """Give back the shares of one subscriber (its address's, its session's)."""
+        for counts, key in zip((self._by_address, self._by_session), keys):
+            if key is not None:
+                left = counts.pop(key) - 1
+                if left:
+                    counts[key] = left
 
     async def _refuse(self, request: trio_websocket.WebSocketRequest, error: AtomError) -> None:
         self.stats.refused[error.status] = self.stats.refused.get(error.status, 0) + 1
@@ -334,6 +374,16 @@ class Broadcaster:
         if self._roster[0] != seq or seq is None:
             self._roster = (seq, json.dumps(self.swarm.roster(), separators=(",", ":")))
         return handshake.hello(head, self._roster[1])
+
+
+# (client address, session id) whose shares a subscriber holds; in memory only, never logged.
+_ShareKeys = tuple[str | None, str | None]
+
+
+def _header(request: trio_websocket.WebSocketRequest, name: bytes) -> str:
+    """Every value of the header ``name``, joined as one list."""
+    return ", ".join(value.decode("latin-1") for key, value in request.headers
+                     if key.lower() == name)
 
 
 _BUSY_RESPONSE: Final = json_response(503, "Service Unavailable",

@@ -23,9 +23,17 @@ class SessionRecord:
 
 @dataclass(frozen=True, slots=True)
 class EventRecord:
+    """One audit record (CONTRACT §2.4): a command or a Brise-Circuit change.
+
+    ``role`` is the role that allowed it (``operator``, ``guardian``) and ``operator`` the caller's
+    pseudonym (:func:`atom_actors.audit.pseudonym`); both None for what the server did by itself
+    (a trip, a regroup on opening). Nothing else about a person is ever here."""
+
     t: float                   # Unix seconds
     kind: str                  # dispersal, regroup, retune, safeguard
     payload: dict[str, Any] = field(default_factory=dict)
+    role: str | None = None
+    operator: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +47,24 @@ class AgentRow:
     pos_x: float
     pos_y: float
     pos_z: float
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """A record as the audit lists it: its place in the store (``id``, increasing) and itself."""
+
+    id: int
+    record: EventRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ChainState:
+    """What a walk of the audit's keyed hash chain found (CONTRACT §2.4): ``records`` walked,
+    whether every link holds, and the first record whose link does not (None if all hold)."""
+
+    records: int
+    verified: bool
+    first_broken: int | None = None
 
 
 class Store(abc.ABC):
@@ -73,6 +99,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
         """The newest events first."""
+
+    @abc.abstractmethod
+    async def audit(self, limit: int = 100) -> tuple[list[AuditEntry], ChainState]:
+        """The newest ``limit`` records, newest first, and the chain's state over them."""
 
     # agents snapshot
     @abc.abstractmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from collections import deque
 
-from .base import AgentRow, EventRecord, SessionRecord, Store
+from .base import AgentRow, AuditEntry, ChainState, EventRecord, SessionRecord, Store
 
 
 # A long-running single process must not grow without bound: the newest events are kept, and
@@ -23,6 +23,8 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._sessions: dict[str, SessionRecord] = {}
         self._events: deque[EventRecord] = deque()
+        self._ids: deque[int] = deque()        # each event's id, beside it
+        self._next_id = 1
         self._event_keys: set[tuple[str, str]] = set()   # (kind, command_id): one record a command
         self._agents: list[AgentRow] = []
 
@@ -49,12 +51,20 @@ class MemoryStore(Store):
                 return
             self._event_keys.add(key)
         self._events.append(record)
+        self._ids.append(self._next_id)
+        self._next_id += 1
         if len(self._events) > MAX_EVENTS:
             self._event_keys.discard(_event_key(self._events.popleft()))
+            self._ids.popleft()
 
     async def events(self, kind: str | None = None, limit: int = 100) -> list[EventRecord]:
         found = [e for e in reversed(self._events) if kind is None or e.kind == kind]
         return found[:limit]
+
+    async def audit(self, limit: int = 100) -> tuple[list[AuditEntry], ChainState]:
+        entries = [AuditEntry(i, e) for i, e in zip(reversed(self._ids), reversed(self._events))]
+        entries = entries[:limit]
+        return entries, ChainState(len(entries), True)
 
     async def save_agents(self, rows: list[AgentRow]) -> None:
         self._agents = list(rows)

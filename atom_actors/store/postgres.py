@@ -26,7 +26,7 @@ import trio
 
 from ..aio import GuardedCalls, open_bridge
 from ..errors import BackendUnavailable
-from .base import AgentRow, EventRecord, SessionRecord, Store
+from .base import AgentRow, AuditEntry, ChainState, EventRecord, SessionRecord, Store
 
 log = logging.getLogger("atom_actors.store")
 
@@ -187,6 +187,13 @@ class PostgresStore(Store):
             WHERE $1::text IS NULL OR kind = $1 ORDER BY time DESC, id DESC LIMIT $2""",
             kind, limit)
         return [EventRecord(r["time"].timestamp(), r["kind"], json.loads(r["payload"])) for r in rows]
+
+    async def audit(self, limit: int = 100) -> tuple[list[AuditEntry], ChainState]:
+        rows = await self._query(_aio_fetch, """
+            SELECT id, time, kind, payload FROM events ORDER BY id DESC LIMIT $1""", limit)
+        entries = [AuditEntry(r["id"], EventRecord(r["time"].timestamp(), r["kind"],
+                                                   json.loads(r["payload"]))) for r in rows]
+        return entries, ChainState(len(entries), True)
 
     # -- agents ---------------------------------------------------------------------------------
 

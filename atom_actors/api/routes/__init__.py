@@ -1,5 +1,5 @@
 """The routes of CONTRACT.md §2, one blueprint per concern; ``BLUEPRINTS`` in registration order."""
 
-from . import meta, safeguard, sessions, swarm
+from . import audit, meta, safeguard, sessions, swarm
 
-BLUEPRINTS = (meta.bp, sessions.bp, swarm.bp, safeguard.bp)
+BLUEPRINTS = (meta.bp, sessions.bp, swarm.bp, safeguard.bp, audit.bp)

@@ -14,7 +14,6 @@ from quart import Blueprint, current_app, jsonify, send_from_directory
 from quart_schema import document_response, hide, tag
 from werkzeug.exceptions import NotFound
 
-from ..docs import render_docs
 from ..health import OK, answers, ping, readiness
 from ..schemas import Health, NotReady, Ready
 from ..web import api
@@ -70,8 +69,8 @@ async def metrics() -> Any:
 @bp.get("/docs")
 @hide
 async def docs() -> Any:
-    schema = current_app.extensions["QUART_SCHEMA"].openapi_provider.schema()
-    return current_app.response_class(render_docs(schema), content_type="text/html; charset=utf-8")
+    page = current_app.extensions["QUART_SCHEMA"].openapi_provider.docs_page()
+    return current_app.response_class(page, content_type="text/html; charset=utf-8")
 
 
 @bp.get("/")
@@ -86,8 +85,11 @@ async def index() -> Any:
 @bp.get("/viewer/sdk/<path:path>")
 @hide
 async def viewer_sdk(path: str) -> Any:
+    """A module of the SDK; any other path is a 404, as under /viewer/ (issue 24)."""
     for directory in SDK_DIRS:
         if directory.is_dir():
+            if path not in viewer_files(directory):
+                break
             return await send_from_directory(directory, path)
     raise NotFound()
 

@@ -10,7 +10,7 @@ import trio
 from quart import Blueprint, g, jsonify, request
 from quart_schema import document_response, tag
 
-from ...errors import RateLimited
+from ...errors import RateLimited, SessionRequired
 from ..schemas import ActivateBody, SessionBody
 from ..web import SESSION_HEADER, api, document_errors, json_body, no_content, requires_session
 
@@ -23,8 +23,7 @@ def rate_limited(func: Callable[..., Any]) -> Callable[..., Any]:
 
     @wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        wait = api().buckets.take(client_address(api().settings.trusted_proxy_hops),
-                                  trio.current_time())
+        wait = api().buckets.take(client_address(), trio.current_time())
         if wait > 0:
             raise RateLimited(wait)
         return await func(*args, **kwargs)
@@ -32,18 +31,11 @@ def rate_limited(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def client_address(trusted_hops: int) -> str:
-    """The client's address: the peer's, or behind ``trusted_hops`` proxies the one they forwarded.
-
-    A client can put anything in X-Forwarded-For, but each trusted proxy appends the address it
-    saw, so only the last ``trusted_hops`` entries are believed.
-    """
-    if trusted_hops:
-        forwarded = [part.strip() for part in request.headers.get("X-Forwarded-For", "").split(",")]
-        forwarded = [part for part in forwarded if part]
-        if len(forwarded) >= trusted_hops:
-            return forwarded[-trusted_hops]
-    return request.remote_addr or "-"
+def client_address() -> str:
+    """The client's address: the peer's, or, when the peer is one of TRUSTED_PROXIES, the one
+    the proxies forwarded (:class:`~atom_actors.peers.ClientAddresses`)."""
+    forwarded = ", ".join(request.headers.getlist("X-Forwarded-For"))
+    return api().addresses.client(request.remote_addr, forwarded)
 
 
 @bp.post("/activate")
@@ -71,6 +63,8 @@ async def activate(body: ActivateBody) -> Any:
 @requires_session
 async def revoke() -> Any:
     """Revoke the presented session (204); it is refused everywhere from then on."""
+    if g.session is None:   # an operator's token: there is no session here to revoke
+        raise SessionRequired()
     await api().sessions.revoke(g.session.token)
     response = no_content()
     return response

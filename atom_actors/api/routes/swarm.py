@@ -1,7 +1,9 @@
 """The swarm (CONTRACT.md §2): what it is doing, and the commands that change it.
 
-Every swarm-changing command (disperse, regroup, retune) passes the Brise-Circuit first and, once
-the engine has carried it out, is recorded in the store with its command_id and sizes.
+Every swarm-changing command (disperse, regroup, retune) is an operator's (CONTRACT §2.3: a bearer
+token with the role ``operator``), passes the Brise-Circuit first and, once the engine has carried
+it out, is recorded in the store with its command_id, sizes, the role that allowed it and the
+operator's pseudonym (§2.4). Reading the swarm is anyone's with a Sceau session or a token.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from ...catalog import Catalog
 from ...persistence import dispersal_record, regroup_record, retune_record
 from ..schemas import (Agent, Dispersal, FrequencyStats, Regroup, Sphere, SphereDetail,
                        SwarmSummary, agent_filter, disperse_body, retune_body)
-from ..web import (agent_id, api, document_errors, idempotent, json_body, path_segment, query,
-                   requires_session)
+from ...operators import OPERATOR
+from ..web import (agent_id, api, attribution, document_errors, idempotent, json_body,
+                   path_segment, query, requires_role, requires_session)
 
 bp = Blueprint("swarm", __name__, url_prefix="/api/v1")
 COMMAND_ERRORS = (423,)
@@ -55,16 +58,16 @@ async def agent(agent: str) -> Any:
 
 @bp.post("/swarm/regroup")
 @tag(["swarm"])
-@requires_session
+@requires_role(OPERATOR)
 @idempotent
 @document_errors(*COMMAND_ERRORS)
 @document_response(Regroup, 202)
 async def regroup(command_id: str) -> Any:
-    """Call every dispersed agent home."""
+    """Call every dispersed agent home. Role: operator."""
     a = api()
     with a.counted("regroup", "", command_id) as counted:
         async with a.safeguard.command():
-            result = await a.control.regroup(command_id=command_id)
+            result = await a.control.regroup(command_id=command_id, by=attribution())
         counted.size = result["regrouped"]
     await a.command_done(regroup_record(result["command_id"], result["regrouped"]))
     return jsonify(result), 202
@@ -122,13 +125,14 @@ def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
 
     @catalog_bp.post("/swarm/disperse")
     @tag(["swarm"])
-    @requires_session
+    @requires_role(OPERATOR)
     @json_body(disperse_model)
     @idempotent
     @document_errors(*COMMAND_ERRORS)
     @document_response(Dispersal, 202)
     async def disperse(body: Any, command_id: str) -> Any:
         """Disperse part of the swarm, or of one sphere: partial 20 %, sectoral 50 %, total 100 %.
+        Role: operator.
 
         Refused with 423 brise_circuit_open while the Brise-Circuit is open; a flood of commands
         or of total dispersals opens it.
@@ -136,7 +140,8 @@ def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
         a = api()
         with a.counted("disperse", body.level, command_id) as counted:
             async with a.safeguard.command(total=body.level == "total"):
-                result = await a.control.disperse(body.level, body.sphere, command_id=command_id)
+                result = await a.control.disperse(body.level, body.sphere, command_id=command_id,
+                                                  by=attribution())
             counted.size = result["dispersed"]
         await a.command_done(dispersal_record(result["command_id"], result["level"],
                                               result["sphere"], result["dispersed"]))
@@ -144,20 +149,22 @@ def catalog_blueprint(catalog: Catalog, max_hz: float) -> Blueprint:
 
     @catalog_bp.put("/swarm/agents/<agent>/frequency")
     @tag(["swarm"])
-    @requires_session
+    @requires_role(OPERATOR)
     @document_errors(404, *COMMAND_ERRORS)
     @json_body(retune_body(max_hz))
     @idempotent
     @document_response(Agent)
     async def retune(agent: str, body: Any, command_id: str) -> Any:
-        """Retune one agent to a frequency in [432, FREQUENCY] Hz; returns the agent once applied."""
+        """Retune one agent to a frequency in [432, FREQUENCY] Hz; returns the agent once applied.
+        Role: operator."""
         a = api()
         ident = agent_id(agent)
         with path_segment():
             a.control.agent(ident)   # an unknown agent is a 404 before it counts as a command
         with a.counted("retune", "", command_id) as counted:
             async with a.safeguard.command():
-                result = await a.control.retune(ident, body.frequency, command_id=command_id)
+                result = await a.control.retune(ident, body.frequency, command_id=command_id,
+                                                by=attribution())
             counted.size = 1
         await a.command_done(retune_record(command_id, ident, result["frequency"]))
         return jsonify(result)

@@ -56,15 +56,22 @@ export async function startAtom(settings = {}) {
   return {
     ...urls,
     get log() { return log; },
+    /** The embedded default's operator token (both roles), from the link `atom serve` prints. */
+    get operatorToken() {
+      const found = /#operator=([A-Za-z0-9_.-]+)/.exec(log);
+      if (!found) throw new Error(`atom serve printed no operator link:\n${log}`);
+      return found[1];
+    },
     async stop() {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill("SIGINT");
       const timer = setTimeout(() => proc.kill("SIGKILL"), 15_000);
       await exited;
       clearTimeout(timer);
     },
-    async request(method, path, { body, session } = {}) {
+    async request(method, path, { body, session, token } = {}) {
       const headers = { "Content-Type": "application/json" };
       if (session) headers["X-Sceau-Session"] = session;
+      if (token) headers.Authorization = `Bearer ${token}`;
       const response = await fetch(urls.api + path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
       const text = await response.text();
       return { status: response.status, body: text ? JSON.parse(text) : null };
