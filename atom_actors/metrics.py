@@ -40,6 +40,10 @@ about a client.
                                             coordinator) is connected to, as asked each second
     atom_redis_primary_changes_total{part}  times a part found its primary was another server
                                             (a failover): the RedisFailover alert's input
+    atom_event_lag_seconds                  histogram: how late event batches reached this process
+                                            from the engine (the engine's clock against this
+                                            one's; processes that read the Redis bus)
+    atom_event_lag_max_seconds              the latest batch so far
     process_*                               CPU, memory, file descriptors of this process
 """
 
@@ -57,6 +61,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import logs
+from .bus.base import EVENT_LAG_BUCKETS_S
 from .compositor import LATENESS_BUCKETS_S, TickStats
 from .errors import BackendUnavailable, CommandError, SafeguardOpen
 from .supervisor import Report
@@ -289,6 +294,20 @@ def _backend_metrics(parts: Iterable[Backend]) -> Iterator[Metric]:
             changes.add_metric([label], float(part.primary_changes))
         yield primary
         yield changes
+    for part in parts:
+        lag = getattr(part, "event_lag", None)
+        if lag is None:
+            continue
+        buckets, total = [], 0
+        for bound, count in zip(EVENT_LAG_BUCKETS_S, lag.counts):
+            total += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), total))
+        yield HistogramMetricFamily("atom_event_lag_seconds",
+                                    "How late event batches reached this process from the engine",
+                                    buckets=buckets, sum_value=lag.sum)
+        yield GaugeMetricFamily("atom_event_lag_max_seconds",
+                                "The latest event batch that reached this process",
+                                value=lag.max)
 
 
 def _broadcaster_metrics(stats: BroadcastFigures, max_connections: int) -> Iterator[Metric]:

@@ -48,6 +48,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import uuid
 import threading
 import time
 from collections import Counter
@@ -67,6 +68,8 @@ from tests.servers import PostgresServer, RedisServer, sql  # noqa: E402
 PEERS_SOURCE = ROOT.parent / "shared" / "peers"
 SPHERES = ("personal", "business", "transport", "creative_studio", "my_team", "scholar")
 MAX_IN_FLIGHT = 32        # commands the driver has sent and not yet had answered
+RETRIES_503 = 3          # a command answered 503 is sent again with its key, this many times
+RETRY_503_S = 0.5
 # New load-client subscribers a second per ws process. The run measures failover, not a connect
 # storm: 100 a second (200 in 2 s) on a 2-core machine shared with other work starved the ws
 # processes, their session checks went past Redis calls' 2 s bound, and most subscribers got
@@ -122,6 +125,10 @@ class Tally:
     accepted: list[str] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)   # by status (or "error")
     refused_while_pg_down: int = 0
+    # 503 (outcome unknown: Redis down, or the write not confirmed by a replica), sent again
+    # with the same Idempotency-Key: how many, and how many of those were then accepted.
+    retried_503: int = 0
+    accepted_on_retry: int = 0
 
 
 class Chaos:
@@ -392,13 +399,21 @@ class Chaos:
         try:
             self.tally.sent += 1
             pg_down = self.pg_down and not self.redis_down()
-            try:
-                r = await http.post(request[0], json=request[1], headers=self.operator)
-                status: int | str = r.status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
+            # Its key: a 503 (outcome unknown) is retried with it, and applied at most once.
+            headers = {**self.operator, "Idempotency-Key": f"chaos-{uuid.uuid4().hex}"}
+            for attempt in range(1 + RETRIES_503):
+                try:
+                    r = await http.post(request[0], json=request[1], headers=headers)
+                    status: int | str = r.status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                if status != 503 or attempt == RETRIES_503:
+                    break
+                self.tally.retried_503 += 1
+                await trio.sleep(RETRY_503_S)
             if status == 202:
                 self.tally.accepted.append(r.json()["command_id"])
+                self.tally.accepted_on_retry += attempt > 0
                 return
             self.tally.refused[status] += 1
             self.tally.refused_while_pg_down += pg_down
@@ -464,6 +479,8 @@ class Chaos:
             "sent": self.tally.sent, "accepted": len(accepted),
             "refused": {str(k): v for k, v in self.tally.refused.items()},
             "refused_while_only_postgresql_down": self.tally.refused_while_pg_down,
+            "retried_503": self.tally.retried_503,
+            "accepted_on_retry": self.tally.accepted_on_retry,
             "applied_once": sum(1 for c in accepted if counts[c] == 1),
             "lost": sum(1 for c in accepted if counts[c] == 0),
             "duplicated": sum(1 for c in accepted if counts[c] > 1),
@@ -499,7 +516,9 @@ def print_table(figures: dict, load: str) -> None:
           f"{sum(figures['refused'].values())} ({refused}; while only PostgreSQL was down: "
           f"{figures['refused_while_only_postgresql_down']}), applied exactly once "
           f"{figures['applied_once']}, lost {figures['lost']}, duplicated "
-          f"{figures['duplicated']}, in the events table {figures['in_events_table']}")
+          f"{figures['duplicated']}, in the events table {figures['in_events_table']}; "
+          f"503 retried with their Idempotency-Key {figures['retried_503']} times, accepted "
+          f"on a retry {figures['accepted_on_retry']}")
     print(f"errors and tracebacks in the processes' logs: {len(figures['errors_logged'])}")
     for line in figures["errors_logged"][:10]:
         print(f"  {line[:300]}")

@@ -85,6 +85,8 @@ async def test_a_burst_of_350_events_in_one_tick_arrives_within_a_tick_of_its_fr
         assert [e["agent"] for e in received] == list(range(350))
         assert engine_side.events_dropped == 0
         assert arrived["events"] - arrived["frame"] < 1 / 60
+        # One batch, whose lag (from its oldest event's emission) the reader measured.
+        assert sum(reader.event_lag.counts) == 1 and 0 <= reader.event_lag.max < 0.1
 
 
 async def test_publishing_never_blocks_and_the_newest_frame_wins(nursery, redis_namespace):

@@ -3,8 +3,9 @@
 What travels, under a namespace (``atom`` unless told otherwise)::
 
     atom:frames             pub/sub   each frame's f32 bytes exactly as the engine encoded them
-    atom:events             pub/sub   events as JSON text: a list of them (a tick's, or the events
-                                      of the commands a checkpoint records), or one object
+    atom:events             pub/sub   events as JSON text: ``{"t", "events": [...]}`` (a tick's, or
+                                      the events of the commands a checkpoint records; ``t``: Unix
+                                      time the oldest of them was emitted), a list, or one object
 
 What else the processes share (the engine's lease, the command stream, sessions, the
 Brise-Circuit) is the coordinator's (:mod:`atom_actors.coordinator.redis`), not the bus's.
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import trio
@@ -32,7 +34,7 @@ import trio
 from ..errors import BackendUnavailable
 from ..protocol import Frame
 from ..redislink import OnRedis, RedisLink
-from .base import EVENT_BUFFER, Bus
+from .base import EVENT_BUFFER, Bus, EventLag
 
 log = logging.getLogger("atom_actors.bus")
 
@@ -73,6 +75,8 @@ class RedisBus(OnRedis, Bus):
         self.bad_messages = 0
         self.frames_received = 0
         self.subscriptions = 0             # times the subscription was made (again)
+        self.event_lag = EventLag()        # of the batches received
+        self._oldest_waiting: float | None = None   # Unix time the oldest waiting event came
 
     # -- running ------------------------------------------------------------------------------
 
@@ -114,17 +118,22 @@ class RedisBus(OnRedis, Bus):
         except trio.WouldBlock:
             self.events_dropped += 1
             return
+        if self._oldest_waiting is None:
+            self._oldest_waiting = time.time()
         self._ready.set()
 
     def _waiting_events(self) -> tuple[bytes | None, int]:
-        """Every event waiting, as one JSON list (None when there is none), and how many."""
+        """Every event waiting, as one message (None when there is none), and how many."""
         found = []
         while True:
             try:
                 found.append(self._events_in.receive_nowait())
             except trio.WouldBlock:
                 break
-        return (b"[" + b",".join(found) + b"]" if found else None), len(found)
+        since, self._oldest_waiting = self._oldest_waiting, None
+        if not found:
+            return None, 0
+        return event_batch(found, since if since is not None else time.time()), len(found)
 
     async def _pump(self) -> None:
         while True:
@@ -175,9 +184,19 @@ class RedisBus(OnRedis, Bus):
         except ValueError:
             self.bad_messages += 1
             return
+        if isinstance(events, dict) and isinstance(events.get("events"), list):
+            if isinstance(events.get("t"), int | float):
+                self.event_lag.record(time.time() - events["t"])
+            events = events["events"]
         for event in events if isinstance(events, list) else [events]:
             if isinstance(event, dict):
                 self._deliver_event(event)
+
+
+def event_batch(events: list[bytes], since: float) -> bytes:
+    """Events (each JSON already) as one message of the events channel, stamped with ``since``
+    (Unix time the oldest was emitted): the coordinator's checkpoint sends its batch so too."""
+    return b'{"t":%.6f,"events":[' % since + b",".join(events) + b"]}"
 
 
 # -- the asyncio side: the only code here that touches redis.asyncio objects ----------------------

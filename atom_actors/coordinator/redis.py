@@ -50,6 +50,7 @@ import redis.exceptions
 import trio
 
 from ..errors import BackendUnavailable, CommandUnconfirmed
+from ..bus.redis import event_batch
 from ..redislink import OnRedis, RedisLink
 from ..store import SessionRecord
 from .base import RESYNC, Claim, Coordinator, Entry
@@ -337,7 +338,8 @@ class RedisCoordinator(OnRedis, Coordinator):
                          acks: list[tuple[str, str]], lease_ttl_s: float, *, epoch: int,
                          events: list[dict] | None = None) -> bool:
         k = self.keys
-        batch = json.dumps(events, separators=(",", ":")) if events else ""
+        batch = event_batch([json.dumps(e, separators=(",", ":")).encode() for e in events],
+                            now_ms / 1000) if events else b""
         args: list[Any] = [token, state, summary, now_ms, GROUP, int(lease_ttl_s * 1000), epoch,
                            batch]
         for entry, command in acks:
