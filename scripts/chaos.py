@@ -482,6 +482,10 @@ class Chaos:
             if gaps:
                 fault.gap_s = max(g for g, _ in gaps)
             after = [t for t in times if t > fault.back_from]
+            if fault.back_s is None and gaps and "Redis primary" in fault.name:
+                # The stream stops a moment after the kill (frames in flight): back when the
+                # longest gap of the window ends.
+                fault.back_s = max(gaps)[1] - fault.back_from
             if fault.back_s is None and after and "PostgreSQL" not in fault.name:
                 # Back: the end of the longest gap that spans the fault's moment, or the first
                 # frame after it.
@@ -573,7 +577,7 @@ class Chaos:
                 if counts[bound] >= q * total:
                     high = bound if bound != float("inf") else largest
                     share = (q * total - below) / max(counts[bound] - below, 1e-9)
-                    return low + (high - low) * share
+                    return min(low + (high - low) * share, largest)
                 below, low = counts[bound], bound
             return largest
 
