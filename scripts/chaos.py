@@ -134,6 +134,7 @@ class Tally:
     # with the same Idempotency-Key: how many, and how many of those were then accepted.
     retried_503: int = 0
     accepted_on_retry: int = 0
+    answered_over_1s: int = 0     # requests (each attempt) whose answer took more than a second
 
 
 class Chaos:
@@ -451,11 +452,13 @@ class Chaos:
             # Its key: a 503 (outcome unknown) is retried with it, and applied at most once.
             headers = {**self.operator, "Idempotency-Key": f"chaos-{uuid.uuid4().hex}"}
             for attempt in range(1 + RETRIES_503):
+                sent_at = trio.current_time()
                 try:
                     r = await http.post(request[0], json=request[1], headers=headers)
                     status: int | str = r.status_code
                 except httpx.HTTPError as exc:
                     status = type(exc).__name__
+                self.tally.answered_over_1s += trio.current_time() - sent_at > 1.0
                 if status != 503 or attempt == RETRIES_503:
                     break
                 self.tally.retried_503 += 1
@@ -535,6 +538,7 @@ class Chaos:
             "refused_while_only_postgresql_down": self.tally.refused_while_pg_down,
             "retried_503": self.tally.retried_503,
             "accepted_on_retry": self.tally.accepted_on_retry,
+            "answered_over_1s": self.tally.answered_over_1s,
             "applied_once": sum(1 for c in accepted if counts[c] == 1),
             "lost": sum(1 for c in accepted if counts[c] == 0),
             "duplicated": sum(1 for c in accepted if counts[c] > 1),
@@ -614,7 +618,8 @@ def print_table(figures: dict, load: str) -> None:
           f"{figures['applied_once']}, lost {figures['lost']}, duplicated "
           f"{figures['duplicated']}, in the events table {figures['in_events_table']}; "
           f"503 retried with their Idempotency-Key {figures['retried_503']} times, accepted "
-          f"on a retry {figures['accepted_on_retry']}")
+          f"on a retry {figures['accepted_on_retry']}; answered in over a second "
+          f"{figures['answered_over_1s']}")
     lag = figures["event_lag"]
     print(f"event lag, engine → ws process ({lag['batches']} batches, the whole run): p50 "
           f"{lag['p50_s']} s, p99 {lag['p99_s']} s, max {lag['max_s']} s")
