@@ -270,8 +270,14 @@ async def test_a_promoted_replica_never_hands_out_an_epoch_already_used(nursery)
             old = await nursery.start(RedisCoordinator(primary.url, summaries=False,
                                                        revocations=False).run)
             assert await old.lease_acquire("old", 5.0) == 1
+            # An API's readiness: a write acknowledged by REDIS_MIN_ACKS replicas.
+            api = await nursery.start(RedisCoordinator(primary.url, summaries=False,
+                                                       revocations=False, min_acks=1).run)
+            await api.probe_write()
             os.kill(replica.proc.pid, signal.SIGSTOP)
             try:
+                with pytest.raises(BackendUnavailable, match="0 of 1 replicas"):
+                    await api.probe_write()
                 start = time.monotonic()
                 assert await old.lease_acquire("other", 5.0) == 0    # held by "old"
                 await old.lease_release("old")

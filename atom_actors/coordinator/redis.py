@@ -49,8 +49,8 @@ from typing import Any
 import redis.exceptions
 import trio
 
-from ..errors import BackendUnavailable, CommandUnconfirmed
 from ..bus.redis import event_batch
+from ..errors import BackendUnavailable, CommandUnconfirmed
 from ..redislink import OnRedis, RedisLink
 from ..store import SessionRecord
 from .base import RESYNC, Claim, Coordinator, Entry
@@ -251,7 +251,13 @@ class RedisCoordinator(OnRedis, Coordinator):
         await self.link.call(_aio_ping)
 
     async def probe_write(self) -> None:
-        await self.link.call(_aio_probe_write, self.keys.probe + self.instance)
+        """A write as a command's: on the primary (a replica answers READONLY: an outage), and
+        with ``min_acks``, acknowledged by that many replicas within the commands' bound."""
+        acks = await self.link.call(_aio_probe_write, self.keys.probe + self.instance,
+                                    self.min_acks, int(self.ack_timeout_s * 1000))
+        if acks < self.min_acks:
+            raise BackendUnavailable("redis", f"{acks} of {self.min_acks} replicas acknowledged "
+                                              f"a write within {self.ack_timeout_s:g} s")
 
     def _subscribed(self) -> None:
         self.link.mark_up()
@@ -433,12 +439,15 @@ async def _aio_ping(client: Any) -> None:
     await client.ping()
 
 
-async def _aio_probe_write(client: Any, key: str) -> None:
-    try:
+async def _aio_probe_write(client: Any, key: str, acks: int, timeout_ms: int) -> int:
+    if not acks:
         await client.set(key, 1, px=10_000)
-    except redis.exceptions.ReadOnlyError as exc:
-        # A replica answers PING but takes no command: for readiness, Redis is not there.
-        raise redis.exceptions.ConnectionError("the server is a replica (READONLY)") from exc
+        return 0
+    async with client.pipeline(transaction=False) as pipe:   # one connection: WAIT counts it
+        pipe.set(key, 1, px=10_000)
+        pipe.execute_command("WAIT", acks, timeout_ms)
+        _, acknowledged = await pipe.execute()
+    return int(acknowledged)
 
 
 async def _aio_get(client: Any, key: str) -> bytes | None:
