@@ -279,6 +279,8 @@ async def test_a_standby_takes_over_with_the_state_and_every_command_applied_onc
         agent = await control.retune(5, 600.0, command_id="t1")
         assert agent["frequency"] == 600.0
         await wait_for(lambda: control.counts()["by_status"]["dispersed"] == 70)
+        # Answered once written; applied (and checkpointed) by the leader a moment later.
+        await committed(first.coordinator, ["d1", "t1"])
         assert second.role.engine is None          # a hot standby: connected, not running
         assert value(scrape(metrics), "atom_engine_leading") == 0
 
