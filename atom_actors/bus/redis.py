@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -76,6 +77,7 @@ class RedisBus(OnRedis, Bus):
         self.frames_received = 0
         self.subscriptions = 0             # times the subscription was made (again)
         self.event_lag = EventLag()        # of the batches received
+        self.events_arrived_at = -math.inf  # Trio time the newest events message came
         self._oldest_waiting: float | None = None   # Unix time the oldest waiting event came
 
     # -- running ------------------------------------------------------------------------------
@@ -184,6 +186,7 @@ class RedisBus(OnRedis, Bus):
         except ValueError:
             self.bad_messages += 1
             return
+        self.events_arrived_at = trio.current_time()
         if isinstance(events, dict) and isinstance(events.get("events"), list):
             if isinstance(events.get("t"), int | float):
                 self.event_lag.record(time.time() - events["t"])
