@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Subscribe like a frontend and show the stream live. URL is the API "
                     "(default http://API_HOST:API_PORT); the WebSocket is ws://<its host>:WS_PORT"
                     "/ws/swarm, or <same origin>/ws/swarm when URL has no port, unless --ws.")
-    watch.add_argument("url", nargs="?", help="the API's base URL")
+    watch.add_argument("url", nargs="?",
+                       help="the API's base URL, or the stream's (ws://host:WS_PORT/ws/swarm)")
     watch.add_argument("--ws", help="the WebSocket URL (ws://host:port/ws/swarm)")
     watch.add_argument("--once", action="store_true",
                        help="sample the stream, print one line, exit 1 if below --min-fps")

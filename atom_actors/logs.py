@@ -93,11 +93,13 @@ _IPV4 = re.compile(r"(?<!\d)\d+(?:\.\d+){3,}")
 # (b'user-agent', b'...')) to the end of its quotes or line; the browsers' "Mozilla/5.0 (...)",
 # and product/version tokens such as "curl/8.5.0" or "python-httpx/0.28.1 (comment)". Actor names
 # ("agent/217", "sphere/transport") have no dotted version and stay.
-# A quoted value may hold escaped quotes (a repr of "it's"), and only a lower-case b before a
+# A quoted value may hold escaped quotes (a repr of "it's"), is quoted only if its closing quote
+# ends it (else the line is the value: "User-Agent: ''000000"), and only a lower-case b before a
 # quote is a bytes prefix (not the first letter of "Bob's agent": issue 24, found by the
 # property tests).
 _UA_NAMED = re.compile(r"""(?i)(user[-_ ]?agent["']?\s*[:=,]\s*(?-i:b(?=["']))?)"""
-                       r"""("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*'|[^\n]*)""")
+                       r"""((?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')(?=[\s,;)\]}]|$)"""
+                       r"""|[^\n]*)""")
 _UA_PRODUCT = re.compile(r"(?<![\w/])(?!HTTP/)[A-Za-z][\w.+-]*/\d+(?:\.\w+)+(?:\s*\([^)\n]*\))?")
 
 

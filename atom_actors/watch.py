@@ -16,6 +16,8 @@ Where it connects::
     atom watch https://atom.example              WS wss://atom.example/ws/swarm (one origin,
                                                  behind a proxy: a URL without a port)
     atom watch URL --ws ws://host:8001/ws/swarm  both given
+    atom watch ws://10.0.0.5:8001/ws/swarm       the stream itself: API http://10.0.0.5:API_PORT
+    atom watch wss://atom.example/ws/swarm       API https://atom.example (one origin)
 
 ``--once`` samples ``--seconds`` (default 3) of the stream and prints ONE line, exit code 0 when
 the delivered fps is at least ``--min-fps`` (default 55), 1 when below it or when the server is
@@ -76,6 +78,14 @@ def endpoints(url: str | None, ws: str | None, *, api_host: str, api_port: int,
     if url is None:
         host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(api_host, api_host)
         url = f"http://{_bracket(host)}:{api_port}"
+    if url.startswith(("ws://", "wss://")):
+        # The stream's own URL (what a frontend is configured with): the API is on the same host,
+        # on API_PORT when the URL names a port (the servers themselves), else the same origin.
+        stream = urlsplit(url)
+        scheme = "https" if stream.scheme == "wss" else "http"
+        netloc = f"{_bracket(stream.hostname or '')}:{api_port}" if stream.port else stream.netloc
+        path = stream.path if stream.path not in ("", "/") else "/ws/swarm"
+        return Endpoints(f"{scheme}://{netloc}", ws or f"{stream.scheme}://{stream.netloc}{path}")
     if "://" not in url:
         url = f"http://{url}"
     api = url.rstrip("/")

@@ -5,7 +5,7 @@ cost (issue 19's).
 Starts ``atom serve`` (API_PORT=0, WS_PORT=0) whose operators' keys are ES256 keys served by the
 bench itself (a JWKS on loopback, OPERATOR_ISSUER/OPERATOR_JWKS_URL as for Supabase Auth), opens
 a Sceau session, connects N WebSocket subscribers when the process serves L'Essaim
-(``../shared/peers/loadclient.js``, Node), then drives, one after the other, with ``wrk`` (Debian
+(the project's Node load client), then drives, one after the other, with ``wrk`` (Debian
 package; a Lua pacer gives each request the next slot of a 1/rate schedule; ``--rate 0``: as fast
 as ``--connections`` allow):
 
@@ -27,8 +27,8 @@ SAFEGUARD_MAX_COMMANDS and SAFEGUARD_MAX_TOTAL for its own server, and says so.
 
     python3 scripts/bench_api.py [--seconds 10] [--rate 200] [--clients 500] [--connections 10]
 
-Needs ``wrk`` (apt-get install wrk); the subscribers need ``node`` and npm's ``ws`` (installed
-into a copy of ../shared/peers when missing).
+Needs ``wrk`` (apt-get install wrk); the subscribers need ``node`` (clients/js/tools/loadclient.js,
+its ``ws`` installed from clients/js's lock file when missing).
 """
 
 from __future__ import annotations
@@ -47,15 +47,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import loadclient  # scripts/loadclient.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from tests.operators import AUDIENCE, Jwks, claims, new_key, serve_jwks  # noqa: E402
 
 BASELINE_REV = "047ccf2"      # main before operators' tokens: commands took a Sceau session
 ISSUER = "https://bench.supabase.co/auth/v1"
-# ../shared/peers beside a clone, or beside the worktrees' folder (/work/shared from /work/wt/api).
-PEERS = next((p for p in (ROOT.parent / "shared" / "peers", ROOT.parent.parent / "shared" / "peers")
-              if p.is_dir()), ROOT.parent / "shared" / "peers")
 TARGET_P99_MS = 50.0
 TARGET_FPS = 59.0
 
@@ -105,6 +104,9 @@ def start_server(clients: int, jwks_url: str, tree: Path = ROOT
     env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1", PYTHONPATH=str(tree),
                SAFEGUARD_MAX_COMMANDS="1000000", SAFEGUARD_MAX_TOTAL="1000000",
                WS_MAX_CONNECTIONS=str(max(clients + 10, 500)),
+               # one load client, one address (often one session): no fair share here (issue 24)
+               WS_MAX_PER_SESSION=str(max(clients + 10, 500)),
+               WS_MAX_PER_ADDRESS=str(max(clients + 10, 500)),
                OPERATOR_ISSUER=ISSUER, OPERATOR_JWKS_URL=jwks_url)
     python = ROOT / ".venv" / "bin" / "python"
     proc = subprocess.Popen([str(python if python.exists() else sys.executable), "-m",
@@ -138,18 +140,6 @@ def session(api: str) -> str:
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def peers_dir(peers: Path) -> Path | None:
-    if shutil.which("node") is None or not peers.is_dir():
-        return None
-    for candidate in (peers, Path(tempfile.gettempdir()) / "atom-bench-peers"):
-        if (candidate / "node_modules" / "ws").is_dir():
-            return candidate
-    copy = Path(tempfile.gettempdir()) / "atom-bench-peers"
-    shutil.copytree(peers, copy, dirs_exist_ok=True)
-    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=copy, check=True)
-    return copy
 
 
 def run_wrk(url: str, method: str, body: str | None, headers: dict[str, str], seconds: int,
@@ -208,19 +198,18 @@ def bench_tree(name: str, tree: Path, args: argparse.Namespace, jwks: Jwks, oper
         viewer = {"X-Sceau-Session": token}
         # The baseline's commands took a session; ours take the operator's token.
         commander = operator if viewer_auth else viewer
-        peers = peers_dir(args.peers) if ws and args.clients else None
-        if peers is not None:
+        if ws and args.clients:
+            loadclient.prepare()
             window = 2 * args.seconds + 3
             subscribers = subprocess.Popen(
-                ["node", "loadclient.js", "--url", f"{ws}?session={token}", "--clients",
-                 str(args.clients), "--seconds", str(window), "--ramp-ms", "3000",
-                 "--deflate", "0"], cwd=peers, stdout=subprocess.PIPE, text=True)
+                loadclient.command(f"{ws}?encoding=f32&session={token}", args.clients, window,
+                                   ramp_ms=3000), stdout=subprocess.PIPE, text=True)
             for line in subscribers.stdout:
                 if line.startswith("# window start"):
                     break
         else:
             why = ("none asked (--clients 0)" if not args.clients else
-                   "this build serves no WebSocket" if not ws else "node or ../shared/peers missing")
+                   "this build serves no WebSocket")
             print(f"# no subscribers: {why}", flush=True)
         runs = {
             "GET /api/v1/swarm/agents": run_wrk(f"{api}/api/v1/swarm/agents", "GET", None, viewer,
@@ -283,7 +272,6 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=500, help="WebSocket subscribers")
     parser.add_argument("--disperse", default='{"level": "partial"}',
                         help="the dispersal's body (partial: 70 agents each)")
-    parser.add_argument("--peers", type=Path, default=PEERS, help="where loadclient.js is")
     parser.add_argument("--connections", type=int, default=20,
                         help="wrk connections: the most requests in flight at once")
     parser.add_argument("--baseline", default=BASELINE_REV,

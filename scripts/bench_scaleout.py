@@ -2,13 +2,12 @@
 """Scale-out benchmark: subscribers over two ``ws`` processes fed through Redis, the engine in a
 third process, against the same subscribers per broadcaster on ``atom serve --role all``.
 
-    cp -r ../shared/peers /tmp/peers && (cd /tmp/peers && npm install)      # once
     .venv/bin/python scripts/bench_scaleout.py --clients 1000 --seconds 12
 
 Starts a throwaway ``redis-server`` on a free port, ``atom serve --role engine``, two
 ``atom serve --role ws`` (WS_REQUIRE_SESSION=false: a session is checked once per handshake, never
-per frame), then opens ``--clients`` subscribers split evenly over the two with the fast Node load
-client (``--procs`` load processes per broadcaster), for ``--seconds``. Then the baseline: one
+per frame), then opens ``--clients`` subscribers split evenly over the two with the project's Node load
+client (clients/js/tools/loadclient.js) (``--procs`` load processes per broadcaster), for ``--seconds``. Then the baseline: one
 ``atom serve`` (in-process bus) with the same subscribers (``--baseline-clients`` to change it),
 so that the difference in latency is what the Redis hop and the extra processes cost.
 
@@ -33,7 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_ws import Server, _pump, free_port, prepare_peers, run_load  # noqa: E402
+from bench_ws import Server, _pump, free_port, run_load  # noqa: E402
+import loadclient  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = {"fps_mean": 58.0, "lat_p99_ms": 15.0}
@@ -79,7 +79,10 @@ def atom_env(args: argparse.Namespace, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.isupper() or k in ("PATH", "HOME", "LANG")}
     env.update(API_PORT="0", WS_PORT="0", PYTHONUNBUFFERED="1", WS_REQUIRE_SESSION="false",
                TICK_HZ=str(args.tick_hz), SECRET_KEY="bench-" + "k" * 40,
-               WS_MAX_CONNECTIONS=str(max(args.clients, args.baseline_clients) + 10))
+               WS_MAX_CONNECTIONS=str(max(args.clients, args.baseline_clients) + 10),
+               # one load client, one address (often one session): no fair share here (issue 24)
+               WS_MAX_PER_SESSION=str(max(args.clients, args.baseline_clients) + 10),
+               WS_MAX_PER_ADDRESS=str(max(args.clients, args.baseline_clients) + 10))
     env.update(extra)
     return env
 
@@ -98,8 +101,8 @@ class Group:
         return sum(s.rss_mb() for s in self.servers)
 
 
-def measure(targets: list[tuple[str, int]], watched: list[Server], args: argparse.Namespace,
-            peers: Path) -> tuple[dict, dict[str, float]]:
+def measure(targets: list[tuple[str, int]], watched: list[Server],
+            args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
     """Load every (url, clients) target at once; return the merged result and CPU per process."""
     results: list[dict] = []
     cpu0 = {s.name: sum(s.cpu_s()) for s in watched}
@@ -107,7 +110,7 @@ def measure(targets: list[tuple[str, int]], watched: list[Server], args: argpars
 
     def one(url: str, clients: int) -> None:
         sub = argparse.Namespace(**{**vars(args), "clients": clients})
-        results.append(run_load(Group(watched), f"{url}?encoding=f32", sub, peers))
+        results.append(run_load(Group(watched), f"{url}?encoding=f32", sub))
 
     threads = [threading.Thread(target=one, args=t) for t in targets]
     for thread in threads:
@@ -131,7 +134,7 @@ def measure(targets: list[tuple[str, int]], watched: list[Server], args: argpars
     return merged, cpu
 
 
-def run_split(args: argparse.Namespace, peers: Path) -> tuple[dict, dict[str, float]]:
+def run_split(args: argparse.Namespace) -> tuple[dict, dict[str, float]]:
     redis = start_redis()
     servers = [redis]
     try:
@@ -141,17 +144,17 @@ def run_split(args: argparse.Namespace, peers: Path) -> tuple[dict, dict[str, fl
         servers += ws
         time.sleep(1.0)   # let the engine and the subscriptions settle
         half = args.clients // 2
-        return measure([(ws[0].url, half), (ws[1].url, args.clients - half)], servers, args, peers)
+        return measure([(ws[0].url, half), (ws[1].url, args.clients - half)], servers, args)
     finally:
         for server in reversed(servers):
             server.stop()
 
 
-def run_all(args: argparse.Namespace, peers: Path, clients: int) -> tuple[dict, dict[str, float]]:
+def run_all(args: argparse.Namespace, clients: int) -> tuple[dict, dict[str, float]]:
     server = start_atom("atom (all)", "all", atom_env(args), "serving:")
     try:
         time.sleep(1.0)
-        return measure([(server.url, clients)], [server], args, peers)
+        return measure([(server.url, clients)], [server], args)
     finally:
         server.stop()
 
@@ -189,16 +192,15 @@ def main() -> None:
     parser.add_argument("--baseline-clients", type=int, default=0,
                         help="subscribers of the --role all run (default: the same as the split "
                              "run's; clients / 2 compares one broadcaster's load)")
-    parser.add_argument("--peers", type=Path, default=Path("/tmp/peers"))
     args = parser.parse_args()
     args.deflate = False
-    peers = prepare_peers(args.peers)
+    loadclient.prepare()
     load = f"{os.getloadavg()[0]:.1f}"
     rows = []
-    result, cpu = run_split(args, peers)
+    result, cpu = run_split(args)
     rows.append(("split: engine + 2 ws over Redis", result, cpu))
     if not args.no_baseline:
-        result, cpu = run_all(args, peers, args.baseline_clients or args.clients)
+        result, cpu = run_all(args, args.baseline_clients or args.clients)
         rows.append(("role all, in-process bus", result, cpu))
     print_rows(rows, args, load)
 

@@ -1,18 +1,19 @@
 #!/usr/bin/env python3
 """Load benchmark of L'Essaim's broadcaster: N subscribers, from separate load processes.
 
-Starts ``atom serve`` (or targets ``--url``), opens N subscribers with the fast Node load client
-(``loadclient.js`` of ../shared/peers, spread over ``--procs`` processes so the load side is not
-the bottleneck), runs S seconds per encoding of ``--encoding`` (a comma-separated list, one after
+Starts ``atom serve`` (or targets ``--url``), opens N subscribers with the project's Node load
+client (``clients/js/tools/loadclient.js``: SDK clients, as a frontend subscribes; spread over
+``--procs`` processes so the load side is not the bottleneck), runs S seconds per encoding of ``--encoding`` (a comma-separated list, one after
 the other on the same server) and prints one table: clients, delivered fps per client (mean,
 min), frame gap p99, end-to-end latency p50/p99 (frame header time to receipt), bytes a frame and
 a subscriber-second (frame payloads; ``wire`` adds the WebSocket framing), server CPU in cores,
 server RSS at start and end, frames dropped. ``--peer`` runs the Python ``websockets`` peer
 (``--peer node``: the Node ``ws`` one) under the same load in the same run, on f32, for the ratio
-(absolute figures drift between runs). ``--disperse-at S`` orders a total dispersal S seconds
+(absolute figures drift between runs); the peers are not part of the project: they are looked
+for in ``--peers`` (copied there from ../shared/peers when that exists), and a run without them
+says so and prints our rows only. ``--disperse-at S`` orders a total dispersal S seconds
 into each window (agents fly out, dwell DISPERSAL_DWELL_S, come home: the delta stream's worst).
 
-    cp -r ../shared/peers /tmp/peers && (cd /tmp/peers && npm install)        # once
     python3 -m venv /tmp/peervenv && /tmp/peervenv/bin/pip install websockets numpy   # for --peer
     .venv/bin/python scripts/bench_ws.py --clients 500 --seconds 12 --peer
     .venv/bin/python scripts/bench_ws.py --clients 500 --seconds 12 --encoding f32,q16,delta --peer node
@@ -49,10 +50,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import loadclient  # scripts/loadclient.py, beside this file
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 from atom_operator import operator_env, operator_headers  # noqa: E402
-PEERS_SOURCE = ROOT.parent.parent / "shared" / "peers"   # /work/shared/peers from a worktree
+# Optional: the peer servers for --peer (never the load client: that is the project's own).
+PEERS_SOURCE = next((p for p in (ROOT.parent / "shared" / "peers", ROOT.parent.parent / "shared" / "peers")
+                     if p.is_dir()), ROOT.parent / "shared" / "peers")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = {"fps_mean": 59.5, "fps_min": 58.0, "gap_p99_ms": 25.0, "lat_p99_ms": 10.0,
            "cpu_cores": 0.2}
@@ -110,7 +115,10 @@ def _pump(stream, sink: list[str], on_line=None) -> None:
 def start_atom(args: argparse.Namespace) -> tuple[Server, str | None]:
     """``atom serve`` on a free WS port; returns the server and its API URL if it has one."""
     env = dict(os.environ, WS_PORT=str(free_port()), API_PORT="0", PYTHONUNBUFFERED="1",
-               WS_MAX_CONNECTIONS=str(max(500, args.clients + 10)), TICK_HZ=str(args.tick_hz))
+               WS_MAX_CONNECTIONS=str(max(500, args.clients + 10)),
+               # one load client, one address (often one session): no fair share here (issue 24)
+               WS_MAX_PER_SESSION=str(max(500, args.clients + 10)),
+               WS_MAX_PER_ADDRESS=str(max(500, args.clients + 10)), TICK_HZ=str(args.tick_hz))
     if not (args.session or args.session_url):
         env["WS_REQUIRE_SESSION"] = "false"
     if args.disperse_at:   # one total dispersal a window: the Brise-Circuit must let them pass
@@ -159,17 +167,21 @@ def open_session(session_url: str, duration_ms: int) -> str:
         return json.loads(response.read())["session"]
 
 
-def prepare_peers(peers: Path) -> Path:
-    """The load client needs ``ws`` installed beside it: copy the peers and npm install once."""
+def prepare_peers(peers: Path) -> Path | None:
+    """The optional peer servers (``--peer``), with ``ws`` installed beside them; None, said on
+    stdout, when they are not there."""
     if (peers / "node_modules" / "ws").is_dir():
         return peers
     if not peers.exists():
+        if not PEERS_SOURCE.is_dir():
+            print(f"# peer: no peer servers in {peers} nor {PEERS_SOURCE}: no comparison row")
+            return None
         shutil.copytree(PEERS_SOURCE, peers)
     subprocess.run(["npm", "install", "--silent"], cwd=peers, check=True)
     return peers
 
 
-def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path,
+def run_load(server: Server, url: str, args: argparse.Namespace,
              during: Callable[[], None] | None = None) -> dict:
     """Run the load processes against ``url``; measure the server over their common window.
     ``during`` is called (in a thread) ``--disperse-at`` seconds into the window."""
@@ -178,9 +190,8 @@ def run_load(server: Server, url: str, args: argparse.Namespace, peers: Path,
     started, ended = threading.Semaphore(0), threading.Event()
     for share in shares:
         proc = subprocess.Popen(
-            ["node", str(peers / "loadclient.js"), "--url", url, "--clients", str(share),
-             "--seconds", str(args.seconds), "--ramp-ms", str(args.ramp_ms),
-             "--warmup-ms", "1000", "--deflate", "1" if args.deflate else "0"],
+            loadclient.command(url, share, args.seconds, ramp_ms=args.ramp_ms,
+                               deflate=args.deflate),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines: list[str] = []
 
@@ -402,7 +413,8 @@ def main() -> None:
     parser.add_argument("--disperse-at", type=float, default=0, metavar="S",
                         help="order a total dispersal S seconds into each window")
     parser.add_argument("--peer-python", default="/tmp/peervenv/bin/python")
-    parser.add_argument("--peers", type=Path, default=Path("/tmp/peers"))
+    parser.add_argument("--peers", type=Path, default=Path("/tmp/peers"),
+                        help="where the optional peer servers are (or are copied to)")
     parser.add_argument("--dwell-s", type=float, default=8.0,
                         help="with --disperse-at: pause between windows while agents come home")
     args = parser.parse_args()
@@ -411,7 +423,7 @@ def main() -> None:
         parser.error(f"--encoding: a comma-separated list of {', '.join(ENCODINGS)}")
     if args.soak:
         args.seconds = args.soak
-    peers = prepare_peers(args.peers)
+    loadclient.prepare()
     load = f"{os.getloadavg()[0]:.1f}"
 
     if args.url:
@@ -434,7 +446,7 @@ def main() -> None:
             query = [f"encoding={encoding}"] + ([f"fps={args.fps}"] if args.fps else []) \
                 + ([f"session={session}"] if session else [])
             dropped0 = frames_dropped(api)
-            ours = run_load(server, f"{server.url}?{'&'.join(query)}", args, peers, during)
+            ours = run_load(server, f"{server.url}?{'&'.join(query)}", args, during)
             rows.append((f"{server.name} {encoding}", ours, dropped_between(api, dropped0)))
             if during is not None and encoding != encodings[-1]:
                 time.sleep(args.dwell_s)   # the agents come home before the next window
@@ -442,11 +454,12 @@ def main() -> None:
         stderr = server.stop()
     if len(encodings) == 1 and rows:   # the one window: the server's own count on stop
         rows[0] = (rows[0][0], rows[0][1], dropped_by_server(stderr))
-    if args.peer:
+    peers = prepare_peers(args.peers) if args.peer else None
+    if peers is not None:
         peer = start_peer(args, peers)
         try:
             time.sleep(1.0)
-            theirs = run_load(peer, peer.url, args, peers)
+            theirs = run_load(peer, f"{peer.url}?encoding=f32", args)
         finally:
             peer.stop()
         rows.append((peer.name, theirs, "n/a"))

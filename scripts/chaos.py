@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Chaos run of the split topology: faults on a schedule under load, then one table.
 
-    cp -r ../shared/peers ... is done for you: the Node load client is copied to a temporary
-    directory and `npm install`ed there (never into this repository).
+    The subscribers are the project's Node load client (clients/js/tools/loadclient.js, SDK
+    clients that reconnect with jitter); `npm ci` in clients/js is done for you when needed.
     .venv/bin/python scripts/chaos.py                  # full: 6 minutes, 200 subscribers
     .venv/bin/python scripts/chaos.py --mode short     # ~40 s (the test suite runs this one)
 
@@ -66,7 +66,8 @@ from atom_operator import operator_env, operator_headers  # noqa: E402
 from tests.sentinel import SentinelCluster  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, sql  # noqa: E402
 
-PEERS_SOURCE = ROOT.parent / "shared" / "peers"
+import loadclient  # noqa: E402  (scripts/loadclient.py, beside this file)
+
 SPHERES = ("personal", "business", "transport", "creative_studio", "my_team", "scholar")
 MAX_IN_FLIGHT = 32        # commands the driver has sent and not yet had answered
 RETRIES_503 = 3          # a command answered 503 is sent again with its key, this many times
@@ -188,18 +189,14 @@ class Chaos:
     def start_loaders(self, ws_urls: list[str], token: str) -> None:
         if self.args.subscribers <= 0:
             return
-        peers = self.tmp / "peers"
-        shutil.copytree(self.args.peers, peers, ignore=shutil.ignore_patterns("node_modules"))
-        subprocess.run(["npm", "install", "--silent", "--no-audit", "--no-fund"], cwd=peers,
-                       check=True, stdout=subprocess.DEVNULL)
+        loadclient.prepare()
         share = self.args.subscribers // len(ws_urls)
         ramp_ms = self.ramp_ms(len(ws_urls))
         for i, url in enumerate(ws_urls):
             clients = share + (i < self.args.subscribers % len(ws_urls))
             proc = subprocess.Popen(
-                ["node", str(peers / "loadclient.js"), "--url", f"{url}?session={token}",
-                 "--clients", str(clients), "--seconds", str(self.schedule.duration_s),
-                 "--ramp-ms", str(ramp_ms), "--warmup-ms", "500", "--deflate", "0"],
+                loadclient.command(f"{url}?encoding=delta&session={token}", clients,
+                                   self.schedule.duration_s, ramp_ms=ramp_ms, warmup_ms=500),
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             self.loaders.append(proc)
 
@@ -255,6 +252,10 @@ class Chaos:
         self.env.update(REDIS_URL=redis_url, DATABASE_URL=self.pg.url, API_PORT="0",
                         WS_PORT="0", PYTHONUNBUFFERED="1", SECRET_KEY="chaos-" + "k" * 40,
                         WS_MAX_CONNECTIONS=str(self.args.subscribers + 50),
+                        # one load client, one address (often one session): no fair shares
+                        # here (issue 24)
+                        WS_MAX_PER_SESSION=str(self.args.subscribers + 50),
+                        WS_MAX_PER_ADDRESS=str(self.args.subscribers + 50),
                         SAFEGUARD_MAX_COMMANDS="100000", SAFEGUARD_MAX_TOTAL="100000",
                         DISPERSAL_DWELL_S="3", PYTHONPATH=str(ROOT), **operator_env())
         async with trio.open_nursery() as nursery:
@@ -643,16 +644,12 @@ def main() -> None:
     parser.add_argument("--subscribers", type=int, default=None,
                         help="Node load-client subscribers (full 200, short 20; 0: none)")
     parser.add_argument("--rate", type=float, default=2.0, help="commands a second (2)")
-    parser.add_argument("--peers", type=Path, default=PEERS_SOURCE,
-                        help="the directory of loadclient.js (copied, never modified)")
     parser.add_argument("--json", action="store_true", help="also print the figures as JSON")
     args = parser.parse_args()
     if args.subscribers is None:
         args.subscribers = 200 if args.mode == "full" else 20
-    if args.subscribers and not (shutil.which("node") and shutil.which("npm")
-                                 and (args.peers / "loadclient.js").is_file()):
-        sys.exit("chaos: the load client needs node, npm and loadclient.js (--peers), "
-                 "or --subscribers 0")
+    if args.subscribers:
+        loadclient.prepare()   # exits saying what is missing (or use --subscribers 0)
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     from atom_actors.aio import configure
     configure()   # trio-asyncio, for the check of Redis's applied log and of PostgreSQL

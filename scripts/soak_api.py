@@ -2,8 +2,8 @@
 """Soak: commands at a steady rate while subscribers stream, for minutes (issue 13's benchmark).
 
 Starts ``atom serve`` (one process; or, with --redis-url and --database-url, the three roles
-engine, api and ws as a deployment runs them), opens N WebSocket subscribers (raw sockets: the
-frames are counted, not decoded, so the load client stays light) and sends swarm-changing
+engine, api and ws as a deployment runs them), opens N WebSocket subscribers (the project's load
+client, clients/js/tools/loadclient.js: SDK clients that decode and reconnect) and sends swarm-changing
 commands over REST at a fixed rate: partial dispersal, regroup and retune in turn. Every minute it
 prints, for each server process, its RSS; then the commands answered, refused and failed, and the
 subscribers' fps. At the end: each process's RSS after the warm-up and at the end, the change in
@@ -22,22 +22,21 @@ SAFEGUARD_MAX_COMMANDS and SAFEGUARD_MAX_TOTAL for its own servers, and says so.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
 import signal
-import struct
 import subprocess
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import trio
+
+import loadclient  # scripts/loadclient.py, beside this file
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -69,9 +68,6 @@ class Tally:
     refused: int = 0          # 4xx/5xx answers
     failed: int = 0           # no answer (timeout, reset)
     failures: dict[str, int] = field(default_factory=dict)   # why, by exception type
-    frames: int = 0
-    events: int = 0
-    closed: int = 0           # subscribers the server closed
 
 
 def start(role: str, env: dict[str, str]) -> Server:
@@ -107,82 +103,46 @@ def stop(servers: list[Server]) -> None:
             server.proc.kill()
 
 
-# -- the subscribers: a hand-made WebSocket reader ------------------------------------------------
+# -- the subscribers: the project's load client ---------------------------------------------------
 
-async def subscriber(ws_url: str, query: str, tally: Tally) -> None:
-    """One subscriber: handshake, then count binary frames and text messages; answer pings.
+class Subscribers:
+    """N SDK subscribers in one Node process (clients/js/tools/loadclient.js): they decode every
+    frame and reconnect with jitter, as frontends do. It says its fps every 5 s (``# progress``);
+    :meth:`minute` sums up what it said since the last call."""
 
-    A 503 to the handshake (the broadcaster's bound on pending handshakes from one address, met
-    by 200 subscribers opened at once) is retried after a growing pause, as the SDK does."""
-    for attempt in range(1, 21):
-        try:
-            return await _subscribe(ws_url, query, tally)
-        except Refused as exc:
-            if b" 503 " not in exc.status_line or attempt == 20:
-                raise SystemExit(f"subscriber refused: {exc.status_line!r}") from None
-            await trio.sleep(0.1 * attempt)
+    def __init__(self, url: str, clients: int, seconds: float) -> None:
+        loadclient.prepare()
+        self.proc = subprocess.Popen(
+            loadclient.command(url, clients, seconds, ramp_ms=max(1000, clients * 10),
+                               warmup_ms=0, report_every_s=5),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.progress: list[dict] = []
+        self.taken = 0
+        self.result: dict = {}
+        self.lines: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
 
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            if line.startswith("# progress "):
+                self.progress.append(json.loads(line.removeprefix("# progress ")))
+            elif line.startswith("{"):
+                self.result = json.loads(line)
 
-class Refused(Exception):
-    def __init__(self, status_line: bytes) -> None:
-        self.status_line = status_line
+    def minute(self) -> dict:
+        """Mean fps over the reports since the last call; clients live and reconnects, newest."""
+        fresh, self.taken = self.progress[self.taken:], len(self.progress)
+        if not fresh:
+            return {"fps_mean": 0.0, "live": 0, "reconnects": 0}
+        fps = sum(p["fps_mean"] or 0 for p in fresh) / len(fresh)
+        return {"fps_mean": round(fps, 2), "live": fresh[-1]["live"],
+                "reconnects": fresh[-1]["reconnects"]}
 
-
-async def _subscribe(ws_url: str, query: str, tally: Tally) -> None:
-    parts = urlsplit(ws_url)
-    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
-    key = base64.b64encode(os.urandom(16)).decode()
-    await stream.send_all((f"GET {parts.path}?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                           "Upgrade: websocket\r\nConnection: Upgrade\r\n"
-                           f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-    buffer = bytearray()
-    while b"\r\n\r\n" not in buffer:
-        chunk = await stream.receive_some(65536)
-        if not chunk:
-            tally.closed += 1
-            return
-        buffer += chunk
-    head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
-    status_line = head.split(b"\r\n")[0]
-    if b" 101 " not in status_line:
-        await stream.aclose()
-        raise Refused(status_line)
-    buffer = bytearray(rest)
-    try:
-        while True:
-            while len(buffer) >= 2:
-                opcode, size = buffer[0] & 0x0F, buffer[1] & 0x7F
-                offset = 2
-                if size == 126:
-                    if len(buffer) < 4:
-                        break
-                    size, offset = struct.unpack_from("!H", buffer, 2)[0], 4
-                elif size == 127:
-                    if len(buffer) < 10:
-                        break
-                    size, offset = struct.unpack_from("!Q", buffer, 2)[0], 10
-                if len(buffer) < offset + size:
-                    break
-                payload = bytes(buffer[offset:offset + size])
-                del buffer[:offset + size]
-                if opcode == 0x2:
-                    tally.frames += 1
-                elif opcode == 0x1:
-                    tally.events += 1
-                elif opcode == 0x9:   # ping: a masked pong with its payload
-                    mask = os.urandom(4)
-                    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-                    await stream.send_all(bytes((0x8A, 0x80 | len(payload))) + mask + masked)
-                elif opcode == 0x8:
-                    tally.closed += 1
-                    return
-            chunk = await stream.receive_some(65536)
-            if not chunk:
-                tally.closed += 1
-                return
-            buffer += chunk
-    finally:
-        await stream.aclose()
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 # -- the commands ---------------------------------------------------------------------------------
@@ -231,34 +191,35 @@ async def soak(args: argparse.Namespace, servers: list[Server]) -> dict:
     tally = Tally()
     minutes = args.warmup_minutes + args.minutes
     report: dict = {"minutes": []}
+    query = f"encoding={args.encoding}&session={args.session}" + (
+        f"&fps={args.fps}" if args.fps else "")
+    subscribers = Subscribers(f"{ws.ws_url}?{query}", args.subscribers, minutes * 60 + 30) \
+        if args.subscribers else None
     async with trio.open_nursery() as nursery:
-        query = f"encoding={args.encoding}&session={args.session}" + (
-            f"&fps={args.fps}" if args.fps else "")
-        for _ in range(args.subscribers):
-            nursery.start_soon(subscriber, ws.ws_url, query, tally)
-            await trio.sleep(0.005)
         nursery.start_soon(commands, api.api_url, args.rate, tally,
                            operator_headers(os.environ, subject="soak-operator"))
         last = Tally()
         for minute in range(1, minutes + 1):
             await trio.sleep(60)
             now = Tally(**{**vars(tally), "failures": dict(tally.failures)})
-            fps = (now.frames - last.frames) / 60 / max(1, args.subscribers - now.closed)
+            progress = subscribers.minute() if subscribers else {}
             row = {"minute": minute, "warm_up": minute <= args.warmup_minutes,
                    "rss_mb": {s.role: round(s.rss() / 1024, 1) for s in servers},
                    "answered": now.answered - last.answered, "refused": now.refused - last.refused,
-                   "failed": now.failed - last.failed, "fps": round(fps, 2),
-                   "events": now.events - last.events, "closed": now.closed}
+                   "failed": now.failed - last.failed, "fps": progress.get("fps_mean") or 0.0,
+                   "live": progress.get("live", 0), "reconnects": progress.get("reconnects", 0)}
             for s in servers:
                 s.rss_kb.append(s.rss())
             report["minutes"].append(row)
             rss = "  ".join(f"{role} {mb:7.1f} MB" for role, mb in row["rss_mb"].items())
             print(f"{minute:4d}{' (warm-up)' if row['warm_up'] else '          '}  {rss}  "
                   f"commands {row['answered']:5d} ok {row['refused']:4d} refused "
-                  f"{row['failed']:4d} failed  fps {row['fps']:6.2f}  closed {row['closed']}",
-                  flush=True)
+                  f"{row['failed']:4d} failed  fps {row['fps']:6.2f}  live {row['live']}"
+                  f"/{args.subscribers}  reconnects {row['reconnects']}", flush=True)
             last = now
         nursery.cancel_scope.cancel()
+    if subscribers is not None:
+        subscribers.stop()
     report["commands_answered"] = tally.answered
     report["failures"] = dict(tally.failures)
     if tally.failures:
@@ -284,6 +245,9 @@ def main() -> int:
     env.update(API_HOST="127.0.0.1", API_PORT="0", WS_PORT="0", WS_REQUIRE_SESSION="true",
                PYTHONUNBUFFERED="1", SWARM_SEED="1",
                WS_MAX_CONNECTIONS=str(max(500, args.subscribers + 10)),
+               # one load client, one address (often one session): no fair share here (issue 24)
+               WS_MAX_PER_SESSION=str(max(500, args.subscribers + 10)),
+               WS_MAX_PER_ADDRESS=str(max(500, args.subscribers + 10)),
                SAFEGUARD_MAX_COMMANDS="1000000000", SAFEGUARD_MAX_TOTAL="1000000000",
                **operator_env())
     print("soak: the Brise-Circuit's thresholds are raised for this server (SAFEGUARD_MAX_COMMANDS,"

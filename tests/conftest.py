@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import trio
 
@@ -19,6 +21,31 @@ pytest_plugins = ["tests.servers", "tests.sentinel"]
 
 def pytest_configure(config: pytest.Config) -> None:
     aio.configure()   # as `atom`'s main() does: trio-asyncio loaded, plain asyncio kept outside Trio
+
+
+# The modules whose tests take the longest (a browser, podman, nginx, Prometheus, the chaos run,
+# several processes per test): marked `slow`, so that `-m "not slow"` runs the quick part.
+SLOW_MODULES = frozenset({"test_chaos", "test_image", "test_deploy", "test_prometheus",
+                          "test_viewer", "test_example", "test_roles"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> object:
+    """Under scripts/test.sh (ATOM_REQUIRE_SERVERS=1, after its set-up installed everything) a
+    test never skips quietly: whatever would skip it, by any route, fails it, with the reason."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get("ATOM_REQUIRE_SERVERS") == "1" \
+            and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under scripts/test.sh, which must not skip: {reason}"
 
 
 def make_settings(**overrides: object) -> Settings:

@@ -151,6 +151,9 @@ async def test_over_http_cors_preflight_from_a_listed_origin(nursery):
     assert r.headers["access-control-allow-credentials"] == "true"
     assert "POST" in r.headers["access-control-allow-methods"]
     assert "X-Sceau-Session" in r.headers["access-control-allow-headers"]
+    # An operators' console on a listed origin sends its bearer token and its Idempotency-Key.
+    assert {"Authorization", "Idempotency-Key"} <= {
+        h.strip() for h in r.headers["access-control-allow-headers"].split(",")}
 
 
 async def test_atom_serve_makes_an_ephemeral_key_says_so_once_and_serves_the_api(tmp_path):

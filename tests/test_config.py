@@ -47,6 +47,13 @@ def test_cors_origins_json_or_comma_separated(value, expected):
     ({"LOG_LEVEL": "chatty"}, "LOG_LEVEL", "DEBUG"),
     ({"SESSION_TTL_S": "-1"}, "SESSION_TTL_S", "greater"),
     ({"API_PORT": "8001"}, "WS_PORT", "API_PORT"),
+    ({"TRUSTED_PROXIES": "10.0.0.0/8, nginx"}, "TRUSTED_PROXIES", "'nginx' is not an address"),
+    ({"TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES", "not an address or a CIDR"),
+    ({"WS_MAX_PER_SESSION": "0"}, "WS_MAX_PER_SESSION", "greater"),
+    ({"WS_MAX_PER_ADDRESS": "many"}, "WS_MAX_PER_ADDRESS", "integer"),
+    ({"API_MAX_CONNECTIONS_PER_ADDRESS": "0"}, "API_MAX_CONNECTIONS_PER_ADDRESS", "greater"),
+    ({"SESSION_GLOBAL_BURST": "0"}, "SESSION_GLOBAL_BURST", "greater"),
+    ({"SESSION_GLOBAL_PER_S": "0"}, "SESSION_GLOBAL_PER_S", "greater"),
 ])
 def test_bad_values_name_the_setting(env, setting, words):
     with pytest.raises(ConfigError) as info:

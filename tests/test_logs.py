@@ -421,6 +421,9 @@ async def test_the_actor_trace_of_the_same_session(tmp_path):
     assert len(events("agent.status", command_id=dispersal, status="dispersed")) == 70
     (done,) = events("command.done", command_id=dispersal)
     assert done["actor"] == "api" and done["result"] == "accepted" and done["size"] == 70
+    # Who asked: the role and the audit's pseudonym, nothing else of the token (forbidden below).
+    assert done["role"] == "operator" and len(done["operator"]) == 16
+    assert int(done["operator"], 16) >= 0
     (regroup,) = events("command.done", command_id=seen.command_ids["regroup"])
     assert regroup["result"] == "accepted" and regroup["command"] == "regroup"
     assert events("agent.frequency", actor="agent/217")

@@ -21,7 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ from playwright.sync_api import expect, sync_playwright
 from PIL import Image
 
 from atom_actors.catalog import CATALOG
+from tests.operators import OPERATOR_SECRET, token
+from tests.servers import skip
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,6 +43,8 @@ ARTIFACTS = ROOT / "artifacts" / "viewer"
 VIEWPORT = {"width": 1280, "height": 800}
 STARTUP_S = 30
 PAGE_TIMEOUT_MS = 10_000
+OPERATOR_LINK = re.compile(r"atom: operator link \(both roles, for this process only\): (?P<url>http://\S+/#operator=\S+)")
+TOKEN_IN_LINK = re.compile(r"#operator=\S+")
 SERVING = re.compile(r"atom: serving: .*?api (?P<api>http://\S+?)(?:,|$).*?ws (?P<ws>ws://\S+?)(?:,|$)")
 BACKGROUND = (0x0B, 0x0D, 0x17)      # viewer.js BACKGROUND
 
@@ -76,23 +80,31 @@ class Server:
     ws: str
     proc: subprocess.Popen
     log: list[str]
+    operator_link: str | None = field(default=None, repr=False)   # what `atom serve` alone prints: the viewer with a token of both roles
 
     def page_url(self) -> str:
         return f"{self.api}/?ws={self.ws}"
 
     def request(self, method: str, path: str, body: dict | None = None,
-                token: str | None = None) -> tuple[int, dict]:
+                token: str | None = None, bearer: str | None = None) -> tuple[int, dict]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.api + path, data=data, method=method)
         req.add_header("Content-Type", "application/json")
         if token:
             req.add_header("X-Sceau-Session", token)
+        if bearer:
+            req.add_header("Authorization", f"Bearer {bearer}")
         try:
             with urllib.request.urlopen(req, timeout=5) as resp:
                 raw = resp.read()
                 return resp.status, json.loads(raw) if raw else {}
         except urllib.error.HTTPError as err:
             return err.code, json.loads(err.read() or b"{}")
+
+    @property
+    def operator_token(self) -> str:
+        assert self.operator_link is not None, "this server printed no operator link"
+        return self.operator_link.partition("#operator=")[2]
 
     def open_session(self, duration_ms: int = 2000) -> dict:
         status, data = self.request("POST", "/api/v1/sceau/activate", {"duration_ms": duration_ms})
@@ -114,7 +126,7 @@ def atom_serve(tmp_path: Path, **settings: str) -> Iterator[Server]:
 
     def read() -> None:
         for line in proc.stderr:
-            log.append(line)
+            log.append(TOKEN_IN_LINK.sub("#operator=<token>", line))   # the log shows in failures
             lines.put(line)
         lines.put(None)
 
@@ -132,7 +144,17 @@ def atom_serve(tmp_path: Path, **settings: str) -> Iterator[Server]:
                 match = SERVING.search(line)
                 assert match is not None, f"atom serve names no API or no WebSocket URL: {line}"
                 break
-        yield Server(match["api"], match["ws"], proc, log)
+        server = Server(match["api"], match["ws"], proc, log)
+        # Alone, with no operator settings, it prints the operator link on the next line.
+        if "OPERATOR_JWT_SECRET" not in settings:
+            try:
+                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                line = None
+            link = OPERATOR_LINK.search(line or "")
+            assert link is not None, "atom serve alone printed no operator link after its serving line"
+            server.operator_link = link["url"]
+        yield server
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -147,9 +169,7 @@ def atom_serve(tmp_path: Path, **settings: str) -> Iterator[Server]:
 @pytest.fixture(scope="module")
 def browser():
     if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} is missing: .ci/run should have installed Debian's chromium")
-        pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium")
+        skip(f"{CHROMIUM} is missing: apt-get install -y chromium (scripts/test.sh installs it as root)")
     with sync_playwright() as playwright:
         launched = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
@@ -172,6 +192,16 @@ def strict_server(tmp_path_factory) -> Iterator[Server]:
         yield running
 
 
+@pytest.fixture(scope="module")
+def signed_server(tmp_path_factory) -> Iterator[Server]:
+    """Operators' tokens signed with the tests' OPERATOR_JWT_SECRET; a Brise-Circuit that opens
+    on the second total dispersal and closes when two guardians ask."""
+    with atom_serve(tmp_path_factory.mktemp("signed"), SECRET_KEY="k" * 40,
+                    OPERATOR_JWT_SECRET=OPERATOR_SECRET, SAFEGUARD_MAX_TOTAL="1",
+                    SAFEGUARD_COOLDOWN_S="60", SAFEGUARD_RESET_QUORUM="2") as running:
+        yield running
+
+
 @pytest.fixture
 def new_page(browser):
     """``new_page(session=None, touch=False)``: a fresh tab (own sessionStorage); with ``session``
@@ -179,12 +209,16 @@ def new_page(browser):
     contexts = []
     errors: list[str] = []
 
-    def make(session: dict | None = None, touch: bool = False):
+    def make(session: dict | None = None, touch: bool = False, operator: str | None = None):
         context = browser.new_context(viewport=VIEWPORT, has_touch=touch)
         contexts.append(context)
         if session is not None:
             context.add_init_script(
                 f"sessionStorage.setItem('atom.sceau', {json.dumps(json.dumps(session))})")
+        if operator is not None:   # as if this tab had signed in before (once: a sign-out stays)
+            context.add_init_script(
+                "if (!sessionStorage.getItem('test.seeded')) { sessionStorage.setItem('test.seeded', '1');"
+                f" sessionStorage.setItem('atom.operator', {json.dumps(operator)}); }}")
         page = context.new_page()
         page.set_default_timeout(PAGE_TIMEOUT_MS)
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -297,7 +331,7 @@ def test_two_second_touch_opens_a_session_and_the_swarm(server, new_page):
 
 @needs_servers
 def test_particles_cluster_by_sphere_and_a_dispersal_spreads_them(server, new_page):
-    page = new_page(session=server.open_session())
+    page = new_page(session=server.open_session(), operator=server.operator_token)
     page.goto(server.page_url())
     wait_live(page, frames=30)
     page.wait_for_function("() => atomViewer.stats().dispersed === 0")
@@ -437,8 +471,8 @@ def test_a_hold_the_api_finds_too_short_shows_its_reason(strict_server, new_page
 
 
 @needs_servers
-def test_an_open_brise_circuit_shows_its_reason_and_counts_down(strict_server, new_page):
-    page = new_page(session=strict_server.open_session(2500))
+def test_an_open_brise_circuit_shows_its_reason_and_counts_down_and_a_guardian_closes_it(strict_server, new_page):
+    page = new_page(session=strict_server.open_session(2500), operator=strict_server.operator_token)
     page.goto(strict_server.page_url())
     wait_live(page)
     page.wait_for_selector("#safeguard[data-state=closed]")
@@ -464,3 +498,176 @@ def test_an_open_brise_circuit_shows_its_reason_and_counts_down(strict_server, n
     page.wait_for_function(
         f"() => /closes in (\\d+) s/.exec(document.getElementById('notice').innerText)?.[1] < {shown}",
         timeout=3000)
+    # The operator link's token is a guardian's too: the reset closes the circuit (a quorum of one).
+    with page.expect_response(lambda r: "/safeguard/reset" in r.url) as answered:
+        page.click("#reset")
+    assert answered.value.status == 200
+    expect(page.locator("#reset-result")).to_have_text("The Brise-Circuit is closed: commands pass again.")
+    page.wait_for_selector("#safeguard[data-state=closed]")
+    notice.wait_for(state="hidden")
+    with page.expect_response(lambda r: "/swarm/regroup" in r.url) as answered:
+        page.click("#regroup")
+    assert answered.value.status == 202
+
+
+# -- operators ------------------------------------------------------------------------------------------
+
+def bearer_of(request) -> str | None:
+    header = request.headers.get("authorization", "")
+    return header.removeprefix("Bearer ") if header.startswith("Bearer ") else None
+
+
+def holds_operator_token(page, expected: str | None) -> bool:
+    """Whether this tab keeps ``expected`` (None: no token); compared in the page, so that no
+    token ever shows in an assertion's message."""
+    return page.evaluate("(t) => sessionStorage.getItem('atom.operator') === t", expected)
+
+
+def visible_buttons(page) -> list[str]:
+    return [b.inner_text().strip() for b in page.get_by_role("button").all()]
+
+
+@needs_servers
+def test_the_operator_link_shows_the_controls_and_a_dispersal_works(server, new_page):
+    """The link `atom serve` prints, opened as printed: the controls of both roles, the token out
+    of the address bar and kept in the tab, and a dispersal sent with it as the bearer."""
+    secret = server.operator_token
+    page = new_page(session=server.open_session())
+    commands = []
+    page.on("request", lambda r: commands.append(r) if re.search(r"/swarm/(disperse|regroup|agents/\d+/frequency)$", r.url) else None)
+    page.goto(server.operator_link)
+    wait_live(page)
+    expect(page.locator("#commands")).to_be_visible()
+    expect(page.locator("#guardian")).to_be_visible()
+    expect(page.locator("#operator-roles .role")).to_have_text(["operator", "guardian"])
+    expect(page.locator("#operator-signin")).to_be_hidden()
+    assert "operator=" not in page.evaluate("location.href") and "operator=" not in page.url
+    assert holds_operator_token(page, secret)
+    shot(page, "operator-signed-in")
+    # Every control within the column, none cut off at its right edge.
+    side = page.locator("#side").bounding_box()
+    for selector in ("[data-level=sectoral]", "#retune", "#reset", "#operator-signout"):
+        box = page.locator(selector).bounding_box()
+        assert side["x"] <= box["x"] and box["x"] + box["width"] <= side["x"] + side["width"], selector
+
+    page.click("[data-level=partial]")
+    page.wait_for_function("() => atomViewer.stats().dispersed === 70")
+    expect(page.locator("#command-result")).to_have_text("partial dispersal: 70 agents sent out")
+    assert len(commands) == 1 and bearer_of(commands[0]) == secret
+    assert "x-sceau-session" not in commands[0].headers
+
+    page.fill("#retune-agent", "3")
+    page.fill("#retune-frequency", "440")
+    page.click("#retune")
+    expect(page.locator("#command-result")).to_contain_text("agent 3")
+    expect(page.locator("#command-result")).to_contain_text("retuned to 440 Hz")
+    status, agent = server.request("GET", "/api/v1/swarm/agents/3", token=server.open_session()["token"])
+    assert status == 200 and agent["frequency"] == 440, agent
+
+    page.click("#regroup")
+    page.wait_for_function("() => atomViewer.stats().dispersed === 0")
+    assert all(bearer_of(r) == secret for r in commands) and len(commands) == 3
+
+    # The tab keeps the token across a reload; signing out takes the controls away.
+    page.reload()
+    wait_live(page)
+    expect(page.locator("#commands")).to_be_visible()
+    page.click("#operator-signout")
+    expect(page.locator("#commands")).to_be_hidden()
+    expect(page.locator("#guardian")).to_be_hidden()
+    expect(page.locator("#operator-signin")).to_be_visible()
+    assert holds_operator_token(page, None)
+
+
+@needs_servers
+def test_a_viewer_without_a_token_sees_the_swarm_and_no_buttons(server, new_page):
+    page = open_live(server, new_page)
+    assert page.locator("#stat-agents").inner_text() == "350"
+    expect(page.locator("#legend li")).to_have_count(15)
+    expect(page.locator("#operator-signin")).to_be_visible()
+    # What a person can press: signing in as an operator, and closing the Sceau; no command.
+    assert visible_buttons(page) == ["Sign in", "Close the Sceau"]
+    for selector in ("[data-level=partial]", "[data-level=total]", "#regroup", "#retune", "#reset"):
+        expect(page.locator(selector)).to_be_hidden()
+    shot(page, "viewer-only")
+
+
+@needs_servers
+def test_an_expired_token_says_so(signed_server, new_page):
+    expired = token(("operator", "guardian"), now=time.time() - 3600, ttl_s=600)
+    page = new_page(session=signed_server.open_session())
+    # From a link: the server refuses it (401), the page says it expired and offers no command.
+    with page.expect_response(lambda r: r.url.endswith("/api/v1/safeguard") and bearer_of(r.request)) as checked:
+        page.goto(f"{signed_server.page_url()}#operator={expired}")
+    assert checked.value.status == 401
+    wait_live(page)
+    message = page.locator("#operator-message")
+    expect(message).to_contain_text("Your operator token expired at")
+    expect(message).to_contain_text("Sign in again")
+    assert "operator=" not in page.evaluate("location.href")
+    assert holds_operator_token(page, None)
+    assert visible_buttons(page) == ["Sign in", "Close the Sceau"]
+    shot(page, "operator-expired")
+
+    # Pasted: a good token signs in; then one about to expire is said to have expired when it does.
+    page.fill("#operator-token", token(("operator",), ttl_s=5))
+    page.click("#operator-signin-button")
+    expect(page.locator("#commands")).to_be_visible()
+    expect(message).to_be_hidden()
+    expect(page.locator("#operator-roles .role")).to_have_text(["operator"])
+    expect(page.locator("#guardian")).to_be_hidden()
+    expect(message).to_contain_text("Your operator token expired at", timeout=10_000)
+    expect(page.locator("#commands")).to_be_hidden()
+    expect(page.locator("#operator-signin")).to_be_visible()
+
+
+@needs_servers
+def test_a_refused_token_and_a_missing_role_are_said_plainly(signed_server, new_page):
+    page = new_page(session=signed_server.open_session())
+    page.goto(signed_server.page_url())
+    wait_live(page)
+    message = page.locator("#operator-message")
+    # Signed with another key: 401, refused (it has not expired).
+    page.fill("#operator-token", token(("operator",), secret="not-the-deployments-secret-0123456789"))
+    page.click("#operator-signin-button")
+    expect(message).to_contain_text("Your operator token was refused")
+    expect(page.locator("#commands")).to_be_hidden()
+    # The role where this server does not read it (it reads user_role): the page shows the
+    # commands, the server refuses them with 403 role_required, and the page says why.
+    page.fill("#operator-token", token(None, app_metadata={"roles": ["operator"]}))
+    page.click("#operator-signin-button")
+    expect(page.locator("#commands")).to_be_visible()
+    with page.expect_response(lambda r: "/swarm/disperse" in r.url) as answered:
+        page.click("[data-level=partial]")
+    assert answered.value.status == 403 and answered.value.json()["error"] == "role_required"
+    result = page.locator("#command-result")
+    expect(result).to_contain_text("Refused (403): Your operator token lacks the role this needs.")
+    expect(result).to_contain_text(answered.value.json()["detail"])
+    assert page.evaluate("atomViewer.stats().dispersed") == 0
+
+
+@needs_servers
+def test_a_guardians_reset_counts_towards_the_quorum(signed_server, new_page):
+    """SAFEGUARD_RESET_QUORUM=2: the page's guardian gets 202 and is told how many more are needed;
+    a second guardian closes the circuit, which the page sees on the stream."""
+    page = new_page(session=signed_server.open_session(),
+                    operator=token(("guardian",), subject="guardian-a"))
+    page.goto(signed_server.page_url())
+    wait_live(page)
+    expect(page.locator("#guardian")).to_be_visible()
+    expect(page.locator("#commands")).to_be_hidden()
+    commander = token(("operator",), subject="operator-c")
+    statuses = [signed_server.request("POST", "/api/v1/swarm/disperse", {"level": "total"}, bearer=commander)[0]
+                for _ in range(3)]
+    assert 423 in statuses, statuses
+    page.wait_for_selector("#safeguard[data-state=open]")
+    with page.expect_response(lambda r: "/safeguard/reset" in r.url) as answered:
+        page.click("#reset")
+    assert answered.value.status == 202
+    expect(page.locator("#reset-result")).to_contain_text("Your approval is counted: 1 of 2 guardians. 1 more within")
+    assert page.locator("#safeguard").get_attribute("data-state") == "open"
+    status, _ = signed_server.request("POST", "/api/v1/safeguard/reset",
+                                      bearer=token(("guardian",), subject="guardian-b"))
+    assert status == 200
+    page.wait_for_selector("#safeguard[data-state=closed]")
+    signed_server.request("POST", "/api/v1/swarm/regroup", bearer=commander)

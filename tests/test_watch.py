@@ -30,6 +30,10 @@ PORTS = {"api_host": "127.0.0.1", "api_port": 8000, "ws_port": 8001}
     ("http://[::1]:8000", None, ("http://[::1]:8000", "ws://[::1]:8001/ws/swarm")),
     ("127.0.0.2:8000", None, ("http://127.0.0.2:8000", "ws://127.0.0.2:8001/ws/swarm")),
     ("http://h:1", "ws://h:2/ws/swarm", ("http://h:1", "ws://h:2/ws/swarm")),
+    # The stream's URL as the argument (a newcomer's first try: it was "unknown url type: ws").
+    ("ws://10.0.0.5:9001/ws/swarm", None, ("http://10.0.0.5:8000", "ws://10.0.0.5:9001/ws/swarm")),
+    ("ws://[::1]:8001", None, ("http://[::1]:8000", "ws://[::1]:8001/ws/swarm")),
+    ("wss://atom.example/ws/swarm", None, ("https://atom.example", "wss://atom.example/ws/swarm")),
 ])
 def test_endpoints(url, ws, expected):
     where = endpoints(url, ws, **PORTS)
@@ -178,6 +182,14 @@ async def test_once_is_a_health_probe(tmp_path):
             kbytes = float(line.split("kB_s=")[1].split()[0])
             assert 5 <= kbytes <= 60, line
             assert 30 <= float(line.split("fps=")[1].split()[0]) <= 61
+            # The stream's URL alone: the API is its host on API_PORT (here the test's own port).
+            api_port = atom.api_url.rsplit(":", 1)[1]
+            done = await trio.run_process(
+                [*ATOM, "watch", atom.ws_url, "--once", "--min-fps", "30", "--seconds", "1"],
+                capture_stdout=True, capture_stderr=True, check=False,
+                env={**atom_env(), "API_PORT": api_port})
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert done.stdout.decode().startswith("atom watch: ok fps=")
             code, out = await watch_once(urls, "--min-fps", "1000", "--seconds", "1")
             assert code == 1 and out.startswith("atom watch: LOW fps="), out
             code, out = await watch_once((atom.api_url, atom.ws_url.replace("/ws/swarm", "/ws/x")))

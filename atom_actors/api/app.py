@@ -9,7 +9,8 @@ Every error leaves as ``{"error": code, "detail": sentence}`` JSON (CONTRACT.md 
 * anything else as 500 ``internal_error``, logged here, with no traceback to the client.
 
 The API serves no WebSocket: an upgrade sent to its port is answered 404 JSON before Quart
-routes it (:func:`http_only`), so no handler ever runs outside a request context (issue 24).
+routes it (``hyperworker.http_only``), so no handler ever runs outside a request context
+(issue 24).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import math
 import re
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Final
+from typing import Any
 
 from quart import Response, current_app, has_request_context, jsonify, request
 from quart_schema import Info, OpenAPIProvider, QuartSchema, hide
@@ -77,32 +78,6 @@ def create_app(parts: ApiInput) -> QuartTrio:
     app.register_error_handler(AtomError, _atom_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)
-    app.asgi_app = http_only(app.asgi_app)   # type: ignore[method-assign]
-    return app
-
-
-WEBSOCKET_REFUSED: Final = json.dumps({
-    "error": "not_found",
-    "detail": "this port serves no WebSocket; L'Essaim streams on the WebSocket port"}).encode()
-
-
-def http_only(asgi_app: Any) -> Any:
-    """ASGI middleware: a WebSocket scope is answered 404 JSON through the ASGI WebSocket denial
-    response (Hypercorn offers it), or closed where that is not offered; HTTP passes through."""
-
-    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "websocket":
-            await asgi_app(scope, receive, send)
-            return
-        await receive()   # websocket.connect
-        if "websocket.http.response" in scope.get("extensions", {}):
-            await send({"type": "websocket.http.response.start", "status": 404,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(WEBSOCKET_REFUSED)).encode())]})
-            await send({"type": "websocket.http.response.body", "body": WEBSOCKET_REFUSED})
-        else:
-            await send({"type": "websocket.close", "code": 1008})
-
     return app
 
 

@@ -13,7 +13,8 @@ from __future__ import annotations
 from ..origins import OriginPolicy
 
 ALLOWED_METHODS = "GET, POST, PUT, DELETE, OPTIONS"
-ALLOWED_HEADERS = "Content-Type, X-Sceau-Session"
+# Authorization: operators' bearer tokens (§2.3) from a console on a listed origin; Idempotency-Key (§2).
+ALLOWED_HEADERS = "Content-Type, X-Sceau-Session, Authorization, Idempotency-Key"
 EXPOSED_HEADERS = "X-Sceau-Session, Retry-After"
 PREFLIGHT_MAX_AGE_S = 600
 

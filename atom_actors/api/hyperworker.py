@@ -34,6 +34,9 @@ And four more (issue 24):
   the address's longest-idle keep-alive connection (one waiting between requests, or for its
   first: a client that leaves connections open, as test clients do, keeps working); with none
   idle, it is answered 503 JSON.
+* **A WebSocket upgrade on this port** (finding 1: Quart routed it as a websocket, and its error
+  handler failed outside a request context: 500 and two tracebacks a request) is answered 404
+  JSON by :func:`http_only` before the app sees it: nothing served here speaks WebSocket.
 * **A send racing the close** (``trio.BusyResourceError: another task is currently sending data
   on this SocketStream`` from the app's response): Hypercorn's ``TCPServer._close`` calls
   ``stream.send_eof()`` outside its ``send_lock`` (when the client half-closes, or the protocol
@@ -304,6 +307,31 @@ class Connections:
                     scope.cancel()
 
 
+WEBSOCKET_REFUSED: Final = json.dumps({
+    "error": "not_found",
+    "detail": "this port serves no WebSocket; L'Essaim streams on the WebSocket port"}).encode()
+
+
+def http_only(asgi_app: Any) -> Any:
+    """ASGI middleware: a WebSocket scope is answered 404 JSON through the ASGI WebSocket denial
+    response (Hypercorn offers it), or closed where that is not offered; HTTP passes through."""
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            await asgi_app(scope, receive, send)
+            return
+        await receive()   # websocket.connect
+        if "websocket.http.response" in scope.get("extensions", {}):
+            await send({"type": "websocket.http.response.start", "status": 404,
+                        "headers": [(b"content-type", b"application/json"),
+                                    (b"content-length", str(len(WEBSOCKET_REFUSED)).encode())]})
+            await send({"type": "websocket.http.response.body", "body": WEBSOCKET_REFUSED})
+        else:
+            await send({"type": "websocket.close", "code": 1008})
+
+    return app
+
+
 def _peer(stream: trio.SocketStream) -> str | None:
     try:
         return str(stream.socket.getpeername()[0])
@@ -322,7 +350,7 @@ async def serve(app: Any, config: Config, *, max_connections: int,
     ``config.graceful_timeout`` before dropping them. Errors: a bind failure raises before
     ``started``; a failing connection ends alone (Hypercorn's error boundary answers 500).
     """
-    wrapped = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    wrapped = wrap_app(http_only(app), config.wsgi_max_body_size, "asgi")
     context = WorkerContext(None)
     state: dict[str, Any] = {}
     lifespan = Lifespan(wrapped, config, state)

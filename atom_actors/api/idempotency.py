@@ -6,8 +6,8 @@ on every API process and across a Redis failover:
 
 * The key's record lives in the coordinator (Redis in a deployment: every API process sees it),
   under a hash of the caller's scope and the key: a key means nothing across callers, and no key
-  is stored as the client sent it. The scope is the operator's pseudonym (``g.operator``), or,
-  before operators' tokens, the Sceau session's id (:func:`caller_scope`).
+  is stored as the client sent it. The scope is the operator's pseudonym (``g.operator``, set
+  by ``requires_role``), the audit's name for the person (:func:`caller_scope`).
 * The record is made before the command is sent, holding the command id the command is sent
   with. With REDIS_MIN_ACKS the command's write is acknowledged by replicas (WAIT), and Redis
   replicates in order, so a replica that has the command has its key's record too.
@@ -52,7 +52,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def caller_scope() -> str:
-    """Whose keys these are: the operator's pseudonym, else the Sceau session's id."""
+    """Whose keys these are: the operator's pseudonym (every (O) route has one); a Sceau
+    session's id, should a viewer's route ever take keys."""
     operator = getattr(g, "operator", None)
     if operator is not None:
         return f"operator:{operator.pseudonym}"

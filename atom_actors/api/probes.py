@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from functools import partial
+from typing import Any, Final
 
 import trio
-from hypercorn.trio import serve
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from . import hyperworker
 from .health import readiness
 from .server import hypercorn_config
 
 Checks = Callable[[], Awaitable[dict[str, str]]]
+
+
+PROBE_CONNECTIONS: Final = 64   # health checks and scrapes: a few at a time
 
 
 class ProbesApp:
@@ -80,5 +84,7 @@ async def serve_probes(app: ProbesApp, host: str, port: int, *,
 
     Errors: a port that cannot be bound raises OSError before ``started``."""
     async with trio.open_nursery() as nursery:
-        binds = await nursery.start(serve, app, hypercorn_config(host, port))
+        # The API's connection bounds (HTTP/1.1 only, CL+TE, caps): a probe port is a port too.
+        binds, _ = await nursery.start(partial(hyperworker.serve, app, hypercorn_config(host, port),
+                                               max_connections=PROBE_CONNECTIONS))
         task_status.started(binds[0])

@@ -113,12 +113,10 @@ class Api:
 
     @property
     def operators(self) -> Operators:
+        """Who verifies bearer tokens: the API's input's, or none (view-only: every token is
+        refused) for an API given none."""
         if self.input.operators is None:
-            # A view-only API: no issuer, no secret. Made once, so every refusal is the same.
-            object.__setattr__(self.input, "operators", Operators(
-                self.settings.model_copy(update={"operator_issuer": "", "operator_jwks_url": "",
-                                                 "operator_jwt_secret": ""})))
-        assert self.input.operators is not None
+            return Operators.view_only()
         return self.input.operators
 
     def subscribers(self) -> int:

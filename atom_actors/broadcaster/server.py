@@ -12,9 +12,11 @@ Tree of one broadcaster::
 
 A connection is refused with an HTTP status and a JSON error body before any WebSocket traffic:
 404 for another path, 400 for a bad ``encoding`` or ``fps`` or a Host not on ALLOWED_HOSTS, 403
-for a foreign ``Origin``, 503 at WS_MAX_CONNECTIONS or when handshakes are pending beyond the
-bound of :mod:`.pending` (answered before anything is read), 401 for a missing or invalid Sceau
-session (when WS_REQUIRE_SESSION). Once
+for a foreign ``Origin``, 503 at WS_MAX_CONNECTIONS (or the subscribers' share of the descriptor
+limit, :class:`~atom_actors.netlimits.DescriptorShares`), at one session's WS_MAX_PER_SESSION or
+one address's WS_MAX_PER_ADDRESS (behind TRUSTED_PROXIES, the forwarded address), or when
+handshakes are pending beyond the bound of :mod:`.pending` (answered before anything is read),
+401 for a missing or invalid Sceau session (when WS_REQUIRE_SESSION). Once
 admitted, a subscriber gets the hello, then frames and events from the fan-out.
 """
 

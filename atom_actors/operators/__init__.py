@@ -34,13 +34,21 @@ class Operators:
     then :meth:`identify` each bearer token. Each process verifies on its own, with its own keys.
     """
 
-    def __init__(self, settings: Settings, *, clock: WallClock | None = None,
+    def __init__(self, settings: Settings | None, *, clock: WallClock | None = None,
                  jwks: JwksKeys | None = None) -> None:
-        self.policy = Policy.from_settings(settings)
-        self.secret = settings.operator_jwt_secret.encode() or None
+        # No settings: view-only (nothing verifies, so the policy is never read).
+        self.policy = Policy.from_settings(settings) if settings is not None else \
+            Policy("", "", ("",), b"")
+        self.secret = (settings.operator_jwt_secret.encode() or None) if settings else None
         # ``jwks``: the keys' fetcher, when not the settings' own (tests tune its bounds).
-        self.jwks = jwks or (JwksKeys(settings.jwks_url) if settings.jwks_url else None)
-        self.clock = clock or WallClock()
+        self.jwks = jwks or (JwksKeys(settings.jwks_url) if settings and settings.jwks_url
+                             else None)
+        self._clock = clock   # made on first use: a WallClock needs a running trio
+
+    @classmethod
+    def view_only(cls) -> Operators:
+        """Operators that accept no token (no issuer, no secret): a view-only API."""
+        return cls(None)
 
     @property
     def configured(self) -> bool:
@@ -63,17 +71,22 @@ class Operators:
         if not self.configured:
             raise OperatorTokenInvalid("this deployment accepts no operator tokens (view-only)")
         try:
-            return verify(token, self._keys(), self.clock.now(), self.policy)
+            return verify(token, self._keys(), self._now(), self.policy)
         except UnknownKey:
             if self.jwks is None:
                 raise OperatorTokenInvalid("it names a key this server does not have") from None
         await self.jwks.refetch()
         try:
-            return verify(token, self._keys(), self.clock.now(), self.policy)
+            return verify(token, self._keys(), self._now(), self.policy)
         except UnknownKey:
             if not self.jwks.ever_fetched:
                 raise BackendUnavailable("issuer", "its public keys could not be fetched yet") from None
             raise OperatorTokenInvalid("it names a key its issuer does not publish") from None
+
+    def _now(self) -> float:
+        if self._clock is None:
+            self._clock = WallClock()
+        return self._clock.now()
 
     def _keys(self) -> Keys:
         return Keys(self.jwks.known() if self.jwks is not None else {}, self.secret)

@@ -20,6 +20,13 @@
 // like any other failure (close code 1006). So when a socket closes before it ever opened, the
 // SDK asks the REST API whether the session still stands; a 401 there (the SDK's `unauthorized`)
 // sends the page back to the Sceau.
+//
+// Watching needs only the Sceau. Commanding needs an operator's token (CONTRACT §2.3): it comes
+// from the link `atom serve` prints (`#operator=<token>`, a fragment, which never reaches a server;
+// the page takes it out of the address bar at once) or is pasted into the sign-in field, and is
+// kept in this tab's sessionStorage. The page reads the token's payload to show its roles and to
+// hide what they do not allow — for display only: the server verifies every command, and what it
+// answers (401: expired or refused, 403: the role is missing) is said plainly.
 import { connect as connectStream } from "/viewer/sdk/index.js";
 
 {
@@ -27,6 +34,8 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
   const DEFAULT_WS_PORT = 8001;      // WS_PORT, likewise
   const WS_PATH = "/ws/swarm";
   const SESSION_KEY = "atom.sceau";
+  const OPERATOR_KEY = "atom.operator";
+  const ROLES = ["operator", "guardian"];   // operator: disperse, regroup, retune; guardian: reset
   const FPS_CHOICES = [60, 30, 20];  // offered when they divide the server's TICK_HZ
   const STATUS_CODES = { active: 0, dispersed: 1, regrouping: 2 };
 
@@ -44,16 +53,21 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
   const params = new URLSearchParams(location.search);
   const config = { sceauMs: DEFAULT_SCEAU_MS, wsPort: DEFAULT_WS_PORT };
   let session = loadSession();       // {token, expires_at} or null
+  let operator = null;               // {token, roles, exp} or null: see "Operators" below
 
   // ---------------------------------------------------------------------------------------------
   // The REST API
 
   // Resolves to {ok, status, data, error, detail, retryAfterS}; never throws. A 401 on any call
-  // made with a session means that session is gone: back to the Sceau.
-  async function api(method, path, body) {
+  // made with a session means that session is gone: back to the Sceau. With `as: "operator"` the
+  // call carries the operator's token as its bearer credential instead (and a 401 is the token's,
+  // not the session's); `token` checks a token not yet kept.
+  async function api(method, path, body, { as = "viewer", token } = {}) {
     const headers = { Accept: "application/json" };
-    const withSession = session !== null;
-    if (withSession) headers["X-Sceau-Session"] = session.token;
+    const bearer = as === "operator" ? (token || (operator && operator.token)) : null;
+    const withSession = bearer === null && session !== null;
+    if (bearer !== null) headers.Authorization = `Bearer ${bearer}`;
+    else if (withSession) headers["X-Sceau-Session"] = session.token;
     if (body !== undefined) headers["Content-Type"] = "application/json";
     let response;
     try {
@@ -584,15 +598,207 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
   }
 
   // ---------------------------------------------------------------------------------------------
+  // Operators: the token, its roles, what the page offers with them
+
+  // The token's payload, read for display only (the server verifies the signature and the claims):
+  // null when it is not a JWT this page can read.
+  function payloadOf(token) {
+    const parts = token.split(".");
+    if (parts.length !== 3) return null;
+    try {
+      const b64 = parts[1].replace(/-/g, "+").replace(/_/g, "/");
+      const bytes = Uint8Array.from(atob(b64 + "=".repeat((4 - (b64.length % 4)) % 4)), (c) => c.charCodeAt(0));
+      const payload = JSON.parse(new TextDecoder().decode(bytes));
+      return payload && typeof payload === "object" ? payload : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  // The roles a payload names. Which claim holds them is the server's setting
+  // (OPERATOR_ROLES_CLAIM: `user_role`, or a dotted path such as `app_metadata.roles`), unknown
+  // here: any claim whose value is (or lists) `operator` or `guardian` counts, except
+  // `user_metadata`, which users edit themselves and the server never reads roles from.
+  function rolesOf(payload) {
+    const found = new Set();
+    const walk = (value, depth) => {
+      if (depth > 4 || value === null) return;
+      if (typeof value === "string") { if (ROLES.includes(value)) found.add(value); return; }
+      if (Array.isArray(value)) { value.forEach((v) => walk(v, depth + 1)); return; }
+      if (typeof value === "object") {
+        for (const [key, v] of Object.entries(value)) if (key !== "user_metadata") walk(v, depth + 1);
+      }
+    };
+    if (payload) walk(payload, 0);
+    return ROLES.filter((r) => found.has(r));
+  }
+
+  function operatorFrom(token) {
+    const payload = payloadOf(token);
+    const exp = payload && Number.isFinite(payload.exp) ? payload.exp : null;
+    return { token, roles: rolesOf(payload), exp, readable: payload !== null };
+  }
+
+  // `#operator=<token>` in the address: taken at once, and the address bar keeps no trace of it
+  // (history.replaceState: no new history entry, no reload).
+  function tokenFromFragment() {
+    const hash = location.hash.replace(/^#/, "");
+    if (!hash) return null;
+    const fragment = new URLSearchParams(hash);
+    const token = fragment.get("operator");
+    if (token === null) return null;
+    fragment.delete("operator");
+    const rest = fragment.toString();
+    history.replaceState(history.state, "", `${location.pathname}${location.search}${rest ? `#${rest}` : ""}`);
+    return token.trim() || null;
+  }
+
+  function loadOperator() {
+    try {
+      const token = sessionStorage.getItem(OPERATOR_KEY);
+      if (token) return operatorFrom(token);
+    } catch (err) { /* storage disabled: no token */ }
+    return null;
+  }
+
+  function keepOperator(value) {
+    operator = value;
+    try {
+      if (value) sessionStorage.setItem(OPERATOR_KEY, value.token);
+      else sessionStorage.removeItem(OPERATOR_KEY);
+    } catch (err) { /* storage disabled: the token lives as long as the page */ }
+  }
+
+  let operatorTimer = 0;
+
+  // What the page shows for `operator`: the sign-in field or who is signed in, and only the
+  // controls its roles allow.
+  function showOperator() {
+    const roles = operator ? operator.roles : [];
+    $("operator-signin").hidden = operator !== null;
+    $("operator-who").hidden = operator === null;
+    for (const el of document.querySelectorAll("[data-role]")) el.hidden = !roles.includes(el.dataset.role);
+    clearTimeout(operatorTimer);
+    if (operator === null) return;
+    const list = $("operator-roles");
+    if (roles.length) {
+      list.replaceChildren(...roles.map((role) => {
+        const pill = document.createElement("span");
+        pill.className = "role";
+        pill.dataset.roleName = role;
+        pill.textContent = role;
+        return pill;
+      }));
+    } else {
+      list.textContent = "no role this page knows (operator, guardian): nothing to command";
+    }
+    const expiry = $("operator-expiry");
+    if (operator.exp !== null) {
+      const ms = operator.exp * 1000 - Date.now();
+      expiry.textContent = `Token valid until ${new Date(operator.exp * 1000).toLocaleString()}.`;
+      // When the token runs out, say so (the server will refuse it from then on anyway).
+      if (ms > 0 && ms < 2 ** 31) operatorTimer = setTimeout(() => operatorRefused(null), ms + 1000);
+    } else {
+      expiry.textContent = "";
+    }
+  }
+
+  function operatorMessage(text) {
+    const el = $("operator-message");
+    el.hidden = text === null;
+    el.textContent = text === null ? "" : text;
+  }
+
+  function expired(value) {
+    return value !== null && value.exp !== null && value.exp * 1000 <= Date.now();
+  }
+
+  // A 401 for the operator's token (or its expiry seen here): the token is of no more use. The
+  // controls go, the reason is said, and the sign-in field is back.
+  function operatorRefused(detail) {
+    if (operator === null) return;
+    const gone = operator;
+    keepOperator(null);
+    showOperator();
+    const why = expired(gone)
+      ? `Your operator token expired at ${new Date(gone.exp * 1000).toLocaleTimeString()}.`
+      : `Your operator token was refused${detail ? ` (${detail.replace(/\.$/, "")})` : ""}.`;
+    operatorMessage(`${why} Sign in again with a valid token to command the swarm.`);
+  }
+
+  // Sign in with `token`: the server is asked whether it verifies (GET /api/v1/safeguard takes an
+  // operator's bearer token as well as a session), then the page offers what its roles allow.
+  async function signIn(token) {
+    const candidate = operatorFrom(token);
+    operatorMessage(null);
+    const check = await api("GET", "/api/v1/safeguard", undefined, { as: "operator", token });
+    if (check.status === 401 || check.status === 403) {
+      keepOperator(candidate);
+      operatorRefused(check.detail);
+      return false;
+    }
+    keepOperator(candidate);
+    showOperator();
+    if (!check.ok) operatorMessage(`The API could not check this token now (${check.detail}); the next command will tell.`);
+    else if (!candidate.roles.length) operatorMessage("This token verifies but carries neither role: operator (commands) nor guardian (reset).");
+    return true;
+  }
+
+  function signOut() {
+    keepOperator(null);
+    showOperator();
+    operatorMessage(null);
+    $("command-result").textContent = "";
+    $("reset-result").textContent = "";
+  }
+
+  $("operator-signin").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const field = $("operator-token");
+    const token = field.value.trim();
+    if (!token) { operatorMessage("Paste an operator's access token first."); return; }
+    const button = $("operator-signin-button");
+    button.disabled = true;
+    const ok = await signIn(token);
+    button.disabled = false;
+    if (ok) field.value = "";
+  });
+  $("operator-signout").addEventListener("click", signOut);
+  // An operator link opened in a tab that is already on the page.
+  window.addEventListener("hashchange", () => {
+    const token = tokenFromFragment();
+    if (token !== null) signIn(token);
+  });
+
+  // What a refusal of an operator's command says, in the element `out`. Returns true when it was
+  // the token's (401) or the role's (403) fault.
+  function refusedForOperator(result, out) {
+    if (result.status === 401) {
+      operatorRefused(result.detail);
+      out.textContent = "";
+      return true;
+    }
+    if (result.status === 403) {
+      const role = result.error === "mfa_required"
+        ? "This needs a multi-factor sign-in (aal2): sign in again with it"
+        : "Your operator token lacks the role this needs";
+      out.textContent = `Refused (403): ${role}. ${result.detail}`;
+      out.classList.add("bad");
+      return true;
+    }
+    return false;
+  }
+
+  // ---------------------------------------------------------------------------------------------
   // Operators' controls and the Brise-Circuit
 
   const safeguard = { state: "unknown", reason: "", closesAt: 0, timer: 0 };
   const notice = { closesAt: 0, detail: "", timer: 0 };
 
-  async function command(path, body, describe) {
-    const buttons = document.querySelectorAll("#side .buttons button");
+  async function command(method, path, body, describe) {
+    const buttons = document.querySelectorAll("#commands button");
     buttons.forEach((b) => { b.disabled = true; });
-    const result = await api("POST", path, body);
+    const result = await api(method, path, body, { as: "operator" });
     buttons.forEach((b) => { b.disabled = false; });
     const out = $("command-result");
     if (result.ok) {
@@ -603,7 +809,7 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
       out.textContent = "";
       showNotice(result.detail, result.retryAfterS);
       refreshSafeguard();
-    } else if (result.status !== 401) {
+    } else if (!refusedForOperator(result, out)) {
       out.textContent = `Refused (${result.status || "no answer"}): ${result.detail}`;
       out.classList.add("bad");
     }
@@ -612,12 +818,43 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
   for (const button of document.querySelectorAll("[data-level]")) {
     button.addEventListener("click", () => {
       const sphere = $("sphere-select").value || undefined;
-      command("/api/v1/swarm/disperse", { level: button.dataset.level, sphere },
+      command("POST", "/api/v1/swarm/disperse", { level: button.dataset.level, sphere },
         (d) => `${d.level} dispersal${d.sphere ? ` of ${d.sphere}` : ""}: ${d.dispersed} agents sent out`);
     });
   }
   $("regroup").addEventListener("click", () => {
-    command("/api/v1/swarm/regroup", undefined, (d) => `regroup: ${d.regrouped} agents called home`);
+    command("POST", "/api/v1/swarm/regroup", undefined, (d) => `regroup: ${d.regrouped} agents called home`);
+  });
+  $("retune-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const id = Number($("retune-agent").value);
+    const frequency = Number($("retune-frequency").value);
+    command("PUT", `/api/v1/swarm/agents/${encodeURIComponent(id)}/frequency`, { frequency },
+      (d) => `agent ${d.id}${d.name ? ` (${d.name})` : ""} retuned to ${d.frequency} Hz`);
+  });
+
+  // The reset: a guardian's act. With a quorum (SAFEGUARD_RESET_QUORUM) the first guardians get a
+  // 202 with the approvals so far; the circuit closes with the last one.
+  $("reset").addEventListener("click", async () => {
+    const button = $("reset");
+    const out = $("reset-result");
+    button.disabled = true;
+    const result = await api("POST", "/api/v1/safeguard/reset", undefined, { as: "operator" });
+    button.disabled = false;
+    out.classList.remove("bad");
+    if (result.status === 202 && result.data) {
+      const d = result.data;
+      const more = Math.max(0, d.needed - d.approvals);
+      out.textContent = `Your approval is counted: ${d.approvals} of ${d.needed} guardians. `
+        + `${more} more within ${Math.ceil(d.expires_in_s)} s close the Brise-Circuit.`;
+    } else if (result.ok) {
+      out.textContent = "The Brise-Circuit is closed: commands pass again.";
+      if (result.data) showSafeguard(result.data);
+      showNotice(null);
+    } else if (!refusedForOperator(result, out)) {
+      out.textContent = `Refused (${result.status || "no answer"}): ${result.detail}`;
+      out.classList.add("bad");
+    }
   });
   $("leave").addEventListener("click", async () => {
     if (session !== null) await api("DELETE", "/api/v1/sceau/session");
@@ -738,6 +975,16 @@ import { connect as connectStream } from "/viewer/sdk/index.js";
       positionOf: (i) => Array.from(swarm.pos.subarray(3 * i, 3 * i + 3)),
     }),
   });
+
+  // The operator's token: a fragment wins over what this tab kept. Taken before anything else, so
+  // that the address bar holds it as briefly as possible.
+  {
+    const fromLink = tokenFromFragment();
+    operator = loadOperator();
+    showOperator();
+    if (fromLink !== null) signIn(fromLink);
+    else if (expired(operator)) operatorRefused(null);
+  }
 
   loadServerHints().then(() => {
     if (session !== null) enterEssaim();

@@ -8,9 +8,13 @@
 // or closed (client.close()). A browser cannot see the HTTP status of a refused handshake (it is
 // a close 1006 like any other), so when a socket closes before its hello the client asks the REST
 // API whether the session still stands (GET /api/v1/safeguard with X-Sceau-Session): a 401 there
-// means unauthorized; anything else, another attempt.
+// means unauthorized; anything else, another attempt. Which API: `options.api`, else the one the
+// session was opened on (a session from openSession() carries it), else the stream's origin.
+// Node's `ws` says the refused handshake's status in its error: 401 ends it at once, 403 is told
+// as `origin_not_allowed`.
 
 import { DeltaDecoder, FrameError, decodeFrame } from "./protocol.js";
+import { explainFailure } from "./rest.js";
 
 export const DEFAULT_BACKOFF = Object.freeze({ initialMs: 500, maxMs: 10_000, stableMs: 60_000 });
 export const SESSION_CLOSE_CODE = 4401;
@@ -78,6 +82,12 @@ export class SwarmClient {
       ...options,
     };
     this.options.backoff = { ...DEFAULT_BACKOFF, ...(options.backoff || {}) };
+    // A session from openSession() is {session, api, …}: its token, and the API it came from.
+    const sceau = options.session;
+    if (sceau && typeof sceau === "object") {
+      this.options.session = sceau.session;
+      if (!options.api && sceau.api) this.options.api = sceau.api;
+    }
     this._WebSocket = WebSocketImpl;
     this.state = "connecting";
     this.reason = "";
@@ -90,6 +100,8 @@ export class SwarmClient {
     this.socket = null;
     this.stats = { frames: 0, keyframes: 0, bytes: 0, connections: 0, reconnects: 0 };
     this._listeners = new Map();
+    this._refusal = null;           // the HTTP status of a refused handshake, when it can be read
+    this._code = null;              // why it keeps failing, when known (origin_not_allowed)
     this._delta = new DeltaDecoder();
     this._history = [];
     this._spare = [];
@@ -163,7 +175,9 @@ export class SwarmClient {
     if (this.state === state && this.reason === reason && retry === null) return;
     this.state = state;
     this.reason = reason;
-    this._emit("state", retry === null ? { state, reason } : { state, reason, ...retry });
+    const detail = { state, reason };
+    if (this._code) detail.code = this._code;
+    this._emit("state", retry === null ? detail : { ...detail, ...retry });
   }
 
   _streamUrl() {
@@ -187,6 +201,7 @@ export class SwarmClient {
     ws.binaryType = "arraybuffer";
     this.socket = ws;
     let greeted = false;
+    this._refusal = null;
     ws.onmessage = (message) => {
       if (this.socket !== ws) return;
       const data = message.data;
@@ -217,7 +232,12 @@ export class SwarmClient {
       clearTimeout(this._stableTimer);
       this._closed(event.code, event.reason || "", greeted);
     };
-    ws.onerror = () => {};          // a close follows every error
+    // A close follows every error. Node's `ws` names a refused handshake's status in the error
+    // ("Unexpected server response: 401"); a browser's says nothing.
+    ws.onerror = (event) => {
+      const said = /server response: (\d{3})/.exec(String(event && (event.message || (event.error && event.error.message))));
+      if (said && this.socket === ws) this._refusal = Number(said[1]);
+    };
   }
 
   _onHello(hello) {
@@ -230,6 +250,7 @@ export class SwarmClient {
     this._history = [];
     this._offsets = [];
     this.stats.connections += 1;
+    this._code = null;
     if (this.stats.connections > 1) this.stats.reconnects += 1;
     // The attempt count starts afresh once a connection has been live for a stable minute.
     clearTimeout(this._stableTimer);
@@ -297,31 +318,53 @@ export class SwarmClient {
       this._stop("unauthorized", reason || "session ended");
       return;
     }
-    const why = `closed ${code}${reason ? ` (${reason})` : ""}`;
-    if (!greeted && this.options.session) {
+    this._code = null;
+    let why = `closed ${code}${reason ? ` (${reason})` : ""}`;
+    const refusal = greeted ? null : this._refusal;
+    if (refusal === 401 && this.options.session) {
+      this._stop("unauthorized", "the stream refused the session (HTTP 401)");
+      return;
+    }
+    if (refusal === 403) {
+      this._code = "origin_not_allowed";
+      why = "the stream refused this client's Origin (HTTP 403): add it to the server's CORS_ORIGINS";
+    } else if (refusal) {
+      why = `the stream refused the handshake (HTTP ${refusal})`;
+    }
+    if (!greeted && this.options.session && !refusal) {
       // Refused before any hello: perhaps the session is gone (the browser hides the 401).
       this._setState("reconnecting", why);
-      this._checkSession().then((dead) => {
+      this._checkSession().then(({ dead, code, detail }) => {
         if (this.state !== "reconnecting" || this.socket !== null) return;   // closed meanwhile
         if (dead) this._stop("unauthorized", "the API says the session is no longer valid");
-        else this._schedule(why);
+        else {
+          this._code = code;
+          this._schedule(code ? `${why}; ${detail}` : why);
+        }
       });
       return;
     }
     this._schedule(why);
   }
 
+  /** Whether the API says the session is dead; else, when it can tell, why it cannot be asked. */
   async _checkSession() {
     const fetch = this.options.fetch;
-    if (!fetch) return false;
+    if (!fetch) return { dead: false, code: null };
     const api = this.options.api || apiFromStreamUrl(this.url);
+    const url = `${api.replace(/\/$/, "")}${SESSION_CHECK_PATH}`;
     try {
-      const response = await fetch(`${api.replace(/\/$/, "")}${SESSION_CHECK_PATH}`, {
+      const response = await fetch(url, {
         headers: { "X-Sceau-Session": this.options.session, Accept: "application/json" },
       });
-      return response.status === 401;
+      return { dead: response.status === 401, code: null };
     } catch (err) {
-      return false;                 // the API does not answer either: keep trying
+      // The API does not answer, or (in a browser) refuses this page's Origin: keep trying, and
+      // say which when it can be told (only of an API we were given: the stream's own origin
+      // is another server in atom serve's default layout).
+      if (!this.options.api) return { dead: false, code: null };
+      const why = await explainFailure(url, err, fetch);
+      return why.code === "origin_not_allowed" ? { dead: false, code: why.code, detail: why.detail } : { dead: false, code: null };
     }
   }
 
