@@ -52,13 +52,12 @@ import trio
 from . import logs
 from .aio import open_bridge
 from .api import ApiInput, serve_api
-from .api.health import OK, ping
+from .api.health import OK, fresh, ping
 from .api.probes import ProbesApp, serve_probes
 from .audit import CHAIN_PURPOSE, derive_key
 from .broadcaster import Broadcaster
 from .bus import Bus, MemoryBus
 from .bus.redis import RedisBus
-from .clock import WallClock
 from .cluster import EngineRole, engine_alarms
 from .compositor import TickStats
 from .config import Settings
@@ -245,10 +244,11 @@ async def serve(settings: Settings, *, role: str = "all",
 def role_probes(services: Services) -> ProbesApp:
     """What an engine or ws process answers on API_PORT: metrics, liveness, readiness.
 
-    Ready: an engine that leads and ticks, or stands by with the coordinator answering; a ws
-    process whose bus delivers frames (one composed within FRAMES_FRESH_S) and whose coordinator
+    Ready: an engine that leads, ticks and whose checkpoints Redis acknowledged within
+    WRITES_FRESH_S, or that stands by with the coordinator answering; a ws process to which
+    frames *arrive* (the newest within FRAMES_FRESH_S, by this process's clock: a subscription
+    that hangs silently, or a host's clock off, cannot pass for live) and whose coordinator
     answers (it checks the sessions there)."""
-    clock = WallClock()
     engine_role, bus, coordinator = services.engine_role, services.bus, services.coordinator
 
     def health() -> dict[str, Any]:
@@ -260,13 +260,13 @@ def role_probes(services: Services) -> ProbesApp:
         found = {"coordinator": await ping(coordinator)}
         if engine_role is not None:
             engine = engine_role.engine
-            found["engine"] = OK if engine is None or engine.ticking else "leading, not ticking"
+            if engine is not None:
+                found["engine"] = OK if engine.ticking else "leading, not ticking"
+                found["writes"] = fresh(engine_role.write_age(), WRITES_FRESH_S,
+                                        "acknowledged checkpoint")
         else:
-            found["bus"] = await ping(bus)
-            frame = bus.latest_frame
-            age = None if frame is None else clock.now() - frame.t
-            found["frames"] = OK if age is not None and age < FRAMES_FRESH_S else \
-                "no frame yet" if age is None else f"no frame for {age:.1f} s"
+            found["frames"] = fresh(trio.current_time() - bus.frame_arrived_at, FRAMES_FRESH_S,
+                                    "frame")
         return found
 
     assert services.metrics is not None
@@ -274,6 +274,7 @@ def role_probes(services: Services) -> ProbesApp:
 
 
 FRAMES_FRESH_S = 2.0
+WRITES_FRESH_S = 2.0      # checkpoints go every 0.5 s: four missed
 
 
 async def _start_engine(stack: Any, services: Services) -> None:

@@ -20,17 +20,31 @@ acknowledges. A leader killed before its checkpoint leaves those commands pendin
 leader restores the last checkpoint (which has none of their effects), claims them and applies
 each once. Ids already recorded as applied are acknowledged without being applied again.
 
-**Leases.** ``SET NX PX`` with a TTL of LEASE_TTL_S, renewed every RENEW_S; a standby asks every
+**Leases.** ``SET NX PX`` with a TTL of LEASE_TTL_S and a fencing epoch (``Coordinator``: one
+above every epoch seen, confirmed by the replicas), renewed every RENEW_S; a standby asks every
 STANDBY_POLL_S, so a dead leader is replaced within LEASE_TTL_S + STANDBY_POLL_S (+ restore).
-Through a Redis outage the leader keeps leading (nobody else can take the lease) and a standby,
-once Redis answers again, waits a whole TTL before it asks, so the incumbent takes its lease
-back first. A leader that finds the lease held by another stops at once (fencing: its
-checkpoints are refused by the script from that moment).
+Every write of the leader carries its epoch and is refused once a newer one exists. A leader
+that finds the lease held by another, or a newer epoch, stops at once.
+
+**Its own deadline.** A leader counts its lease from the moment it *sent* its last successful
+renewal (Redis counts from when it received it, later): at that moment + LEASE_TTL_S −
+DRIFT_MARGIN_S without another success, it stops leading by itself, before the key can expire in
+Redis and before anyone else may take it. So a Redis outage longer than that (or a failover)
+stops the engine; a standby, once Redis answers again, waits a whole TTL before it asks, while a
+leader that stepped down for want of a renewal asks at once, so the incumbent leads again first.
+
+**Events.** The events of the commands being applied (those carrying their ``command_id``) are
+held in the :class:`Outbox`, not published, and go out with the checkpoint that records their
+commands as applied, atomically and fenced like it: a leader killed before its checkpoint has
+announced nothing, and the next leader, applying the commands again, announces them; one killed
+after has announced them once. Every other event (an agent home after its dwell, an alarm) goes
+on the bus at once, a tick's events together (``bus/redis.py``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +68,7 @@ from .swarm import Checkpoint
 log = logging.getLogger("atom_actors.cluster")
 
 LEASE_TTL_S = 1.5
+DRIFT_MARGIN_S = 0.1      # the lease counted this much shorter here than in Redis: clock rates
 RENEW_S = 0.25
 STANDBY_POLL_S = 0.25
 CHECKPOINT_S = 0.5        # a checkpoint (and a summary for the other processes) at least this often
@@ -63,49 +78,86 @@ FINAL_CHECKPOINT_S = 1.0
 
 
 class Lease:
-    """The right to be the one engine."""
+    """The right to be the one engine: a token for this life, the epoch of the current term
+    (0 while standing by), and the deadline by which this process stops leading unless renewed
+    (Trio time)."""
 
     def __init__(self, coordinator: Coordinator, ttl_s: float = LEASE_TTL_S) -> None:
         self.coordinator = coordinator
         self.ttl_s = ttl_s
         self.token = uuid.uuid4().hex[:12]   # this process's, for this life
+        self.epoch = 0
+        self.known_epoch = 0                 # the newest this process has held
+        self.deadline = -math.inf
+        self.expired = False                 # the last term ended at its own deadline
+        self.renewed_at = -math.inf          # Trio time of the last acknowledged renewal
 
     async def acquire(self) -> None:
-        """Return once this process holds the lease (hot standby until then)."""
+        """Return once this process holds the lease (hot standby until then).
+
+        A process whose last term ended at its own deadline (Redis unreachable) asks at once;
+        the others keep quiet a whole TTL after an outage, so the incumbent leads again first."""
         quiet_until = trio.current_time()
+        first = self.expired
+        self.expired = False
         while True:
             try:
-                if trio.current_time() >= quiet_until:
-                    if await self.coordinator.lease_acquire(self.token, self.ttl_s):
+                if first or trio.current_time() >= quiet_until:
+                    sent = trio.current_time()
+                    epoch = await self.coordinator.lease_acquire(self.token, self.ttl_s,
+                                                                 self.known_epoch)
+                    if epoch:
+                        self.epoch = self.known_epoch = epoch
+                        self._renewed(sent)
                         return
                 else:
                     await self.coordinator.ping()
             except BackendUnavailable:
                 # Once Redis is back, give the incumbent a whole TTL to renew before asking.
-                quiet_until = trio.current_time() + self.ttl_s
+                if not first:
+                    quiet_until = trio.current_time() + self.ttl_s
             await trio.sleep(STANDBY_POLL_S)
+
+    def _renewed(self, sent: float) -> None:
+        self.deadline = sent + self.ttl_s - DRIFT_MARGIN_S
+        self.renewed_at = trio.current_time()
 
     async def keep(self, leading: trio.CancelScope, *,
                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Renew until cancelled; cancel ``leading`` when another process holds the lease.
+        """Renew every RENEW_S until cancelled; cancel ``leading`` when another process holds
+        the lease or a newer epoch exists, or when the deadline passes without a renewal.
 
-        Errors: an outage is ridden out (renewal retried every RENEW_S)."""
+        Errors: an outage is ridden out until the deadline (renewal retried every RENEW_S)."""
         task_status.started()
         while True:
-            await trio.sleep(RENEW_S)
-            try:
-                result = await self.coordinator.lease_renew(self.token, self.ttl_s)
-            except BackendUnavailable:
-                continue
-            if result == 0:
-                log.error("engine lease held by another process: stepping down")
+            with trio.move_on_at(self.deadline) as timer:
+                await trio.sleep(RENEW_S)
+                sent = trio.current_time()
+                try:
+                    result = await self.coordinator.lease_renew(self.token, self.ttl_s, self.epoch)
+                except BackendUnavailable:
+                    continue
+                if result == 0:
+                    log.error("engine lease (epoch %d) held by another process or superseded: "
+                              "stepping down", self.epoch)
+                    leading.cancel()
+                    return
+                self._renewed(sent)
+                if result == 2:
+                    log.warning("engine lease taken back after Redis came back")
+            if timer.cancelled_caught:
+                log.error("engine lease (epoch %d) not renewed in time: stepping down at its "
+                          "deadline", self.epoch)
+                self.expired = True
                 leading.cancel()
                 return
-            if result == 2:
-                log.warning("engine lease taken back after Redis came back")
 
     async def release(self) -> None:
         """Give the lease up (a clean stop), so that a standby takes over at once."""
+        self.epoch = 0
+        self.deadline = -math.inf
+        if self.expired:
+            return   # nothing to give back: it is past its deadline (Redis may be gone)
         with trio.CancelScope(shield=True), trio.move_on_after(1.0):
             try:
                 await self.coordinator.lease_release(self.token)
@@ -113,15 +165,34 @@ class Lease:
                 pass
 
 
+class Outbox:
+    """The events of the commands being applied, held for the checkpoint that records them.
+
+    ``take`` is the engine's ``hold``: it keeps an event of a command in flight (returning True:
+    not to be published now) and lets every other one go."""
+
+    def __init__(self) -> None:
+        self.in_flight: set[str] = set()
+        self.events: list[dict] = []
+
+    def take(self, event: dict) -> bool:
+        if event.get("command_id") in self.in_flight:
+            self.events.append(event)
+            return True
+        return False
+
+
 class Commander:
     """Applies the stream's commands to the leading engine and checkpoints, in one task."""
 
     def __init__(self, engine: Engine, coordinator: Coordinator, lease: Lease,
-                 leading: trio.CancelScope) -> None:
+                 leading: trio.CancelScope, outbox: Outbox | None = None) -> None:
         self.engine = engine
         self.coordinator = coordinator
         self.lease = lease
         self.leading = leading
+        self.outbox = outbox or Outbox()
+        self.checkpointed_at = -math.inf   # Trio time of the last acknowledged checkpoint
         self.consumer = lease.token
         self.applied_count = 0
         self.skipped_count = 0      # duplicates and unreadable entries, acknowledged only
@@ -181,6 +252,7 @@ class Commander:
                 self._acks.append((entry, ""))
                 self.skipped_count += 1
                 continue
+            self.outbox.in_flight.add(command_id)
             await self._apply_one(command, command_id)
             self._acks.append((entry, command_id))
             pending.add(command_id)
@@ -208,21 +280,30 @@ class Commander:
             log.error("command %s refused by the engine: %s", command_id, exc.detail)
 
     async def _checkpoint(self) -> None:
+        if trio.current_time() >= self.lease.deadline:
+            return   # past the lease's own deadline: this process no longer writes as leader
         acks = list(self._acks)
+        events = list(self.outbox.events)
         checkpoint = self.engine.checkpoint()
         seq, now = checkpoint.seq, checkpoint.t
         state = encode_checkpoint(checkpoint.state, seq, now)
         summary = encode_summary(checkpoint.state, seq, now)
         try:
             held = await self.coordinator.checkpoint(self.lease.token, state, summary,
-                                                     int(now * 1000), acks, self.lease.ttl_s)
+                                                     int(now * 1000), acks, self.lease.ttl_s,
+                                                     epoch=self.lease.epoch, events=events)
         except BackendUnavailable:
             return
         if not held:
-            log.error("checkpoint refused: the engine lease is another's; stepping down")
+            log.error("checkpoint refused: the engine lease is another's or superseded "
+                      "(epoch %d); stepping down", self.lease.epoch)
             self.leading.cancel()
             return
+        self.checkpointed_at = trio.current_time()
         del self._acks[:len(acks)]
+        del self.outbox.events[:len(events)]
+        # Announced: what these commands' agents do from now on goes out as it happens.
+        self.outbox.in_flight.difference_update(c for _, c in acks if c)
 
 
 def engine_alarms(bus: Bus, on_report: Callable[[Report], None] | None = None, *,
@@ -299,6 +380,13 @@ class EngineRole:
         self.terms = 0
         self.leading = trio.Event()
 
+    def write_age(self) -> float:
+        """Seconds since Redis last acknowledged this leader's checkpoint (inf: none, or not
+        leading)."""
+        if self.commander is None:
+            return math.inf
+        return trio.current_time() - self.commander.checkpointed_at
+
     async def run(self, *, task_status: trio.TaskStatus[EngineRole] = trio.TASK_STATUS_IGNORED) -> None:
         """Stand by, lead, stand by again when the lease is lost; until cancelled.
 
@@ -325,13 +413,15 @@ class EngineRole:
             leading = nursery.cancel_scope
             await nursery.start(self.lease.keep, leading)
             engine_log = await nursery.start(EventLog(self.store).run)
+            outbox = Outbox()
             engine = Engine(self.settings, self.bus, on_event=engine_log.offer,
-                            on_report=self.on_report, on_overload=self.on_overload)
+                            on_report=self.on_report, on_overload=self.on_overload,
+                            hold=outbox.take)
             self.restored_from = await restore(engine, self.coordinator, self.store)
             await nursery.start(engine.run)
             await nursery.start(snapshot_agents, engine, self.store)
             self.commander = await nursery.start(
-                Commander(engine, self.coordinator, self.lease, leading).run)
+                Commander(engine, self.coordinator, self.lease, leading, outbox).run)
             self.engine = engine
             self.announce(f"engine leading (term {self.terms}, state from {self.restored_from})")
             self.leading.set()

@@ -52,8 +52,9 @@ def new_command_id() -> str:
 class Engine(SwarmView):
     """The running swarm. Create it inside ``trio.run`` (its clock reads Trio's) and ``run`` it.
 
-    It publishes frames and events on ``bus``; ``on_event`` (the event log's ``offer``) also
-    sees every event it emits; ``on_report`` hears of its sphere supervisor's reports and
+    It publishes frames and events on ``bus``, but for the events ``hold`` takes (returning
+    True: a leader's outbox keeps its commands' events for the checkpoint that announces them);
+    ``on_event`` (the event log's ``offer``) sees every event it emits; ``on_report`` hears of its sphere supervisor's reports and
     ``on_overload`` of a compositor that overran its tick budget. What others read of it:
     the :class:`SwarmControl` queries and commands, :attr:`stats`, :attr:`ticking`,
     :meth:`checkpoint` and (before it runs) :meth:`restore`.
@@ -62,7 +63,8 @@ class Engine(SwarmView):
     def __init__(self, settings: Settings, bus: Bus, *,
                  on_event: Callable[[dict], None] | None = None,
                  on_report: Callable[[Report], None] | None = None,
-                 on_overload: Callable[[float], None] | None = None) -> None:
+                 on_overload: Callable[[float], None] | None = None,
+                 hold: Callable[[dict], bool] | None = None) -> None:
         self.settings = settings
         self.bus = bus
         self.catalog = catalog = settings.catalog
@@ -70,6 +72,7 @@ class Engine(SwarmView):
         self.log = logs.logger("engine")
         self.state = SwarmState.create(catalog, MIN_HZ, settings.frequency, settings.swarm_seed)
         self._on_event = on_event
+        self._hold = hold
         self._by: dict[str, By] = {}
         self._rng = np.random.default_rng(settings.swarm_seed)
         self.slots = [SphereSlot(s) for s in catalog.spheres]
@@ -119,9 +122,11 @@ class Engine(SwarmView):
         return [spec.id for spec in self.supervisor.children]
 
     def emit(self, event: dict) -> None:
-        """Publish ``event``; the event log hears it too, with who asked for its command (``by``,
-        for the audit: never on the bus)."""
-        self.bus.publish_event(event)
+        """Publish ``event`` (unless ``hold`` takes it, for the checkpoint that announces it);
+        the event log hears it too, with who asked for its command (``by``, for the audit: never
+        on the bus)."""
+        if self._hold is None or not self._hold(event):
+            self.bus.publish_event(event)
         if self._on_event is not None:
             # Looked up, not taken: a command's agents may emit (agent.status, with its id)
             # before the event its record is made of (the sphere actors run as soon as the

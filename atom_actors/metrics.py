@@ -36,6 +36,14 @@ about a client.
     atom_safeguard_trips_total              times the Brise-Circuit opened
     atom_backend_errors_total{backend}      calls to Redis / PostgreSQL that found it unavailable
                                             (the store's and the bus's own ``failures`` counts)
+    atom_redis_primary{part,address}        1 for the Redis primary (host:port) each part (bus,
+                                            coordinator) is connected to, as asked each second
+    atom_redis_primary_changes_total{part}  times a part found its primary was another server
+                                            (a failover): the RedisFailover alert's input
+    atom_event_lag_seconds                  histogram: how late event batches reached this process
+                                            from the engine (the engine's clock against this
+                                            one's; processes that read the Redis bus)
+    atom_event_lag_max_seconds              the latest batch so far
     process_*                               CPU, memory, file descriptors of this process
 """
 
@@ -53,6 +61,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import logs
+from .bus.base import EVENT_LAG_BUCKETS_S
 from .compositor import LATENESS_BUCKETS_S, TickStats
 from .errors import BackendUnavailable, CommandError, SafeguardOpen
 from .supervisor import Report
@@ -269,6 +278,36 @@ def _backend_metrics(parts: Iterable[Backend]) -> Iterator[Metric]:
     for name, count in failures.items():
         backend_errors.add_metric([name], count)
     yield backend_errors
+    # The Redis parts (``redislink.OnRedis``): which primary their link last found.
+    linked = [p for p in parts if hasattr(p, "primary_changes")]
+    if linked:
+        primary = GaugeMetricFamily("atom_redis_primary",
+                                    "1 for the Redis primary each part is connected to",
+                                    labels=["part", "address"])
+        changes = CounterMetricFamily("atom_redis_primary_changes",
+                                      "Times a part found its Redis primary was another server",
+                                      labels=["part"])
+        for part in linked:
+            label = part.link.name
+            if part.primary is not None:
+                primary.add_metric([label, part.primary], 1.0)
+            changes.add_metric([label], float(part.primary_changes))
+        yield primary
+        yield changes
+    for part in parts:
+        lag = getattr(part, "event_lag", None)
+        if lag is None:
+            continue
+        buckets, total = [], 0
+        for bound, count in zip(EVENT_LAG_BUCKETS_S, lag.counts):
+            total += count
+            buckets.append(("+Inf" if bound == math.inf else repr(bound), total))
+        yield HistogramMetricFamily("atom_event_lag_seconds",
+                                    "How late event batches reached this process from the engine",
+                                    buckets=buckets, sum_value=lag.sum)
+        yield GaugeMetricFamily("atom_event_lag_max_seconds",
+                                "The latest event batch that reached this process",
+                                value=lag.max)
 
 
 def _broadcaster_metrics(stats: BroadcastFigures, max_connections: int) -> Iterator[Metric]:

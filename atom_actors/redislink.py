@@ -3,6 +3,11 @@ process's asyncio bridge, every call bounded, every outage one
 :class:`~atom_actors.errors.BackendUnavailable`. A client keeps at most POOL_MAX connections; a
 call beyond waits for a free one, within its bound.
 
+Which server is the primary this link writes to is asked every PRIMARY_EVERY_S (``ROLE`` on a
+pooled connection, whose address it reports): ``primary`` (``host:port``, None while unknown or
+when that server is a replica) and ``primary_changes`` (a failover, or the primary replaced) are
+what ``atom_redis_primary`` and ``atom_redis_primary_changes_total`` show.
+
 **Sentinel** (REDIS_URL=redis+sentinel://…, :func:`~atom_actors.config.parse_redis_url`): the
 client asks the sentinels for the primary whenever it opens a connection (redis-py's
 ``Sentinel.master_for``), so after a failover:
@@ -49,9 +54,11 @@ from redis.backoff import NoBackoff
 
 from .aio import GuardedCalls, open_bridge, outage_detail
 from .config import RedisAddress, parse_redis_url
+from .errors import BackendUnavailable
 
 POOL_MAX = 8         # connections of one client; a call beyond waits for one to be free
 SILENCE_S = 1.0      # a subscription that heard nothing this long sends a PING
+PRIMARY_EVERY_S = 1.0
 
 OUTAGES: tuple[type[BaseException], ...] = (
     redis.exceptions.ConnectionError,    # refused, reset, closed by a restart; no primary known
@@ -74,6 +81,9 @@ class RedisLink:
         self.log = log
         self.failures = 0
         self.up = False                  # the last call or subscription succeeded
+        self.primary: str | None = None  # host:port of the primary, as last asked
+        self.primary_changes = 0         # times it was found to be another server
+        self._last_primary: str | None = None
         self.scripts: dict[str, Any] = {}
         self._script_texts = scripts or {}
         # Every call to Redis goes through this guard: bounded, an outage made BackendUnavailable.
@@ -90,10 +100,32 @@ class RedisLink:
                                                            self.timeout_s, self._script_texts)
             self._guard.bridge = bridge
             try:
-                yield self
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch_primary, name=f"redis/{self.name}/primary")
+                    yield self
+                    nursery.cancel_scope.cancel()
             finally:
                 self._guard.bridge = None
                 await bridge.close(_aio_close, self._client)
+
+    async def _watch_primary(self) -> None:
+        """Ask which server is the primary, every PRIMARY_EVERY_S, until cancelled. Errors: an
+        outage leaves the last answer (the watcher asks again)."""
+        while True:
+            try:
+                self._note_primary(await self.call(_aio_primary))
+            except BackendUnavailable:
+                pass
+            await trio.sleep(PRIMARY_EVERY_S)
+
+    def _note_primary(self, address: str | None) -> None:
+        # None (a replica answered): the primary moved, the next one found counts as a change.
+        if address is not None:
+            if self._last_primary not in (None, address):
+                self.primary_changes += 1
+                self.log.warning("the redis primary of the %s changed", self.name)
+            self._last_primary = address
+        self.primary = address
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """``await fn(client, *args)`` on the asyncio loop; an outage raises BackendUnavailable."""
@@ -149,6 +181,15 @@ class OnRedis:
         """The last call or subscription succeeded."""
         return self.link.up
 
+    @property
+    def primary(self) -> str | None:
+        """host:port of the Redis primary this part is connected to, as last asked."""
+        return self.link.primary
+
+    @property
+    def primary_changes(self) -> int:
+        return self.link.primary_changes
+
 
 # -- the asyncio side -------------------------------------------------------------------------------
 
@@ -186,6 +227,20 @@ async def _aio_client(address: RedisAddress, timeout_s: float,
                                      password=address.password, **bounds, **pooling)
         client.atom_sentinel = sentinel   # closed with the client
     return client, {name: client.register_script(text) for name, text in scripts.items()}
+
+
+async def _aio_primary(client: Any) -> str | None:
+    """host:port of the server a pooled connection reaches, if it is a primary, else None."""
+    pool = client.connection_pool
+    connection = await pool.get_connection()
+    try:
+        await connection.send_command("ROLE")
+        role = await connection.read_response()
+        address = f"{connection.host}:{connection.port}"
+    finally:
+        await pool.release(connection)
+    kind = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
+    return address if kind == "master" else None
 
 
 async def _aio_close(client: Any) -> None:

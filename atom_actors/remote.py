@@ -8,9 +8,10 @@ use it exactly as they use an in-process :class:`~atom_actors.engine.Engine`.
   latest frame on the bus. Names, functions and spheres come from the catalog, as in the engine.
 * Commands are checked here (so a bad one is refused at once with the engine's own errors), then
   appended to the coordinator's command stream. Once appended, a command will be applied exactly once, by
-  whichever engine leads. The answer waits up to REPLY_TIMEOUT_S for the engine's event (the
-  regroup count, the retuned agent); past that (a failover in progress) it is predicted from the
-  mirror. Redis down: :class:`~atom_actors.errors.BackendUnavailable` (503) at once.
+  whichever engine leads. The answer waits on that append's own acknowledgement only, never on
+  hearing the engine's event (which comes with the engine's next checkpoint, and not at all
+  while no engine leads): its figures (the regroup count, the retuned agent) are predicted from
+  the mirror. Redis down: :class:`~atom_actors.errors.BackendUnavailable` (503) at once.
 """
 
 from __future__ import annotations
@@ -35,18 +36,7 @@ from .swarm_view import SwarmView, dispersal_size
 
 log = logging.getLogger("atom_actors.remote")
 
-REPLY_TIMEOUT_S = 1.0
 SUMMARY_STALE_S = 1.5     # three missed summaries: the engine is not ticking (or not there)
-REPLY_EVENTS = {"disperse": "swarm.dispersal", "regroup": "swarm.regroup", "retune": "agent.frequency"}
-
-
-class _Reply:
-    __slots__ = ("expected", "event", "value")
-
-    def __init__(self, expected: str) -> None:
-        self.expected = expected   # the name of the engine's event that answers the command
-        self.event = trio.Event()
-        self.value: dict | None = None
 
 
 class RemoteSwarm(SwarmView):
@@ -65,7 +55,6 @@ class RemoteSwarm(SwarmView):
         self._summary_t = -math.inf       # engine time of the newest summary applied
         self._summary_seen = -math.inf    # trio time it arrived
         self._positions_seq: int | None = None
-        self._replies: dict[str, _Reply] = {}
 
     async def run(self, *, task_status: trio.TaskStatus[RemoteSwarm] = trio.TASK_STATUS_IGNORED) -> None:
         """Mirror the engine until cancelled: the last stored summary first (bounded: Redis may
@@ -109,10 +98,6 @@ class RemoteSwarm(SwarmView):
         elif name == "agent.frequency" and isinstance(agent, int) and 0 <= agent < self.state.size:
             if isinstance(event.get("frequency"), int | float):
                 self.state.frequency[agent] = event["frequency"]
-        reply = self._replies.get(event.get("command_id"))  # type: ignore[arg-type]
-        if reply is not None and name == reply.expected:
-            reply.value = event
-            reply.event.set()
 
     # -- SwarmControl: state (queries come from SwarmView) -------------------------------------
 
@@ -142,32 +127,22 @@ class RemoteSwarm(SwarmView):
                       by: By | None = None) -> dict[str, Any]:
         command_id = command_id or new_command_id()
         predicted = int((self.state.status == DISPERSED).sum())
-        reply = await self._send({"kind": "regroup", "command_id": command_id, "by": by})
-        count = reply.get("count", predicted) if reply else predicted
-        return {"regrouped": count, "command_id": command_id}
+        await self._send({"kind": "regroup", "command_id": command_id, "by": by})
+        return {"regrouped": predicted, "command_id": command_id}
 
     async def retune(self, agent_id: int, hz: float, command_id: str | None = None, *,
                      by: By | None = None) -> dict[str, Any]:
         agent = self._agent_id(agent_id)
         hz = self._check_hz(hz)
         command_id = command_id or new_command_id()
-        reply = await self._send({"kind": "retune", "agent": agent, "frequency": hz,
-                                  "command_id": command_id, "by": by})
-        if reply is None:
-            self.state.frequency[agent] = hz   # predicted; the next summary confirms it
+        await self._send({"kind": "retune", "agent": agent, "frequency": hz,
+                          "command_id": command_id, "by": by})
+        self.state.frequency[agent] = hz   # predicted; the engine's event and summary confirm it
         return self.agent(agent)
 
-    async def _send(self, command: dict) -> dict | None:
-        """Append ``command``; wait a little for the engine's answering event."""
-        command_id = command["command_id"]
-        reply = self._replies[command_id] = _Reply(REPLY_EVENTS[command["kind"]])
-        try:
-            await self.coordinator.add_command(command)
-            with trio.move_on_after(REPLY_TIMEOUT_S):
-                await reply.event.wait()
-            return reply.value
-        finally:
-            del self._replies[command_id]
+    async def _send(self, command: dict) -> None:
+        """Append ``command``: once its write is acknowledged, it will be applied."""
+        await self.coordinator.add_command(command)
 
 
 async def follow_engine_alarms(circuit: BriseCircuit, bus: Bus, *,

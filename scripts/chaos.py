@@ -50,6 +50,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +63,15 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from atom_operator import operator_env, operator_headers  # noqa: E402
+from tests.sentinel import SentinelCluster  # noqa: E402
 from tests.servers import PostgresServer, RedisServer, sql  # noqa: E402
 
 import loadclient  # noqa: E402  (scripts/loadclient.py, beside this file)
 
 SPHERES = ("personal", "business", "transport", "creative_studio", "my_team", "scholar")
 MAX_IN_FLIGHT = 32        # commands the driver has sent and not yet had answered
+RETRIES_503 = 3          # a command answered 503 is sent again with its key, this many times
+RETRY_503_S = 0.5
 # New load-client subscribers a second per ws process. The run measures failover, not a connect
 # storm: 100 a second (200 in 2 s) on a 2-core machine shared with other work starved the ws
 # processes, their session checks went past Redis calls' 2 s bound, and most subscribers got
@@ -85,12 +89,16 @@ class Schedule:
     pg_down_s: float
     revocation: float
     ws_kill: float
+    # With --redis sentinel: kill -9 of the Redis primary at these times instead of the Redis
+    # restart (the killed one started again on its append-only file: it rejoins as a replica).
+    primary_kills: tuple[float, ...] = ()
 
 
 SCHEDULES = {
-    "full": Schedule(360, (40, 110, 180), 150, 2.0, 230, 10.0, 270, 300),
-    "short": Schedule(38, (6,), 13, 1.0, 19, 5.0, 27, 31),
+    "full": Schedule(360, (40, 110, 180), 150, 2.0, 230, 10.0, 270, 300, (150, 205)),
+    "short": Schedule(38, (6,), 13, 1.0, 19, 5.0, 27, 31, (12, 33)),
 }
+PRIMARY_BACK_S = 3.0      # a killed Redis primary is started again this long after the failover
 
 
 @dataclass
@@ -123,6 +131,11 @@ class Tally:
     accepted: list[str] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)   # by status (or "error")
     refused_while_pg_down: int = 0
+    # 503 (outcome unknown: Redis down, or the write not confirmed by a replica), sent again
+    # with the same Idempotency-Key: how many, and how many of those were then accepted.
+    retried_503: int = 0
+    accepted_on_retry: int = 0
+    answered_over_1s: int = 0     # requests (each attempt) whose answer took more than a second
 
 
 class Chaos:
@@ -131,6 +144,7 @@ class Chaos:
         self.schedule = SCHEDULES[args.mode]
         self.tmp = Path(tempfile.mkdtemp(prefix="atom-chaos-"))
         self.redis: RedisServer | None = None
+        self.cluster: SentinelCluster | None = None   # --redis sentinel
         self.pg: PostgresServer | None = None
         self.env: dict[str, str] = {}
         self.atoms: list[Atom] = []
@@ -215,6 +229,8 @@ class Chaos:
         if self.redis is not None:
             self.redis.kill()
             shutil.rmtree(self.redis.dir, ignore_errors=True)   # its append-only file
+        if self.cluster is not None:
+            self.cluster.close()
         if self.pg is not None:
             self.pg.destroy()
         shutil.rmtree(self.tmp, ignore_errors=True)
@@ -222,11 +238,18 @@ class Chaos:
     # -- the run ---------------------------------------------------------------------------------
 
     async def run(self) -> dict:
-        self.redis = await trio.to_thread.run_sync(lambda: RedisServer(appendonly=True).start())
+        if self.args.redis == "sentinel":
+            # A primary, two replicas, three sentinels (down-after 1000 ms), each append-only.
+            self.cluster = await trio.to_thread.run_sync(
+                lambda: SentinelCluster(appendonly=True).start())
+            redis_url = self.cluster.url
+        else:
+            self.redis = await trio.to_thread.run_sync(lambda: RedisServer(appendonly=True).start())
+            redis_url = self.redis.url
         self.pg = await trio.to_thread.run_sync(lambda: PostgresServer().start())
         self.env = {k: v for k, v in os.environ.items()
                     if not k.isupper() or k in ("PATH", "HOME", "LANG")}
-        self.env.update(REDIS_URL=self.redis.url, DATABASE_URL=self.pg.url, API_PORT="0",
+        self.env.update(REDIS_URL=redis_url, DATABASE_URL=self.pg.url, API_PORT="0",
                         WS_PORT="0", PYTHONUNBUFFERED="1", SECRET_KEY="chaos-" + "k" * 40,
                         WS_MAX_CONNECTIONS=str(self.args.subscribers + 50),
                         # one load client, one address (often one session): no fair shares
@@ -263,9 +286,10 @@ class Chaos:
     async def faults_on_schedule(self, nursery: trio.Nursery, http: httpx.AsyncClient,
                                  ws: list[Atom]) -> None:
         s = self.schedule
-        plan = [(t, "kill", None) for t in s.leader_kills] + [
-            (s.redis_restart, "redis", None), (s.pg_stop, "pg", None),
-            (s.revocation, "revoke", None), (s.ws_kill, "ws", None)]
+        redis_faults = [(t, "primary", None) for t in s.primary_kills] if self.cluster \
+            else [(s.redis_restart, "redis", None)]
+        plan = [(t, "kill", None) for t in s.leader_kills] + redis_faults + [
+            (s.pg_stop, "pg", None), (s.revocation, "revoke", None), (s.ws_kill, "ws", None)]
         for at, kind, _ in sorted(plan):
             await trio.sleep_until(self.t0 + at)
             if kind == "kill":
@@ -277,6 +301,8 @@ class Chaos:
                 await trio.to_thread.run_sync(self.redis.start)
                 self.faults.append(Fault(f"Redis restarted ({s.redis_down_s:g} s down)", begun,
                                          trio.current_time()))
+            elif kind == "primary":
+                nursery.start_soon(self.kill_primary)
             elif kind == "pg":
                 begun = trio.current_time()
                 await trio.to_thread.run_sync(self.pg.stop)
@@ -313,6 +339,37 @@ class Chaos:
         fault.note = f"new leader said so after {trio.current_time() - begun:.2f} s"
         # A new standby, started beside the schedule (it takes seconds on a busy machine).
         nursery.start_soon(self.restart_engine)
+
+    async def kill_primary(self) -> None:
+        """kill -9 of the Redis primary; once the sentinels promote a replica, the killed one
+        is started again on its own append-only file, so it rejoins with its data (a replica of
+        the new primary), never empty."""
+        assert self.cluster is not None
+        old = self.cluster.primary
+        begun = trio.current_time()
+        fault = Fault(f"Redis primary kill -9 #{sum('primary' in f.name for f in self.faults) + 1}",
+                      begun, begun)
+        self.faults.append(fault)
+        await self.cluster.akill(old)
+        try:
+            await self.cluster.afailover(old)
+            fault.note = f"promoted after {trio.current_time() - begun:.2f} s"
+        except Exception as exc:  # noqa: BLE001 - a failover that never came is a figure too
+            fault.note = f"no failover: {exc}"[:120]
+        await trio.sleep(PRIMARY_BACK_S)
+        await trio.to_thread.run_sync(old.start)
+        try:
+            await self.cluster.await_demoted(old)
+            fault.note += "; the killed one rejoined as a replica"
+        except Exception as exc:  # noqa: BLE001
+            fault.note += f"; the killed one did not rejoin: {exc}"[:120]
+
+    def redis_url_now(self) -> str:
+        """Where the command log is read at the end: the (current) primary."""
+        if self.cluster is not None:
+            return f"redis://127.0.0.1:{self.cluster.primary_port()}/0"
+        assert self.redis is not None
+        return self.redis.url
 
     async def restart_engine(self) -> None:
         """Start an engine process again, as a deployment's supervisor would (``restart:
@@ -393,13 +450,23 @@ class Chaos:
         try:
             self.tally.sent += 1
             pg_down = self.pg_down and not self.redis_down()
-            try:
-                r = await http.post(request[0], json=request[1], headers=self.operator)
-                status: int | str = r.status_code
-            except httpx.HTTPError as exc:
-                status = type(exc).__name__
+            # Its key: a 503 (outcome unknown) is retried with it, and applied at most once.
+            headers = {**self.operator, "Idempotency-Key": f"chaos-{uuid.uuid4().hex}"}
+            for attempt in range(1 + RETRIES_503):
+                sent_at = trio.current_time()
+                try:
+                    r = await http.post(request[0], json=request[1], headers=headers)
+                    status: int | str = r.status_code
+                except httpx.HTTPError as exc:
+                    status = type(exc).__name__
+                self.tally.answered_over_1s += trio.current_time() - sent_at > 1.0
+                if status != 503 or attempt == RETRIES_503:
+                    break
+                self.tally.retried_503 += 1
+                await trio.sleep(RETRY_503_S)
             if status == 202:
                 self.tally.accepted.append(r.json()["command_id"])
+                self.tally.accepted_on_retry += attempt > 0
                 return
             self.tally.refused[status] += 1
             self.tally.refused_while_pg_down += pg_down
@@ -419,6 +486,10 @@ class Chaos:
             if gaps:
                 fault.gap_s = max(g for g, _ in gaps)
             after = [t for t in times if t > fault.back_from]
+            if fault.back_s is None and gaps and "Redis primary" in fault.name:
+                # The stream stops a moment after the kill (frames in flight): back when the
+                # longest gap of the window ends.
+                fault.back_s = max(gaps)[1] - fault.back_from
             if fault.back_s is None and after and "PostgreSQL" not in fault.name:
                 # Back: the end of the longest gap that spans the fault's moment, or the first
                 # frame after it.
@@ -436,7 +507,7 @@ class Chaos:
         from atom_actors.aio import open_bridge
 
         async def applied_log() -> list[str]:
-            client = aredis.Redis.from_url(self.redis.url)
+            client = aredis.Redis.from_url(self.redis_url_now())
             try:
                 return [v.decode() for v in await client.lrange("atom:engine:log", 0, -1)]
             finally:
@@ -457,6 +528,7 @@ class Chaos:
                     break
                 await trio.sleep(0.5)
         self.measure_faults()
+        event_lag = await self.event_lag()
         loaders = self.loader_results
         tracebacks = [f"{atom.role}: {line}" for atom in self.atoms for line in atom.lines
                       if "Traceback" in line or '"level": "error"' in line]
@@ -465,6 +537,9 @@ class Chaos:
             "sent": self.tally.sent, "accepted": len(accepted),
             "refused": {str(k): v for k, v in self.tally.refused.items()},
             "refused_while_only_postgresql_down": self.tally.refused_while_pg_down,
+            "retried_503": self.tally.retried_503,
+            "accepted_on_retry": self.tally.accepted_on_retry,
+            "answered_over_1s": self.tally.answered_over_1s,
             "applied_once": sum(1 for c in accepted if counts[c] == 1),
             "lost": sum(1 for c in accepted if counts[c] == 0),
             "duplicated": sum(1 for c in accepted if counts[c] > 1),
@@ -474,7 +549,45 @@ class Chaos:
                         "note": f.note} for f in self.faults],
             "load": loaders,
             "errors_logged": tracebacks,
+            "event_lag": event_lag,
         }
+
+    async def event_lag(self) -> dict:
+        """Engine → ws process lag of the event batches, from every live ws process's
+        atom_event_lag_seconds (the whole run, faults included): p50 and p99 interpolated in
+        the histogram's buckets, and the largest."""
+        counts: dict[float, float] = {}
+        largest = 0.0
+        async with httpx.AsyncClient(timeout=5) as http:
+            for atom in self.atoms:
+                if atom.role != "ws" or atom.proc.poll() is not None or not atom.api_url:
+                    continue
+                try:
+                    text = (await http.get(f"{atom.api_url}/metrics")).text
+                except httpx.HTTPError:
+                    continue
+                for le, n in re.findall(r'^atom_event_lag_seconds_bucket\{le="([^"]+)"\} (\S+)$',
+                                        text, re.M):
+                    counts[float(le)] = counts.get(float(le), 0.0) + float(n)
+                found = re.search(r"^atom_event_lag_max_seconds (\S+)$", text, re.M)
+                largest = max(largest, float(found.group(1))) if found else largest
+        bounds = sorted(counts)
+        total = counts[bounds[-1]] if bounds else 0.0
+
+        def quantile(q: float) -> float | None:
+            if not total:
+                return None
+            below, low = 0.0, 0.0
+            for bound in bounds:
+                if counts[bound] >= q * total:
+                    high = bound if bound != float("inf") else largest
+                    share = (q * total - below) / max(counts[bound] - below, 1e-9)
+                    return min(low + (high - low) * share, largest)
+                below, low = counts[bound], bound
+            return largest
+
+        return {"batches": int(total), "p50_s": _r3(quantile(0.5)), "p99_s": _r3(quantile(0.99)),
+                "max_s": _r3(largest if total else None)}
 
 
 def _read(stream, lines: list[str]) -> None:
@@ -485,6 +598,10 @@ def _read(stream, lines: list[str]) -> None:
 
 def _r(x: float | None) -> float | None:
     return None if x is None else round(x, 2)
+
+
+def _r3(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
 
 
 def print_table(figures: dict, load: str) -> None:
@@ -500,7 +617,13 @@ def print_table(figures: dict, load: str) -> None:
           f"{sum(figures['refused'].values())} ({refused}; while only PostgreSQL was down: "
           f"{figures['refused_while_only_postgresql_down']}), applied exactly once "
           f"{figures['applied_once']}, lost {figures['lost']}, duplicated "
-          f"{figures['duplicated']}, in the events table {figures['in_events_table']}")
+          f"{figures['duplicated']}, in the events table {figures['in_events_table']}; "
+          f"503 retried with their Idempotency-Key {figures['retried_503']} times, accepted "
+          f"on a retry {figures['accepted_on_retry']}; answered in over a second "
+          f"{figures['answered_over_1s']}")
+    lag = figures["event_lag"]
+    print(f"event lag, engine → ws process ({lag['batches']} batches, the whole run): p50 "
+          f"{lag['p50_s']} s, p99 {lag['p99_s']} s, max {lag['max_s']} s")
     print(f"errors and tracebacks in the processes' logs: {len(figures['errors_logged'])}")
     for line in figures["errors_logged"][:10]:
         print(f"  {line[:300]}")
@@ -515,6 +638,9 @@ def print_table(figures: dict, load: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mode", choices=SCHEDULES, default="full")
+    parser.add_argument("--redis", choices=("single", "sentinel"), default="single",
+                        help="one Redis restarted, or a Sentinel deployment whose primary is "
+                             "killed (-9) twice")
     parser.add_argument("--subscribers", type=int, default=None,
                         help="Node load-client subscribers (full 200, short 20; 0: none)")
     parser.add_argument("--rate", type=float, default=2.0, help="commands a second (2)")

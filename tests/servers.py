@@ -97,8 +97,9 @@ class RedisServer:
     ``appendonly``, everything in an append-only file of its own directory, as a deployment's
     Redis does (the command stream then survives a restart)."""
 
-    def __init__(self, appendonly: bool = False) -> None:
+    def __init__(self, appendonly: bool = False, args: tuple[str, ...] = ()) -> None:
         self.binary = need_redis_server()
+        self.args = list(args)     # more of redis-server's options (``--replicaof host port``)
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
         self.dir = tempfile.mkdtemp(prefix="atom-redis-") if appendonly else tempfile.gettempdir()
@@ -114,7 +115,7 @@ class RedisServer:
     def start(self) -> RedisServer:
         self.proc = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             *self.persistence, "--daemonize", "no", "--dir", self.dir],
+             *self.persistence, "--daemonize", "no", "--dir", self.dir, *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         lines = []
         # Its log says when it listens: reading it blocks until then, no polling needed.

@@ -192,7 +192,7 @@ async def test_health_and_readiness(autojump_clock, api):
     r = await c.get("/api/v1/health/ready")
     assert r.status_code == 200
     assert r.json() == {"status": "ready", "checks": {"engine": "ok", "store": "ok", "bus": "ok",
-                                                      "coordinator": "ok"}}
+                                                      "commands": "ok"}}
 
 
 def parts(s, store=None) -> Services:

@@ -150,6 +150,43 @@ async def test_role_all_over_redis_runs_the_engine_behind_the_bus(nursery, redis
         services.extras["stop"]()
 
 
+async def test_a_ws_process_whose_redis_hangs_turns_not_ready_and_back(nursery, redis_server):
+    """SIGSTOP of Redis: nothing fails, the frames just stop. The ws process's readiness goes
+    by the age of the newest frame that *arrived*, so it turns 503 (the leader's too: its
+    writes are not acknowledged); on SIGCONT its subscription, found silent (no PONG), has
+    been made again, and it is ready once frames arrive again."""
+    settings = make_settings(redis_url=redis_server.url, secret_key=KEY, **FREE_PORTS)
+    with trio.fail_after(60):
+        engine = await serving(nursery, settings, role="engine")
+        ws = await serving(nursery, settings, role="ws")
+        await engine.engine_role.leading.wait()
+        async with httpx.AsyncClient(timeout=10) as http:
+            async def ready(services) -> httpx.Response:
+                return await http.get(f"{services.api_url}/api/v1/health/ready")
+
+            while (await ready(ws)).status_code != 200:
+                await trio.sleep(0.1)
+            assert (await ready(engine)).json()["checks"]["writes"] == "ok"
+            subscriptions = ws.bus.subscriptions
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                stopped = trio.current_time()
+                while (r := await ready(ws)).status_code == 200:
+                    await trio.sleep(0.1)
+                assert trio.current_time() - stopped < app.FRAMES_FRESH_S + 2.5
+                assert r.json()["checks"]["frames"].startswith("no frame for")
+                assert (await ready(engine)).status_code == 503
+                while ws.bus.subscriptions == subscriptions and ws.bus.up:
+                    await trio.sleep(0.1)      # the silent subscription is given up
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            while (await ready(ws)).status_code != 200:
+                await trio.sleep(0.1)
+            assert ws.bus.subscriptions > subscriptions
+    ws.extras["stop"]()
+    engine.extras["stop"]()
+
+
 async def test_api_processes_share_the_brise_circuit(nursery, redis_server, pg_url):
     settings = make_settings(redis_url=redis_server.url, database_url=pg_url, secret_key=KEY,
                              **FREE_PORTS)

@@ -10,7 +10,8 @@ import trio
 
 from atom_actors.bus import Bus, MemoryBus
 from atom_actors.bus.redis import RedisBus
-from atom_actors.cluster import LEASE_TTL_S, STANDBY_POLL_S, EngineRole, engine_alarms
+from atom_actors.cluster import (DRIFT_MARGIN_S, LEASE_TTL_S, STANDBY_POLL_S, EngineRole,
+                                 engine_alarms)
 from atom_actors.coordinator import Coordinator, MemoryCoordinator
 from atom_actors.coordinator.redis import RedisCoordinator
 from atom_actors.errors import BackendUnavailable, SupervisorEscalation
@@ -35,6 +36,9 @@ class Deployment:
         self.url, self.namespace = url, namespace
         self.memory_bus = MemoryBus()
         self.memory = MemoryCoordinator()
+        # A checkpoint's events reach the bus, as the Redis script publishes them.
+        self.memory.shared.announce = lambda events: [self.memory_bus.publish_event(e)
+                                                      for e in events]
 
     async def connect(self, stack, *, reader: bool) -> tuple[Bus, Coordinator]:
         if self.url is None:
@@ -102,14 +106,29 @@ async def committed(coordinator: Coordinator, expected: list[str]) -> None:
         await trio.sleep(0.02)
 
 
+def drain(events) -> list[dict]:
+    """The events an EventSubscription holds now."""
+    found = []
+    while True:
+        try:
+            found.append(events.receive_nowait())
+        except trio.WouldBlock:
+            return found
+
+
+async def leader_and_standby(nursery) -> tuple[Deployment, EngineProcess, EngineProcess]:
+    """A memory deployment with a leading engine process and a hot standby."""
+    deployment, store = Deployment(), MemoryStore()
+    leader = await EngineProcess(deployment, store).start(nursery)
+    await leader.role.leading.wait()
+    return deployment, leader, await EngineProcess(deployment, store).start(nursery)
+
+
 # -- the failover logic, on the memory coordinator and virtual time ------------------------------
 
 async def test_a_killed_leader_is_replaced_within_a_lease_and_no_command_is_lost_or_doubled(
         autojump_clock, nursery):
-    deployment, store = Deployment(), MemoryStore()
-    leader = await EngineProcess(deployment, store).start(nursery)
-    await leader.role.leading.wait()
-    standby = await EngineProcess(deployment, store).start(nursery)
+    deployment, leader, standby = await leader_and_standby(nursery)
     control = await api_process(nursery, deployment)
     await wait_for(lambda: control.ticking)
 
@@ -165,6 +184,73 @@ async def test_a_severed_leader_steps_down_when_it_finds_its_lease_taken(autojum
     assert await first.coordinator.lease_holder() == second.role.lease.token
 
 
+async def test_a_leader_that_cannot_renew_stops_at_its_own_deadline_before_another_may_lead(
+        autojump_clock, nursery):
+    """Cut off from the coordinator, the leader stops leading at (last renewal sent) + TTL −
+    the drift margin: before its lease expires in the coordinator, so before a standby can
+    take it; cut off, it writes nothing after its deadline."""
+    deployment, leader, standby = await leader_and_standby(nursery)
+    await trio.sleep(1.0)
+    leader.coordinator.sever()
+    deadline = leader.role.lease.deadline
+    expires = deployment.memory.shared.lease[1]
+    await wait_for(lambda: leader.role.engine is None, poll_s=0.001)
+    stopped = trio.current_time()
+    await standby.role.leading.wait()
+    took_over = trio.current_time()
+    assert deadline <= stopped < deadline + 0.01
+    assert expires - stopped >= DRIFT_MARGIN_S - 0.01
+    assert took_over >= expires > stopped
+    assert standby.role.lease.epoch == leader.role.lease.known_epoch + 1
+
+
+async def test_a_leader_killed_right_after_applying_a_command_its_events_reach_subscribers_once(
+        autojump_clock, nursery):
+    """The command's events are held until the checkpoint that records it: the killed leader
+    announced none of them; the new leader applies the command again and announces it, so
+    each event is heard once, with its command_id (the dispersal and each agent's status)."""
+    deployment, leader, standby = await leader_and_standby(nursery)
+    heard: list[dict] = []
+
+    async def listen(*, task_status) -> None:
+        with deployment.memory_bus.subscribe_events() as events:
+            task_status.started()
+            async for event in events:
+                if event.get("command_id") == "d1":
+                    heard.append(event)
+
+    await nursery.start(listen)
+    await deployment.memory.add_command({"kind": "disperse", "level": "total", "sphere": "privacy",
+                                         "command_id": "d1"})
+    commander = leader.role.commander
+    with trio.fail_after(5):
+        await wait_for(lambda: commander.applied_count == 1, poll_s=0.001)
+    await trio.sleep(0.01)             # its agents have acted; the checkpoint is SETTLE_S away
+    assert heard == []                 # held for the checkpoint
+    leader.kill()
+    await standby.role.leading.wait()
+    await committed(standby.coordinator, ["d1"])
+    await trio.sleep(1.0)
+    names = sorted(e["event"] for e in heard)
+    assert names == ["agent.status"] * 8 + ["swarm.dispersal"]
+    assert len({e["agent"] for e in heard if e["event"] == "agent.status"}) == 8
+    assert standby.role.commander.applied_count == 1
+
+
+async def test_a_leader_killed_after_its_checkpoint_announced_the_command_once(
+        autojump_clock, nursery):
+    deployment, leader, standby = await leader_and_standby(nursery)
+    with deployment.memory_bus.subscribe_events() as events:
+        await deployment.memory.add_command({"kind": "regroup", "command_id": "r1"})
+        await committed(leader.coordinator, ["r1"])
+        leader.kill()
+        await standby.role.leading.wait()
+        await trio.sleep(1.0)
+        heard = drain(events)
+    assert [e["event"] for e in heard if e.get("command_id") == "r1"] == ["swarm.regroup"]
+    assert standby.role.commander.applied_count == 0
+
+
 async def test_commands_while_the_coordinator_is_unreachable_are_refused_at_once(
         autojump_clock, nursery):
     deployment = Deployment()
@@ -193,6 +279,8 @@ async def test_a_standby_takes_over_with_the_state_and_every_command_applied_onc
         agent = await control.retune(5, 600.0, command_id="t1")
         assert agent["frequency"] == 600.0
         await wait_for(lambda: control.counts()["by_status"]["dispersed"] == 70)
+        # Answered once written; applied (and checkpointed) by the leader a moment later.
+        await committed(first.coordinator, ["d1", "t1"])
         assert second.role.engine is None          # a hot standby: connected, not running
         assert value(scrape(metrics), "atom_engine_leading") == 0
 
@@ -222,17 +310,27 @@ async def test_commands_accepted_while_no_engine_runs_are_applied_when_one_leads
         await committed(engine.coordinator, ["early"])
 
 
-async def test_a_command_sent_twice_is_applied_once(nursery, redis_namespace):
+async def test_a_command_sent_twice_is_applied_and_announced_once(nursery, redis_namespace):
+    """Applied once, and its events published once, by the checkpoint's script, on the bus's
+    channel (one batch), where every reader hears them."""
     with trio.fail_after(30):
+        reader = await nursery.start(RedisBus(SHARED_REDIS, namespace=redis_namespace).run)
+        await reader.subscribed.wait()
         engine = await EngineProcess(Deployment(SHARED_REDIS, redis_namespace), MemoryStore()).start(nursery)
         await engine.role.leading.wait()
-        for _ in range(2):
-            await engine.coordinator.add_command({"kind": "disperse", "level": "total", "sphere": "privacy",
-                                          "command_id": "same"})
-        await engine.coordinator.add_command({"kind": "regroup", "command_id": "after"})
-        await committed(engine.coordinator, ["same", "after"])
+        with reader.subscribe_events() as events:
+            for _ in range(2):
+                await engine.coordinator.add_command({"kind": "disperse", "level": "total",
+                                                      "sphere": "privacy", "command_id": "same"})
+            await engine.coordinator.add_command({"kind": "regroup", "command_id": "after"})
+            await committed(engine.coordinator, ["same", "after"])
+            await trio.sleep(0.2)
+            heard = [(e["event"], e.get("command_id")) for e in drain(events)]
         assert engine.role.commander.applied_count == 2
         assert engine.role.commander.skipped_count == 1
+        assert heard.count(("swarm.dispersal", "same")) == 1
+        assert heard.count(("agent.status", "same")) == 8
+        assert heard.count(("swarm.regroup", "after")) == 1
 
 
 async def test_a_leader_whose_lease_is_taken_steps_down(nursery, redis_namespace):

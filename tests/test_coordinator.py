@@ -18,7 +18,7 @@ from atom_actors.errors import BackendUnavailable
 from atom_actors.redislink import POOL_MAX
 from atom_actors.store import SessionRecord
 
-from .servers import SHARED_REDIS, free_port
+from .servers import SHARED_REDIS, RedisServer, free_port
 
 
 @pytest.fixture(params=["memory", "redis"])
@@ -49,11 +49,13 @@ async def test_commands_are_redelivered_until_a_checkpoint_acknowledges_them(pai
         assert [c["command_id"] for _, c in first] == ["c-before-any-engine", "c2"]
         assert await a.read_commands("engine-a", block_s=0.1) == []
         # engine-a dies without a checkpoint: engine-b, the new leader, claims both.
-        assert await b.lease_acquire("engine-b", 5.0)
+        epoch = await b.lease_acquire("engine-b", 5.0)
+        assert epoch == 1
         claimed = await b.claim_commands("engine-b")
         assert [e for e, _ in claimed] == [e for e, _ in first]
         assert await b.checkpoint("engine-b", b"state", b"summary", 1000,
-                                  [(first[0][0], "c-before-any-engine"), (first[1][0], "c2")], 5.0)
+                                  [(first[0][0], "c-before-any-engine"), (first[1][0], "c2")], 5.0,
+                                  epoch=epoch)
         assert await b.claim_commands("engine-c") == []
         assert await a.applied(["c2", "c9"]) == {"c2"}
         assert await a.applied_log() == ["c-before-any-engine", "c2"]
@@ -70,7 +72,8 @@ async def test_a_checkpoint_without_the_lease_writes_nothing(pair):
         entry = await a.add_command({"kind": "regroup", "command_id": "c1"})
         await a.read_commands("old-leader", block_s=0.1)
         assert await b.lease_acquire("new-leader", 5.0)
-        assert not await a.checkpoint("old-leader", b"stale", b"stale", 1000, [(entry, "c1")], 5.0)
+        assert not await a.checkpoint("old-leader", b"stale", b"stale", 1000, [(entry, "c1")], 5.0,
+                                      epoch=1)
         assert await a.load_checkpoint() is None
         assert [e for e, _ in await b.claim_commands("new-leader")] == [entry]
 
@@ -78,16 +81,69 @@ async def test_a_checkpoint_without_the_lease_writes_nothing(pair):
 async def test_the_lease_has_one_holder(pair):
     a, b = pair
     with trio.fail_after(10):
-        assert await a.lease_acquire("a", 5.0)
+        epoch = await a.lease_acquire("a", 5.0)
+        assert epoch == 1
         assert not await b.lease_acquire("b", 5.0)
-        assert await a.lease_renew("a", 5.0) == 1
-        assert await b.lease_renew("b", 5.0) == 0
+        assert await a.lease_renew("a", 5.0, epoch) == 1
+        assert await b.lease_renew("b", 5.0, epoch) == 0
         await b.lease_release("b")                 # not b's: nothing happens
         assert await b.lease_holder() == "a"
         await a.lease_release("a")
         assert await b.lease_holder() is None
-        assert await a.lease_renew("a", 5.0) == 2  # vanished (a Redis restart): taken back
+        assert await a.lease_renew("a", 5.0, epoch) == 2  # vanished (a Redis restart): taken back
         assert await b.lease_holder() == "a"
+
+
+async def test_an_old_leaders_writes_are_refused_once_a_newer_epoch_exists(pair):
+    """Fencing: the old leader's lease key is gone (expired, or lost in a failover) and a new
+    leader took epoch 2, whose key is gone too: the old one (epoch 1) may neither renew, nor
+    checkpoint (state, acknowledgements, applied ids, events), though no key says it is not the
+    holder; the newer leader may."""
+    a, b = pair
+    announced: list[list[dict]] = []
+    if isinstance(a, MemoryCoordinator):
+        a.shared.announce = announced.append
+    with trio.fail_after(10):
+        await a.ensure_group()
+        entry = await a.add_command({"kind": "regroup", "command_id": "c1"})
+        await a.read_commands("old", block_s=0.1)
+        old = await a.lease_acquire("old", 5.0)
+        await a.lease_release("old")                  # as the key lost in a failover
+        new = await b.lease_acquire("new", 5.0)
+        assert (old, new) == (1, 2)
+        await b.lease_release("new")
+        assert await a.lease_renew("old", 5.0, old) == 0
+        assert not await a.checkpoint("old", b"stale", b"stale", 1000, [(entry, "c1")], 5.0,
+                                      epoch=old, events=[{"event": "swarm.regroup",
+                                                          "command_id": "c1"}])
+        assert await a.load_checkpoint() is None and await a.applied(["c1"]) == set()
+        assert await a.lease_holder() is None and announced == []
+        assert await b.checkpoint("new", b"state", b"summary", 1000, [(entry, "c1")], 5.0,
+                                  epoch=new)
+        assert await a.applied(["c1"]) == {"c1"}
+
+
+async def test_the_epoch_only_grows_even_where_the_counter_was_lost(pair):
+    """Each acquisition is one above the last handed out, the last checkpoint's and the
+    caller's own: a Redis that came back without the counter, or with a checkpoint only, never
+    hands an epoch out twice."""
+    a, b = pair
+    with trio.fail_after(10):
+        assert await a.lease_acquire("a", 5.0) == 1
+        assert await a.checkpoint("a", b"s", b"s", 1000, [], 5.0, epoch=1)
+        await a.lease_release("a")
+        assert await b.lease_acquire("b", 5.0, known_epoch=7) == 8
+        await b.lease_release("b")
+        assert await a.epoch() == 8
+        # The counter lost (a primary that came back empty but for the checkpoint's epoch).
+        if isinstance(a, MemoryCoordinator):
+            a.shared.epoch = 0
+        else:
+            with redis.Redis.from_url(SHARED_REDIS) as raw:
+                raw.delete(a.keys.epoch)
+        assert await a.lease_acquire("a", 5.0) == 2           # above the checkpoint's 1
+        await a.lease_release("a")
+        assert await b.lease_acquire("b", 5.0, known_epoch=8) == 9   # above b's own 8
 
 
 async def test_sessions_are_shared_and_a_revocation_reaches_every_process(pair):
@@ -203,6 +259,55 @@ async def test_a_burst_of_calls_waits_for_a_few_connections_and_every_one_is_ans
             lambda: redis.Redis.from_url(redis_server.url).info("clients"))
         assert info["connected_clients"] <= POOL_MAX + 1      # + the one asking
 
+
+async def _replicating(primary: RedisServer, replica: RedisServer) -> None:
+    with redis.Redis(port=replica.port) as raw:
+        while raw.info("replication").get("master_link_status") != "up":
+            await trio.sleep(0.05)
+    with redis.Redis(port=primary.port) as raw:
+        while raw.info("replication").get("connected_slaves", 0) < 1:
+            await trio.sleep(0.05)
+
+
+async def test_a_promoted_replica_never_hands_out_an_epoch_already_used(nursery):
+    """The epoch is confirmed by the replica (WAIT) before its holder may lead: after kill -9 of
+    the primary and the replica's promotion, the next epoch is above it. A replica that does
+    not confirm (stopped) makes the acquisition give the lease back."""
+    primary = RedisServer().start()
+    replica = RedisServer(args=("--replicaof", "127.0.0.1", str(primary.port))).start()
+    try:
+        with trio.fail_after(20):
+            await _replicating(primary, replica)
+            old = await nursery.start(RedisCoordinator(primary.url, summaries=False,
+                                                       revocations=False).run)
+            assert await old.lease_acquire("old", 5.0) == 1
+            # An API's readiness: a write acknowledged by REDIS_MIN_ACKS replicas.
+            api = await nursery.start(RedisCoordinator(primary.url, summaries=False,
+                                                       revocations=False, min_acks=1).run)
+            await api.probe_write()
+            os.kill(replica.proc.pid, signal.SIGSTOP)
+            try:
+                with pytest.raises(BackendUnavailable, match="0 of 1 replicas"):
+                    await api.probe_write()
+                start = time.monotonic()
+                assert await old.lease_acquire("other", 5.0) == 0    # held by "old"
+                await old.lease_release("old")
+                assert await old.lease_acquire("unconfirmed", 5.0) == 0
+                assert time.monotonic() - start < 2.0              # WAIT is bounded
+                assert await old.lease_holder() is None            # given back
+            finally:
+                os.kill(replica.proc.pid, signal.SIGCONT)
+            primary.kill()
+            with redis.Redis(port=replica.port) as raw:
+                raw.replicaof("NO", "ONE")
+            new = await nursery.start(RedisCoordinator(replica.url, summaries=False,
+                                                       revocations=False).run)
+            # Above the confirmed 1: 2 was handed out unconfirmed (and never led), so the
+            # replica may or may not have had it when the primary died.
+            assert await new.lease_acquire("new", 5.0) in (2, 3)
+    finally:
+        replica.kill()
+        primary.kill()
 
 
 async def test_an_idempotency_key_runs_once_then_replays_its_first_answer(pair):

@@ -83,12 +83,60 @@ def test_compose_file_follows_the_compose_specification() -> None:
         PyOptions(apply_merge=True).from_yaml(filled.replace("healthcheck:", "healtcheck:", 1))
 
 
+HA_SERVICES = {"atom-redis-replica-1", "atom-redis-replica-2", "atom-sentinel-1", "atom-sentinel-2",
+               "atom-sentinel-3"}
+
+
 def test_compose_has_the_seeds_services(compose: dict) -> None:
     assert set(compose["services"]) == {
         "atom-postgres", "atom-redis", "atom-migrate", "atom-engine", "atom-api", "atom-websocket",
-        "atom-nginx", "atom-prometheus"}
-    # Prometheus starts only with the monitoring profile; the rest always.
-    assert {name for name, s in compose["services"].items() if "profiles" in s} == {"atom-prometheus"}
+        "atom-nginx", "atom-prometheus"} | HA_SERVICES
+    # Prometheus starts only with the monitoring profile, the replicas and Sentinels only with
+    # the ha one; the rest always.
+    profiles = {name: s["profiles"] for name, s in compose["services"].items() if "profiles" in s}
+    assert profiles == {"atom-prometheus": ["monitoring"], **{name: ["ha"] for name in HA_SERVICES}}
+
+
+def test_the_ha_profile_runs_a_primary_two_replicas_and_three_sentinels_the_roles_follow(
+        compose: dict) -> None:
+    """One primary (atom-redis), two replicas of it, three Sentinels watching it with a quorum
+    of two; every Redis append-only on a volume of its own (a killed primary comes back with its
+    data, not empty); and, with the two settings the file's header gives, every role's REDIS_URL
+    names the three Sentinels and the master they watch."""
+    services = compose["services"]
+    password = "p" * 40
+    env = {"REDIS_PASSWORD": password}
+    volumes = set()
+    for name in ("atom-redis", "atom-redis-replica-1", "atom-redis-replica-2"):
+        command = [interpolate(part, env) for part in services[name]["command"]]
+        assert command[:3] == ["redis-server", "--appendonly", "yes"], name
+        assert command[command.index("--masterauth") + 1] == password, name   # may follow another
+        (volume,) = services[name]["volumes"]
+        assert volume.endswith(":/data")
+        volumes.add(volume.split(":")[0])
+    assert len(volumes) == 3 and volumes <= set(compose["volumes"])
+    for name in ("atom-redis-replica-1", "atom-redis-replica-2"):
+        command = services[name]["command"]
+        assert command[command.index("--replicaof") + 1:][:2] == ["atom-redis", "6379"]
+    sentinels = sorted(name for name in services if name.startswith("atom-sentinel-"))
+    assert len(sentinels) == 3
+    for name in sentinels:
+        script = services[name]["command"][0]
+        assert "'sentinel monitor atom atom-redis 6379 2'" in script
+        assert "'sentinel down-after-milliseconds atom 5000'" in script
+        assert "exec redis-server /data/sentinel.conf --sentinel" in script
+        assert services[name]["expose"] == ["26379"] and services[name]["networks"] == ["internal"]
+        assert services[name]["volumes"] == [f"{name}-data:/data"]
+    header = COMPOSE.read_text().split("\nname:")[0]
+    settings = dict(re.findall(r"#\s+(ATOM_REDIS_\w+)=(\S+)", header))
+    assert settings == dict(re.findall(r"# (ATOM_REDIS_\w+)=(\S+)", ENV_EXAMPLE.read_text()))
+    for name in ATOM_SERVICES:
+        url = interpolate(str(services[name]["environment"]["REDIS_URL"]), {**env, **settings})
+        parts = urlsplit(url)
+        assert parts.scheme == "redis+sentinel" and parts.password == password
+        hosts = [h.rsplit(":", 1) for h in parts.netloc.split("@")[1].split(",")]
+        assert sorted(h for h, _ in hosts) == sentinels and {p for _, p in hosts} == {"26379"}
+        assert parts.path == "/atom/0"          # the master the Sentinels monitor, database 0
 
 
 def test_the_monitoring_profile_scrapes_every_role_with_the_alert_rules(compose: dict) -> None:

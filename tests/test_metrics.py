@@ -7,6 +7,7 @@ The scrape of ``/metrics`` over HTTP, while a real client scenario runs, is in
 from __future__ import annotations
 
 import httpx
+import redis
 import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
@@ -16,6 +17,7 @@ from atom_actors.errors import BackendUnavailable, FrequencyOutOfRange, Safeguar
 from atom_actors.metrics import Metrics
 from tests.atom_process import running_atom, scenario
 from tests.conftest import make_settings
+from tests.servers import free_port
 
 FREE_PORTS = {"api_port": 0, "ws_port": 0}   # app.serve binds the API and WebSocket servers
 
@@ -121,6 +123,37 @@ async def test_backend_errors_are_the_backends_own_counts(services, autojump_clo
     assert value(scrape(services.metrics), "atom_backend_errors_total", backend="memory") == 0
     services.store.failures = 3   # as PostgresStore / RedisBus count their outages
     assert value(scrape(services.metrics), "atom_backend_errors_total", backend="memory") == 3
+
+
+async def test_each_redis_part_says_which_primary_it_is_connected_to(nursery, redis_server):
+    """atom_redis_primary{part, address}: the server each part's link found is the primary
+    (``ROLE``); none while it is a replica (the primary moved); a change is counted."""
+    from atom_actors.bus.redis import RedisBus
+    from atom_actors.coordinator.redis import RedisCoordinator
+
+    with trio.fail_after(10):
+        bus = await nursery.start(RedisBus(redis_server.url, frames=False, events=False).run)
+        coordinator = await nursery.start(RedisCoordinator(redis_server.url, summaries=False,
+                                                           revocations=False).run)
+        metrics = Metrics()
+        metrics.read_backends(bus, coordinator)
+        while bus.primary is None or coordinator.primary is None:
+            await trio.sleep(0.05)
+        address = f"127.0.0.1:{redis_server.port}"
+        samples = scrape(metrics)
+        for part in ("bus", "coordinator"):
+            assert value(samples, "atom_redis_primary", part=part, address=address) == 1
+            assert value(samples, "atom_redis_primary_changes_total", part=part) == 0
+        # Made a replica of another server: no longer a primary to write to.
+        with redis.Redis(port=redis_server.port) as raw:
+            raw.replicaof("127.0.0.1", str(free_port()))
+        try:
+            while bus.primary is not None:
+                await trio.sleep(0.05)
+            assert not [k for k in scrape(metrics) if k[0] == "atom_redis_primary"]
+        finally:
+            with redis.Redis(port=redis_server.port) as raw:
+                raw.replicaof("NO", "ONE")
 
 
 async def test_two_servers_in_one_process_keep_their_own_registries(nursery, autojump_clock):

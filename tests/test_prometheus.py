@@ -32,6 +32,8 @@ RULES_DIR = ROOT / "config" / "prometheus"
 ALERTS = RULES_DIR / "alerts.yml"
 # An escalation ends the engine process at once: no live process shows this counter, ever.
 ONLY_AFTER_AN_ESCALATION = {"atom_supervisor_escalations_total"}
+# Served by the processes of a Redis deployment only (their Redis parts'): checked there.
+ONLY_WITH_REDIS = {"atom_redis_primary", "atom_redis_primary_changes_total"}
 
 
 def tool(name: str) -> str:
@@ -161,7 +163,8 @@ async def test_a_real_prometheus_scrapes_atom_serve_and_evaluates_the_rules(tmp_
                     http, 'count by (__name__) ({__name__=~"atom_.+"})')}
                 named = {name for expr in alert_rules().values()
                          for name in re.findall(r"\batom_\w+", expr)}
-                assert named - ONLY_AFTER_AN_ESCALATION <= scraped, "an alert reads a metric " \
+                assert named - ONLY_AFTER_AN_ESCALATION - ONLY_WITH_REDIS <= scraped, \
+                    "an alert reads a metric " \
                     "no process serves"
                 assert await query(http, "sum(atom_engine_leading)") != []
                 assert float((await query(http, "sum(atom_engine_leading)"))[0]["value"][1]) == 1
@@ -216,6 +219,11 @@ async def test_prometheus_scrapes_every_role_and_sees_one_engine_lead_through_a_
                 http, "count_over_time(atom_frames_composed_total[10s]) >= 6"))
             (rate,) = await query(http, "sum(rate(atom_frames_composed_total[5s]))")
             assert float(rate["value"][1]) == pytest.approx(60, rel=0.15)
+            # Every role's Redis parts say which primary they are on: the same one, this Redis.
+            primaries = await until("the primary of every part", lambda: query(
+                http, "count by (address) (atom_redis_primary == 1) >= 8"))
+            assert [p["metric"]["address"] for p in primaries] == [f"127.0.0.1:{redis_server.port}"]
+            assert await query(http, "atom_redis_primary_changes_total > 0") == []
 
             processes[leader].kill()                          # kill -9
             standby = f"127.0.0.1:{ports[next(k for k in ('engine-1', 'engine-2') if k != leader)]}"

@@ -44,8 +44,9 @@ async def test_the_coordinator_follows_a_killed_primary_and_reloads_its_scripts(
     coordinator = await nursery.start(RedisCoordinator(cluster.url, summaries=False,
                                                        revocations=False).run)
     with trio.fail_after(10):
-        assert await coordinator.lease_acquire("a", 30.0)
-        assert await coordinator.lease_renew("a", 30.0) == 1     # a script, loaded on the primary
+        epoch = await coordinator.lease_acquire("a", 30.0)
+        assert epoch
+        assert await coordinator.lease_renew("a", 30.0, epoch) == 1   # a script, loaded on the primary
     with cluster.primary.client() as c:
         assert c.execute_command("WAIT", 2, 2000) == 2
     old = cluster.primary
@@ -53,7 +54,7 @@ async def test_the_coordinator_follows_a_killed_primary_and_reloads_its_scripts(
     new = await cluster.afailover(old)
     with new.client() as c:   # the promoted replica never saw the script loaded: NOSCRIPT first
         assert c.script_exists(coordinator.link.scripts["renew"].sha) == [False]
-    assert await until(lambda: coordinator.lease_renew("a", 30.0)) == 1
+    assert await until(lambda: coordinator.lease_renew("a", 30.0, epoch)) == 1
     assert await coordinator.lease_holder() == "a"
     with new.client() as c:
         assert c.script_exists(coordinator.link.scripts["renew"].sha) == [True]

@@ -71,7 +71,7 @@ async def test_commands_answer_like_the_engine(nursery, redis_namespace):
         assert {a["sphere"] for a in control.agents(status="dispersed")} == {"transport"}
         agent = await control.retune(40, 777.25)
         assert agent["id"] == 40 and agent["frequency"] == 777.25
-        assert role.engine.agent(40)["frequency"] == 777.25
+        await wait_for(lambda: role.engine.agent(40)["frequency"] == 777.25)
         regrouped = await control.regroup()
         assert regrouped["regrouped"] == 25 and len(regrouped["command_id"]) == 32
         await wait_for(lambda: not control.agents(status="dispersed"))

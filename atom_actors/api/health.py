@@ -3,6 +3,8 @@ the pings)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -15,13 +17,25 @@ OK = "ok"
 
 async def ping(part: Any) -> str:
     """``OK`` when ``part.ping()`` answers within READY_TIMEOUT_S, else what went wrong."""
+    return await answers(part.ping)
+
+
+async def answers(call: Callable[[], Awaitable[Any]]) -> str:
+    """``OK`` when ``call()`` returns within READY_TIMEOUT_S, else what went wrong."""
     with trio.move_on_after(READY_TIMEOUT_S):
         try:
-            await part.ping()
+            await call()
         except BackendUnavailable as exc:
             return exc.detail
         return OK
     return f"no answer within {READY_TIMEOUT_S:g} s"
+
+
+def fresh(age_s: float, bound_s: float, what: str) -> str:
+    """``OK`` when ``age_s`` (since the last ``what``) is under ``bound_s``, else why not."""
+    if age_s < bound_s:
+        return OK
+    return f"no {what} yet" if age_s == math.inf else f"no {what} for {age_s:.1f} s"
 
 
 def readiness(checks: dict[str, str]) -> tuple[int, dict[str, Any]]:

@@ -8,6 +8,8 @@ newest events are dropped and counted (``EventSubscription.dropped``).
 from __future__ import annotations
 
 import abc
+import bisect
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,6 +19,25 @@ import trio
 from ..protocol import Frame
 
 EVENT_BUFFER = 4096
+# Upper bounds (seconds) of atom_event_lag_seconds: from the engine to this process.
+EVENT_LAG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, math.inf)
+
+
+class EventLag:
+    """How late events reached this process: each batch's age (its sender's clock, when its
+    oldest event was emitted, against this one's) in EVENT_LAG_BUCKETS_S, non-cumulative
+    counts, as /metrics reads them."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * len(EVENT_LAG_BUCKETS_S)
+        self.sum = 0.0
+        self.max = 0.0
+
+    def record(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)
+        self.counts[bisect.bisect_left(EVENT_LAG_BUCKETS_S, seconds)] += 1
+        self.sum += seconds
+        self.max = max(self.max, seconds)
 
 
 class LatestValue:
@@ -90,6 +111,7 @@ class Bus(abc.ABC):
     def __init__(self) -> None:
         self._frames = LatestValue()
         self._event_subscribers: set[EventSubscription] = set()
+        self.frame_arrived_at = -math.inf   # Trio time the newest frame reached this process
 
     async def run(self, *, task_status: trio.TaskStatus[Bus] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the bus's own tasks (connections, pumps) until cancelled."""
@@ -124,6 +146,7 @@ class Bus(abc.ABC):
             self._event_subscribers.discard(sub)
 
     def _deliver_frame(self, frame: Frame) -> None:
+        self.frame_arrived_at = trio.current_time()
         self._frames.set(frame)
 
     def _deliver_event(self, event: dict) -> None:

@@ -8,6 +8,14 @@ pending until a :meth:`checkpoint` acknowledges it (in the same atomic step that
 it produced and records its id as applied), and a new leader takes every pending one over with
 :meth:`claim_commands`. That is what makes "applied exactly once" hold across a failover
 (``cluster.py``).
+
+**Fencing.** Every lease comes with an *epoch*, a number that only grows: each acquisition takes
+one above every epoch the deployment has seen (the last one handed out, the last checkpoint's,
+and the caller's own), and with Redis replicas it is confirmed by them (``WAIT``) before the
+caller may lead, so that a promoted replica never hands out an epoch already used. Every write of
+a leader (its renewals, its checkpoints with the commands they acknowledge and the events they
+announce) carries its epoch and is refused once a newer one exists, even where the lease key
+itself was lost.
 """
 
 from __future__ import annotations
@@ -92,15 +100,23 @@ class Coordinator(abc.ABC):
     async def ping(self) -> None:
         """Return when the coordinator answers; raise BackendUnavailable otherwise."""
 
+    async def probe_write(self) -> None:
+        """Return when a write (as a command's) is accepted; raise BackendUnavailable otherwise
+        (Redis: down, or the server is a replica now). The readiness of an API process."""
+        await self.ping()
+
     # -- the engine's lease -----------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def lease_acquire(self, token: str, ttl_s: float) -> bool:
-        """Take the lease for ``ttl_s`` if nobody holds it."""
+    async def lease_acquire(self, token: str, ttl_s: float, known_epoch: int = 0) -> int:
+        """Take the lease for ``ttl_s`` if nobody holds it: its epoch (greater than
+        ``known_epoch``, the newest the caller has seen, and than any handed out before), or 0
+        when it is held (or, with replicas, could not be confirmed by one)."""
 
     @abc.abstractmethod
-    async def lease_renew(self, token: str, ttl_s: float) -> int:
-        """1 renewed, 2 taken again after it vanished (Redis restarted), 0 held by another."""
+    async def lease_renew(self, token: str, ttl_s: float, epoch: int) -> int:
+        """1 renewed, 2 taken again after it vanished (Redis restarted), 0 held by another or
+        a newer epoch exists."""
 
     @abc.abstractmethod
     async def lease_release(self, token: str) -> None:
@@ -138,12 +154,19 @@ class Coordinator(abc.ABC):
         """The ids of the last applied commands, oldest first."""
 
     @abc.abstractmethod
+    async def epoch(self) -> int:
+        """The newest epoch handed out (0: none yet)."""
+
+    @abc.abstractmethod
     async def checkpoint(self, token: str, state: bytes, summary: bytes, now_ms: int,
-                         acks: list[tuple[str, str]], lease_ttl_s: float) -> bool:
+                         acks: list[tuple[str, str]], lease_ttl_s: float, *, epoch: int,
+                         events: list[dict] | None = None) -> bool:
         """Atomically: store ``state`` and ``summary`` (handing the summary to every process's
         ``summary_listeners``), acknowledge the stream entries of ``acks`` ((entry id, command
-        id); command id '' for an entry acknowledged without being applied) and record their
-        command ids as applied. False, and nothing written, if another token holds the lease."""
+        id); command id '' for an entry acknowledged without being applied), record their
+        command ids as applied, and announce ``events`` (the events of those commands) to every
+        process's bus, in one batch. False, and nothing written, if another token holds the
+        lease or an epoch newer than ``epoch`` exists."""
 
     @abc.abstractmethod
     async def load_checkpoint(self) -> bytes | None: ...

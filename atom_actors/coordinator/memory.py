@@ -5,6 +5,7 @@ Several :class:`MemoryCoordinator` handles may share one :class:`Shared` state, 
 processes share one Redis: ``MemoryCoordinator(shared=other.shared)``. :meth:`sever` cuts one
 handle off (every call then raises BackendUnavailable), which is how a test kills a process
 without letting it say goodbye. Times are Trio's clock (virtual under a MockClock).
+``Shared.announce`` is where a checkpoint's events go (the deployment's bus; nowhere if None).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections import OrderedDict, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -38,6 +40,8 @@ class Shared:
     """What the handles of one memory deployment share."""
 
     lease: tuple[str, float] | None = None                # (holder, expires at, Trio time)
+    epoch: int = 0                                       # the newest handed out
+    checkpoint_epoch: int = 0                            # the epoch of the last checkpoint
     entries: OrderedDict[str, dict | None] = field(default_factory=OrderedDict)
     next_entry: int = 0
     delivered: int = 0                                   # entries delivered so far (by count)
@@ -53,6 +57,7 @@ class Shared:
     idempotency: dict[str, _KeyRecord] = field(default_factory=dict)
     handles: list[MemoryCoordinator] = field(default_factory=list)
     new_entry: trio.Event = field(default_factory=trio.Event)
+    announce: Callable[[list[dict]], None] | None = None
 
 
 class MemoryCoordinator(Coordinator):
@@ -74,6 +79,9 @@ class MemoryCoordinator(Coordinator):
             raise BackendUnavailable(self.name, "this handle is severed")
         return self.shared
 
+    async def ping(self) -> None:
+        self._check()
+
     # -- lease --------------------------------------------------------------------------------------
 
     def _holder(self) -> str | None:
@@ -82,20 +90,25 @@ class MemoryCoordinator(Coordinator):
             return None
         return lease[0]
 
-    async def lease_acquire(self, token: str, ttl_s: float) -> bool:
+    async def lease_acquire(self, token: str, ttl_s: float, known_epoch: int = 0) -> int:
         shared = self._check()
         if self._holder() is not None:
-            return False
+            return 0
+        shared.epoch = max(shared.epoch, shared.checkpoint_epoch, known_epoch) + 1
         shared.lease = (token, trio.current_time() + ttl_s)
-        return True
+        return shared.epoch
 
-    async def lease_renew(self, token: str, ttl_s: float) -> int:
+    async def lease_renew(self, token: str, ttl_s: float, epoch: int) -> int:
         shared = self._check()
         holder = self._holder()
-        if holder not in (None, token):
+        if holder not in (None, token) or shared.epoch > epoch:
             return 0
         shared.lease = (token, trio.current_time() + ttl_s)
+        shared.epoch = epoch
         return 1 if holder == token else 2
+
+    async def epoch(self) -> int:
+        return self._check().epoch
 
     async def lease_release(self, token: str) -> None:
         shared = self._check()
@@ -146,13 +159,15 @@ class MemoryCoordinator(Coordinator):
         return list(self._check().log)
 
     async def checkpoint(self, token: str, state: bytes, summary: bytes, now_ms: int,
-                         acks: list[tuple[str, str]], lease_ttl_s: float) -> bool:
+                         acks: list[tuple[str, str]], lease_ttl_s: float, *, epoch: int,
+                         events: list[dict] | None = None) -> bool:
         shared = self._check()
         holder = self._holder()
-        if holder not in (None, token):
+        if holder not in (None, token) or shared.epoch > epoch:
             return False
         if holder is None:
             shared.lease = (token, trio.current_time() + lease_ttl_s)
+        shared.epoch = shared.checkpoint_epoch = epoch
         shared.checkpoint, shared.summary = state, summary
         now_s = now_ms / 1000
         for entry, command_id in acks:
@@ -167,6 +182,8 @@ class MemoryCoordinator(Coordinator):
         for handle in shared.handles:
             if not handle.severed:
                 handle._deliver_summary(summary)
+        if events and shared.announce is not None:
+            shared.announce(json.loads(json.dumps(events)))   # a copy, as through Redis
         return True
 
     async def load_checkpoint(self) -> bytes | None:

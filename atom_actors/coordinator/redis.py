@@ -4,6 +4,8 @@ What it keeps, under a namespace (``atom`` unless told otherwise)::
 
     atom:commands           stream    API processes' commands; consumer group ``engine``
     atom:engine:lease       key       which engine process leads (token, expiring)
+    atom:engine:epoch       key       the newest fencing epoch handed out (only grows)
+    atom:engine:checkpoint:epoch key  the epoch of the leader that wrote the last checkpoint
     atom:engine:checkpoint  key       the leader's whole swarm state, for the next leader
     atom:engine:applied     zset      command ids applied in the last hour (idempotence)
     atom:engine:log         list      the last 10,000 applied command ids, in order
@@ -14,17 +16,24 @@ What it keeps, under a namespace (``atom`` unless told otherwise)::
     atom:sessions:revoked   pub/sub   the id of each session revoked
     atom:safeguard          hash      the Brise-Circuit's state (JSON) and its version
     atom:subscribers:<id>   key       a ws process's subscriber count, expiring
+    atom:probe:<instance>   key       an API process's readiness write, expiring
     atom:idempotency:<id>   hash      an Idempotency-Key's record (its id: a hash of the caller's
                                       scope and the key): fingerprint, command id, held until,
                                       the answer; expiring 10 minutes after it was made
     atom:audit:head         hash      the audit chain's newest link: record id, link (CONTRACT
                                       §2.4; cutting off the newest records is found with it)
 
-Atomic steps are Lua scripts: the checkpoint (state + acknowledgements + applied ids + summary,
-only while the caller holds the lease), the lease's renewal and release, a revocation (flag +
-publish), the Brise-Circuit's compare-and-swap, an Idempotency-Key record's claim, answer
-and release (holds timed by Redis's own clock, the same for every API process), and the audit
-head's advance.
+Atomic steps are Lua scripts: the checkpoint (state + acknowledgements + applied ids + summary +
+the applied commands' events, published on the bus's ``atom:events`` channel in one batch; only
+while the caller holds the lease and no newer epoch exists), the lease's acquisition (with its
+epoch), renewal and release, a revocation (flag + publish), and the Brise-Circuit's
+compare-and-swap, and an Idempotency-Key record's claim, answer and release (holds timed by
+Redis's own clock, the same for every API process), and the audit head's advance.
+
+The lease's epoch is confirmed by the replicas: the acquisition and a ``WAIT`` for every replica
+the primary has (``ROLE``) go in one pipeline, on one connection, and a lease no replica confirmed
+within WAIT_MS is given back (no replica would know the epoch: once promoted, it could hand it
+out again). A primary with no replica has nothing to wait for.
 
 Every call is bounded: a refused, dropped or silent connection raises
 :class:`~atom_actors.errors.BackendUnavailable` at once or within ``timeout_s``, never a hang.
@@ -42,6 +51,7 @@ from typing import Any
 import redis.exceptions
 import trio
 
+from ..bus.redis import event_batch
 from ..errors import BackendUnavailable, CommandUnconfirmed
 from ..redislink import OnRedis, RedisLink
 from ..store import SessionRecord
@@ -50,6 +60,7 @@ from .base import RESYNC, Claim, Coordinator, Entry
 log = logging.getLogger("atom_actors.coordinator")
 
 TIMEOUT_S = 1.0           # socket timeout of every call; connecting gets half of it
+WAIT_MS = 500             # how long an epoch's acquisition waits for the replicas to confirm it
 ACK_TIMEOUT_S = 0.5       # WAIT's own bound on replicas' acknowledgements (within TIMEOUT_S)
 RETRY_S = 0.2             # after a failure, the subscription tries again this soon
 GROUP = "engine"
@@ -60,12 +71,17 @@ LOG_KEEP = 10_000
 # publishes the summary: all or nothing, and only while the caller still holds the lease (a lease
 # that vanished, as in a Redis restart, is taken back as a renewal would).
 _CHECKPOINT = """
+local epoch = tonumber(redis.call('GET', KEYS[7]) or '0')
+local mine = tonumber(ARGV[7])
+if epoch > mine then return 0 end
 local holder = redis.call('GET', KEYS[1])
 if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[6])
 elseif holder ~= ARGV[1] then return 0 end
+if epoch < mine then redis.call('SET', KEYS[7], mine) end
+redis.call('SET', KEYS[8], mine)
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('SET', KEYS[3], ARGV[3])
-for i = 7, #ARGV, 2 do
+for i = 9, #ARGV, 2 do
   redis.call('XACK', KEYS[4], ARGV[5], ARGV[i])
   redis.call('XDEL', KEYS[4], ARGV[i])
   if ARGV[i + 1] ~= '' then
@@ -76,14 +92,34 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', tonumber(ARGV[4]) - %d)
 redis.call('LTRIM', KEYS[6], -%d, -1)
 redis.call('PUBLISH', KEYS[3], ARGV[3])
+if ARGV[8] ~= '' then redis.call('PUBLISH', KEYS[9], ARGV[8]) end
 return 1
 """ % (APPLIED_KEEP_MS, LOG_KEEP)
 
-# 1: renewed; 2: the key had gone (Redis restarted) and is ours again; 0: another holder.
+# The lease, if free, with an epoch above every one seen: the last handed out, the last
+# checkpoint's (a Redis that lost the counter but kept the checkpoint) and the caller's own.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local epoch = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'),
+                       tonumber(redis.call('GET', KEYS[3]) or '0'), tonumber(ARGV[3])) + 1
+redis.call('SET', KEYS[2], epoch)
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return epoch
+"""
+
+# 1: renewed; 2: the key had gone (Redis restarted) and is ours again; 0: another holder, or
+# a newer epoch exists (a lease handed out meanwhile, even one whose key is gone since).
 _RENEW = """
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+local mine = tonumber(ARGV[3])
+if epoch > mine then return 0 end
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if not holder then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 2 end
+if not holder then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  if epoch < mine then redis.call('SET', KEYS[2], mine) end
+  return 2
+end
 return 0
 """
 
@@ -162,6 +198,9 @@ class Keys:
         self.summary = f"{namespace}:summary"
         self.commands = f"{namespace}:commands"
         self.lease = f"{namespace}:engine:lease"
+        self.epoch = f"{namespace}:engine:epoch"
+        self.checkpoint_epoch = f"{namespace}:engine:checkpoint:epoch"
+        self.events = f"{namespace}:events"            # the bus's events channel
         self.checkpoint = f"{namespace}:engine:checkpoint"
         self.applied = f"{namespace}:engine:applied"
         self.log = f"{namespace}:engine:log"
@@ -170,6 +209,7 @@ class Keys:
         self.safeguard = f"{namespace}:safeguard"
         self.subscribers = f"{namespace}:subscribers:"  # + a ws process's id
         self.audit_head = f"{namespace}:audit:head"
+        self.probe = f"{namespace}:probe:"              # + a process's instance: readiness
 
 
 class RedisCoordinator(OnRedis, Coordinator):
@@ -196,7 +236,7 @@ class RedisCoordinator(OnRedis, Coordinator):
         self._channels = [k for k, on in ((self.keys.summary, summaries),
                                           (self.keys.revoked, revocations)) if on]
         self.link = RedisLink(url, name="coordinator", timeout_s=timeout_s, log=log,
-                              scripts={"checkpoint": _CHECKPOINT, "renew": _RENEW,
+                              scripts={"checkpoint": _CHECKPOINT, "acquire": _ACQUIRE, "renew": _RENEW,
                                        "release": _RELEASE, "revoke": _REVOKE, "swap": _SWAP,
                                        "idem_claim": _IDEM_CLAIM, "idem_answer": _IDEM_ANSWER,
                                        "idem_release": _IDEM_RELEASE, "advance": _ADVANCE})
@@ -222,6 +262,15 @@ class RedisCoordinator(OnRedis, Coordinator):
     async def ping(self) -> None:
         await self.link.call(_aio_ping)
 
+    async def probe_write(self) -> None:
+        """A write as a command's: on the primary (a replica answers READONLY: an outage), and
+        with ``min_acks``, acknowledged by that many replicas within the commands' bound."""
+        acks = await self.link.call(_aio_probe_write, self.keys.probe + self.instance,
+                                    self.min_acks, int(self.ack_timeout_s * 1000))
+        if acks < self.min_acks:
+            raise BackendUnavailable("redis", f"{acks} of {self.min_acks} replicas acknowledged "
+                                              f"a write within {self.ack_timeout_s:g} s")
+
     def _subscribed(self) -> None:
         self.link.mark_up()
         self._subscriptions += 1
@@ -237,11 +286,25 @@ class RedisCoordinator(OnRedis, Coordinator):
 
     # -- lease ------------------------------------------------------------------------------------
 
-    async def lease_acquire(self, token: str, ttl_s: float) -> bool:
-        return await self.link.call(_aio_set_nx, self.keys.lease, token, int(ttl_s * 1000))
+    async def lease_acquire(self, token: str, ttl_s: float, known_epoch: int = 0) -> int:
+        k = self.keys
+        epoch, replicas, acked = await self.link.call(
+            _aio_acquire, self.link.scripts["acquire"], [k.lease, k.epoch, k.checkpoint_epoch],
+            [token, int(ttl_s * 1000), known_epoch], WAIT_MS)
+        if epoch and replicas and not acked:
+            log.warning("engine lease: epoch %d confirmed by none of %d replicas within %d ms; "
+                        "given back", epoch, replicas, WAIT_MS)
+            await self.lease_release(token)
+            return 0
+        return int(epoch or 0)
 
-    async def lease_renew(self, token: str, ttl_s: float) -> int:
-        return await self.link.script("renew", [self.keys.lease], [token, int(ttl_s * 1000)])
+    async def lease_renew(self, token: str, ttl_s: float, epoch: int) -> int:
+        return await self.link.script("renew", [self.keys.lease, self.keys.epoch],
+                                      [token, int(ttl_s * 1000), epoch])
+
+    async def epoch(self) -> int:
+        value = await self.link.call(_aio_get, self.keys.epoch)
+        return int(value or 0)
 
     async def lease_release(self, token: str) -> None:
         await self.link.script("release", [self.keys.lease], [token])
@@ -290,13 +353,18 @@ class RedisCoordinator(OnRedis, Coordinator):
         return await self.link.call(_aio_lrange, self.keys.log)
 
     async def checkpoint(self, token: str, state: bytes, summary: bytes, now_ms: int,
-                         acks: list[tuple[str, str]], lease_ttl_s: float) -> bool:
+                         acks: list[tuple[str, str]], lease_ttl_s: float, *, epoch: int,
+                         events: list[dict] | None = None) -> bool:
         k = self.keys
-        args: list[Any] = [token, state, summary, now_ms, GROUP, int(lease_ttl_s * 1000)]
+        batch = event_batch([json.dumps(e, separators=(",", ":")).encode() for e in events],
+                            now_ms / 1000) if events else b""
+        args: list[Any] = [token, state, summary, now_ms, GROUP, int(lease_ttl_s * 1000), epoch,
+                           batch]
         for entry, command in acks:
             args += [entry, command]
         done = await self.link.script("checkpoint", [k.lease, k.checkpoint, k.summary, k.commands,
-                                                    k.applied, k.log], args)
+                                                    k.applied, k.log, k.epoch, k.checkpoint_epoch,
+                                                    k.events], args)
         return bool(done)
 
     async def load_checkpoint(self) -> bytes | None:
@@ -394,6 +462,17 @@ async def _aio_ping(client: Any) -> None:
     await client.ping()
 
 
+async def _aio_probe_write(client: Any, key: str, acks: int, timeout_ms: int) -> int:
+    if not acks:
+        await client.set(key, 1, px=10_000)
+        return 0
+    async with client.pipeline(transaction=False) as pipe:   # one connection: WAIT counts it
+        pipe.set(key, 1, px=10_000)
+        pipe.execute_command("WAIT", acks, timeout_ms)
+        _, acknowledged = await pipe.execute()
+    return int(acknowledged)
+
+
 async def _aio_get(client: Any, key: str) -> bytes | None:
     return await client.get(key)
 
@@ -422,8 +501,25 @@ async def _aio_sum_keys(client: Any, pattern: str) -> int:
     return sum(int(v) for v in await client.mget(keys) if v is not None) if keys else 0
 
 
-async def _aio_set_nx(client: Any, key: str, value: str, ttl_ms: int) -> bool:
-    return bool(await client.set(key, value, nx=True, px=ttl_ms))
+async def _aio_acquire(client: Any, script: Any, keys: list[str], args: list[Any],
+                       wait_ms: int) -> tuple[int, int, int]:
+    """(epoch or 0, replicas of the primary, replicas that confirmed it): the acquisition and
+    its WAIT in one pipeline, so on one connection (WAIT counts that connection's writes)."""
+    role = await client.execute_command("ROLE")
+    if _text(role[0]) != "master":
+        return 0, 0, 0      # a replica (the primary moved): nothing can be acquired here
+    replicas = len(role[2]) if len(role) > 2 and role[2] else 0
+    if not replicas:
+        return int(await script(keys=keys, args=args, client=client)), 0, 0
+    async with client.pipeline(transaction=False) as pipe:
+        await script(keys=keys, args=args, client=pipe)
+        pipe.execute_command("WAIT", replicas, wait_ms)
+        epoch, acked = await pipe.execute()
+    return int(epoch), replicas, int(acked)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 async def _aio_xadd(client: Any, stream: str, data: bytes) -> str:

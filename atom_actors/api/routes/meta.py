@@ -14,7 +14,7 @@ from quart import Blueprint, current_app, jsonify, send_from_directory
 from quart_schema import document_response, hide, tag
 from werkzeug.exceptions import NotFound
 
-from ..health import OK, ping, readiness
+from ..health import OK, answers, ping, readiness
 from ..schemas import Health, NotReady, Ready
 from ..web import api
 
@@ -43,13 +43,16 @@ async def health() -> Any:
 @document_response(Ready)
 @document_response(NotReady, 503)
 async def ready() -> Any:
-    """Readiness: 200 only when the engine ticks and every configured backend answers, else 503."""
+    """Readiness: 200 only when the engine ticks, a command can be written (the coordinator
+    takes a write, not merely answers PING) and every other configured backend answers, else
+    503."""
     a = api()
     checks = {"engine": OK if a.control.ticking else "not ticking"}
-    for name, part in (("store", a.store), ("bus", a.input.bus),
-                       ("coordinator", a.input.coordinator)):
+    for name, part in (("store", a.store), ("bus", a.input.bus)):
         if part is not None:
             checks[name] = await ping(part)
+    if a.input.coordinator is not None:
+        checks["commands"] = await answers(a.input.coordinator.probe_write)
     status, body = readiness(checks)
     return jsonify(body), status
 
